@@ -1,0 +1,220 @@
+"""MedTransfer — Slicer scripted module: a thin GUI and Logic over the MedTransferLib engine.
+
+The Logic holds no Qt state and is the Python-console API::
+
+    logic = slicer.util.getModuleLogic("MedTransfer")
+    run = logic.train([(volumeNode, segmentationNode)], ["tumor"], "/tmp/run", epochs=5)
+    segNode, volumesTable, metricsTable = logic.predict(volumeNode, run.package)
+"""
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# MedTransferLib is installed beside this module (see CMakeLists.txt); in a source checkout it
+# sits one folder up.
+_here = os.path.dirname(os.path.abspath(__file__))
+for _candidate in (_here, os.path.dirname(_here)):
+    if os.path.isdir(os.path.join(_candidate, "MedTransferLib")) and _candidate not in sys.path:
+        sys.path.insert(0, _candidate)
+
+
+class MedTransfer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedTransfer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["MedTransfer developers"]
+        self.parent.helpText = _(
+            "Fine-tune a pretrained network (transfer learning, 2.5D) on your own labelled volumes "
+            "and apply it to new ones. Label a few slices with the Segment Editor, choose the "
+            "volume and segmentation, press Train, then Apply.")
+        self.parent.acknowledgementText = _(
+            "Uses MONAI, PyTorch, torchvision and SimpleITK. Sample data: Colin27 and the AAL atlas.")
+
+
+@parameterNodeWrapper
+class MedTransferParameterNode:
+    """Typed GUI state. Results are nodes in the scene, never stored here."""
+
+    trainingVolume: vtkMRMLScalarVolumeNode
+    trainingSegmentation: vtkMRMLSegmentationNode
+    unpaintedSlicesUnlabelled: bool = True
+    strategy: Annotated[str, Choice(["finetune", "frozen"])] = "finetune"
+    epochs: Annotated[int, WithinRange(1, 1000)] = 12
+    outputFolder: str = ""
+    applyVolume: vtkMRMLScalarVolumeNode
+    modelFolder: str = ""
+
+
+class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedTransfer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedTransferLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        self.ui.trainButton.enabled = bool(p and p.trainingVolume and p.trainingSegmentation and p.outputFolder)
+        self.ui.applyButton.enabled = bool(p and p.applyVolume and p.modelFolder)
+
+    def onTrainButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
+            names = self.logic.segmentNames(p.trainingSegmentation)
+            run = self.logic.train([(p.trainingVolume, p.trainingSegmentation)], names, p.outputFolder,
+                                   unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled,
+                                   strategy=p.strategy, epochs=p.epochs)
+            p.modelFolder = str(run.package)
+            self.ui.statusLabel.text = _("Model written to {path}").format(path=run.package)
+
+    def onApplyButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
+            segNode, table, _metrics = self.logic.predict(p.applyVolume, p.modelFolder)
+            self.ui.statusLabel.text = _("Created {seg} and {table}").format(seg=segNode.GetName(), table=table.GetName())
+
+
+class MedTransferLogic(ScriptedLoadableModuleLogic):
+    """Console API; every MRML operation goes through MedTransferLib.slicer_bridge, which is
+    tested against real MRML classes."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MedTransferParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def segmentNames(segmentationNode):
+        from MedTransferLib import slicer_bridge
+
+        return slicer_bridge.segment_names(segmentationNode)
+
+    def train(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True, **config):
+        """Train on [(volumeNode, segmentationNode), ...]; returns a TrainResult (``.package``).
+
+        Runs in the calling thread: use it from the console or scripts. (The background,
+        cancellable run with a learning curve is the GUI's job.)
+        """
+        from MedTransferLib import slicer_bridge
+
+        unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
+        return slicer_bridge.train_from_nodes(pairs, list(segmentNames), outputFolder, unpainted, **config)
+
+    def predict(self, volumeNode, modelFolder, referenceSegmentation=None, device="auto"):
+        """Segment ``volumeNode``; returns (segmentation node, volumes table, metrics table or None)."""
+        from MedTransferLib import slicer_bridge
+
+        seg, table, metrics = slicer_bridge.predict_to_nodes(volumeNode, modelFolder, referenceSegmentation, device)
+        self._placeWithVolume(volumeNode, [seg, table] + ([metrics] if metrics else []))
+        return seg, table, metrics
+
+    @staticmethod
+    def _placeWithVolume(volumeNode, nodes) -> None:
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
+        if shNode is None:
+            return
+        parent = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
+        for node in nodes:
+            shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
+
+
+class MedTransferTest(ScriptedLoadableModuleTest):
+    """Self-test in real Slicer: label a structure on MRHead by thresholding a few slices,
+    train a tiny run, apply it, check the nodes."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_trains_and_applies_on_mrhead()
+
+    def test_trains_and_applies_on_mrhead(self):
+        import tempfile
+
+        import numpy as np
+        import SampleData
+
+        volume = SampleData.downloadSample("MRHead")
+        arr = slicer.util.arrayFromVolume(volume)
+        mask = np.zeros(arr.shape, np.uint8)
+        bright = arr > np.percentile(arr, 90)
+        for k in range(0, arr.shape[0], 10):
+            mask[k][bright[k]] = 1
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "bright")
+        slicer.util.updateVolumeFromArray(labelmap, mask)
+        labelmap.CopyOrientation(volume)
+        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, seg)
+        seg.GetSegmentation().GetNthSegment(0).SetName("bright")
+        logic = MedTransferLogic()
+        out = tempfile.mkdtemp()
+        run = logic.train([(volume, seg)], ["bright"], out, epochs=1, steps_per_epoch=2, weights=None)
+        segNode, table, _ = logic.predict(volume, run.package)
+        self.assertEqual(segNode.GetSegmentation().GetNthSegment(0).GetName(), "bright")
+        self.assertEqual(table.GetTable().GetNumberOfRows(), 1)
+        self.assertEqual(slicer.util.arrayFromVolume(volume).tobytes(), arr.tobytes())  # input untouched
+        logging.info("MedTransfer self-test passed")

@@ -1,0 +1,49 @@
+"""MedTransfer engine: transfer learning on your own CT/MRI volumes, importable without Slicer.
+
+Example:
+    >>> import MedTransferLib as mt
+    >>> dl = mt.load_datalist(mt.sample_data())                     # doctest: +SKIP
+    >>> run = mt.train(dl.load_cases(), dl.labels, "runs/a")        # doctest: +SKIP
+    >>> pred = mt.predict(run.package, mt.read_case("new.nii.gz"))  # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .case import IGNORE, Case, Geometry  # noqa: E402
+from .datalist import Datalist, load_datalist  # noqa: E402
+from .errors import MedTransferError  # noqa: E402
+from .io import read_case, read_image, write_image, write_label  # noqa: E402
+from .labels import Label  # noqa: E402
+from .metrics import evaluate, hd95, summary  # noqa: E402
+from .package import ModelPackage  # noqa: E402
+from .predict import Prediction, predict  # noqa: E402
+from .sampledata import sample_data, sparse_datalist  # noqa: E402
+from .trainer import TrainConfig, TrainResult  # noqa: E402
+from .trainer import train as train_cases  # noqa: E402
+
+
+def train(data, out, labels=None, reporter=None, **config) -> TrainResult:
+    """Train on a datalist path, a :class:`Datalist`, or a list of :class:`Case` (with ``labels``).
+
+    Keyword arguments are :class:`TrainConfig` fields (``backbone``, ``strategy``, ``epochs``...).
+
+    Example:
+        >>> run = train("dataset.json", "runs/a", strategy="frozen", epochs=2)  # doctest: +SKIP
+    """
+    axis = 2
+    if not isinstance(data, (list, tuple)):
+        dl = data if isinstance(data, Datalist) else load_datalist(data)
+        labels = labels or dl.labels
+        axis = dl.training[0].slice_axis
+        if config.get("modality", "auto") == "auto" and dl.modality != "auto":
+            config["modality"] = dl.modality
+        data = dl.load_cases()
+    if labels is None:
+        raise MedTransferError("train() on a list of cases needs labels=[Label(...), ...]")
+    return train_cases(list(data), list(labels), out, TrainConfig(**config), reporter, axis)
+
+
+__all__ = ["Case", "Geometry", "IGNORE", "Datalist", "load_datalist", "MedTransferError", "read_case",
+           "read_image", "write_image", "write_label", "Label", "evaluate", "hd95", "summary",
+           "ModelPackage", "Prediction", "predict", "sample_data", "sparse_datalist", "TrainConfig",
+           "TrainResult", "train", "train_cases"]

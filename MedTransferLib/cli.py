@@ -1,0 +1,202 @@
+"""The one command line used by terminals, clusters and the Slicer module (``medtransfer`` or
+``python -m MedTransferLib``). User errors are one line on stderr and exit code 2; training
+prints one JSON object per line on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from .errors import MedTransferError
+
+
+def _parse_slices(spec: str) -> list[int]:
+    out = []
+    try:
+        for part in spec.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out += list(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise MedTransferError(f"--slices '{spec}' is not a list like '3,5,10-20'") from None
+    return out
+
+
+def _weights(value: str | None):
+    return None if value in (None, "none", "random") else value
+
+
+def cmd_sampledata(a) -> int:
+    from .sampledata import sample_data
+
+    print(sample_data(a.cache))
+    return 0
+
+
+def cmd_backbones(a) -> int:
+    from .backbones import BACKBONES
+
+    for info in BACKBONES.values():
+        offline = "ImageNet weights offline" if info.available_offline() else "ImageNet weights: download or --weights PATH"
+        print(f"{info.name:20s} {info.dims}D  {info.source:45s} {offline}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from . import train
+    from .progress import Reporter
+
+    bar = {"auto": None, "bar": True, "json": False}[a.progress]
+    reporter = Reporter(stream=sys.stdout, bar=bar)
+    config = dict(backbone=a.backbone, weights=_weights(a.weights), strategy=a.strategy, slices=a.slices,
+                  epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr,
+                  device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
+                  patience=a.patience)
+    if a.axis is not None:
+        config["axis"] = a.axis
+    train(a.datalist, a.out, reporter=reporter, **config)
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from .fileutil import write_csv
+    from .io import read_case, write_label
+    from .predict import predict
+
+    pred = predict(a.model, read_case(a.image), device=a.device, batch_size=a.batch_size)
+    write_label(a.out, pred.label, pred.case.geometry)
+    rows = pred.volumes()
+    if a.table:
+        write_csv(a.table, rows)
+    print(json.dumps({"event": "done", "segmentation": str(a.out), "volumes": rows}))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .datalist import load_datalist
+    from .fileutil import write_csv
+    from .io import read_case, read_image
+    from .metrics import evaluate, summary
+
+    ref_case = read_case(a.label, None)
+    pred, pgeo = read_image(a.pred, "prediction")
+    problems = ref_case.geometry.matches(pgeo)
+    if problems:
+        raise MedTransferError(f"prediction '{a.pred}' is not on the reference's grid ({'; '.join(problems)})")
+    ref = ref_case.image.astype(int)
+    if a.labels:
+        labels = load_datalist(a.labels).labels
+    elif a.model:
+        from .package import ModelPackage
+
+        labels = ModelPackage.load(a.model).labels
+    else:
+        import numpy as np
+
+        labels = [(int(v), f"label_{int(v)}") for v in np.unique(ref) if v != 0]
+    slices = _parse_slices(a.slices) if a.slices else None
+    rows = evaluate(pred.astype(int), ref, labels, ref_case.geometry, slices, a.axis)
+    if a.out:
+        write_csv(a.out, rows)
+    for r in rows:
+        print(f"{r['structure']:24s} Dice {r['dice']:.3f}  HD95 {r['hd95_mm']:.2f} mm")
+    s = summary(rows)
+    print(f"{'mean':24s} Dice {s['mean_dice']:.3f}  HD95 {s['mean_hd95_mm']:.2f} mm")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, cache=a.cache, epochs=a.epochs, device=a.device, **(
+        {"backbone": a.backbone} if a.backbone else {}), weights=_weights(a.weights),
+        strategy=a.strategy)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medtransfer", description="Transfer learning on your own CT/MRI volumes.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sampledata", help="fetch Colin27 + AAL sample data; print its dataset.json path")
+    s.add_argument("--cache", help="cache folder (default ~/.cache/medtransfer or $MEDTRANSFER_CACHE)")
+    s.set_defaults(func=cmd_sampledata)
+
+    s = sub.add_parser("backbones", help="list the pretrained backbones")
+    s.set_defaults(func=cmd_backbones)
+
+    s = sub.add_parser("train", help="fine-tune a pretrained network on a datalist")
+    s.add_argument("--datalist", required=True, help="dataset.json (MSD/MONAI format)")
+    s.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
+    s.add_argument("--backbone", default="efficientnet-lite0")
+    s.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'none' (random init) or a weights file")
+    s.add_argument("--strategy", default="finetune", help="finetune (default) or frozen")
+    s.add_argument("--mode", default="2.5d", choices=["2.5d"])
+    s.add_argument("--slices", type=int, default=3, help="adjacent slices as channels (odd; default 3)")
+    s.add_argument("--axis", type=int, choices=[0, 1, 2], help="voxel axis to slice along (default: datalist's, else 2)")
+    s.add_argument("--epochs", type=int, default=12)
+    s.add_argument("--steps-per-epoch", type=int, default=50)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--patience", type=int, default=4)
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--modality", default="auto", choices=["auto", "MR", "CT"])
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--progress", default="auto", choices=["auto", "bar", "json"],
+                   help="terminal bar on stderr (auto: when stderr is a terminal); JSON lines always on stdout")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="segment a volume with a trained model")
+    s.add_argument("--model", required=True, help="model folder (or run folder) from 'train'")
+    s.add_argument("--image", required=True)
+    s.add_argument("--out", required=True, help="output label map (.nii.gz, .nrrd ...)")
+    s.add_argument("--table", help="CSV of per-structure volumes (mL)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="Dice and HD95 of a prediction against a reference")
+    s.add_argument("--pred", required=True)
+    s.add_argument("--label", required=True, help="reference label map")
+    s.add_argument("--out", help="CSV of per-structure metrics")
+    s.add_argument("--labels", help="dataset.json whose 'labels' name the structures")
+    s.add_argument("--model", help="model folder whose labels name the structures")
+    s.add_argument("--slices", help="evaluate only these slice indices, e.g. '1-9,11-19'")
+    s.add_argument("--axis", type=int, default=2, choices=[0, 1, 2])
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("demo", help="the main job: sample data → sparse labels → train → predict → evaluate → scene")
+    s.add_argument("--out", required=True)
+    s.add_argument("--cache")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--backbone")
+    s.add_argument("--weights", default="imagenet")
+    s.add_argument("--strategy", default="finetune")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _cancel(*_):
+    raise KeyboardInterrupt  # Slicer's Cancel and `kill` end the run like Ctrl-C
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _cancel)
+    try:
+        return args.func(args)
+    except MedTransferError as exc:
+        print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+        print(f"medtransfer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(json.dumps({"event": "cancelled"}), flush=True)
+        print("medtransfer: cancelled", file=sys.stderr)
+        return 130

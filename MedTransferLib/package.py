@@ -1,0 +1,154 @@
+"""Model packages: a directory with ``model.safetensors`` and ``manifest.json``.
+
+No pickle anywhere: a model directory is untrusted input. The manifest carries a SHA-256 of the
+weights and a fingerprint of its own content, so a package whose labels, preprocessing or
+weights were changed after training is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import MedTransferError
+from .fileutil import replace_dir, write_json
+from .labels import Label
+from .preprocessing import Preprocessing
+
+FORMAT = "medtransfer-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "fingerprint"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def array_fingerprint(*arrays) -> str:
+    """SHA-256 over arrays' shapes, dtypes and bytes: identifies training inputs without paths."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_package(path, model: torch.nn.Module, manifest: dict) -> Path:
+    """Write weights + manifest into ``path`` atomically (a temp dir renamed into place)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
+                        weights={"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)})
+        manifest["fingerprint"] = fingerprint(manifest)
+        write_json(tmp / MANIFEST, manifest)  # written last: no manifest = incomplete
+        replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+@dataclass
+class ModelPackage:
+    """A loaded, verified model package.
+
+    Example:
+        >>> pkg = ModelPackage.load("runs/demo/model")  # doctest: +SKIP
+        >>> net = pkg.build_model()                      # doctest: +SKIP
+    """
+
+    path: Path
+    manifest: dict
+
+    @property
+    def labels(self) -> list[Label]:
+        return [Label.from_dict(d) for d in self.manifest["labels"]]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
+
+    @property
+    def axis(self) -> int:
+        return int(self.manifest["slicing"]["axis"])
+
+    @property
+    def slices(self) -> int:
+        return int(self.manifest["slicing"]["slices"])
+
+    @classmethod
+    def load(cls, path) -> "ModelPackage":
+        path = Path(path)
+        if (path / "model" / MANIFEST).is_file() and not (path / MANIFEST).exists():
+            path = path / "model"  # a run directory: its model is in model/
+        where = f"model '{path}'"
+        if not path.is_dir():
+            raise MedTransferError(f"{where} does not exist; give the folder written by "
+                                   f"'medtransfer train --out'")
+        if not (path / MANIFEST).is_file():
+            raise MedTransferError(f"{where} has no {MANIFEST} (incomplete or not a MedTransfer "
+                                   f"model); train again or copy the whole folder")
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MedTransferError(f"{where}: {MANIFEST} is not valid JSON ({exc}); the file is "
+                                   f"damaged — copy the model again") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise MedTransferError(f"{where}: {MANIFEST} is not a MedTransfer manifest")
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise MedTransferError(f"{where} has format version {version}, newer than this "
+                                   f"MedTransfer reads ({FORMAT_VERSION}); update MedTransfer")
+        if manifest.get("fingerprint") != fingerprint(manifest):
+            raise MedTransferError(f"{where}: {MANIFEST} was changed after training (fingerprint "
+                                   f"mismatch: labels, preprocessing or settings edited); use the "
+                                   f"original package")
+        weights = path / WEIGHTS
+        if not weights.is_file():
+            raise MedTransferError(f"{where} has no {WEIGHTS}; copy the whole folder")
+        if sha256_file(weights) != manifest.get("weights", {}).get("sha256"):
+            raise MedTransferError(f"{where}: {WEIGHTS} does not match the manifest's checksum "
+                                   f"(replaced or damaged); use the original package")
+        pkg = cls(path, manifest)
+        try:
+            pkg.labels, pkg.preprocessing, pkg.axis, pkg.slices  # noqa: B018 — validate now
+            manifest["model"]["backbone"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MedTransferError(f"{where}: {MANIFEST} lacks or garbles {exc}") from None
+        return pkg
+
+    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        from safetensors.torch import load_file
+
+        from .backbones.weights import load_strict
+        from .model import SegmentationNet
+
+        net = SegmentationNet.from_config(self.manifest["model"], weights=None)
+        load_strict(net, load_file(str(self.path / WEIGHTS)), f"model '{self.path}'")
+        return net.to(device).eval()

@@ -1,0 +1,100 @@
+"""Intensity preprocessing, declared once, stored in the model package, replayed at prediction.
+
+Two steps:
+
+1. **Modality preset** → a standardised intensity ``z``.
+   - CT: clip to a HU window, then scale by the window's centre/half-width, so a HU value
+     means the same on every scanner.
+   - MR: clip to per-case percentiles (MR intensities have no absolute unit), then z-score.
+2. **Map to the backbone's pretraining statistics**: ``x = z * sigma_src + mu_src`` where
+   ``mu_src``/``sigma_src`` are the mean/std of the backbone's *normalised* pretraining inputs
+   per channel (for ImageNet through ImageNet mean/std normalisation: ≈ 0 and 1). A network
+   thus sees medical slices with the first-order statistics its first layer was trained on —
+   the covariate-shift fix MISSION.md asks for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import MedTransferError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def detect_modality(image: np.ndarray) -> str:
+    """'CT' if the volume looks like Hounsfield units (air near -1000), else 'MR'."""
+    sample = image[:: max(1, image.shape[0] // 32)]
+    lo = float(np.percentile(sample, 1))
+    return "CT" if lo < -500 else "MR"
+
+
+@dataclass
+class Preprocessing:
+    """Intensity recipe. ``target_mean``/``target_std`` come from the backbone (one per channel)."""
+
+    modality: str = "MR"                   # "MR" or "CT"
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    target_mean: tuple[float, ...] = (0.0,)
+    target_std: tuple[float, ...] = (1.0,)
+    version: int = 1
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise MedTransferError(f"preprocessing has unknown fields {sorted(unknown)}; the model "
+                                   f"was made by a newer MedTransfer — update MedTransfer")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        p = cls(**kw)
+        if p.modality not in ("MR", "CT"):
+            raise MedTransferError(f"preprocessing modality {p.modality!r} is not MR or CT")
+        return p
+
+    def standardise(self, image: np.ndarray) -> np.ndarray:
+        """Step 1: modality preset → float32 volume with roughly zero mean and unit spread."""
+        img = np.asarray(image, dtype=np.float32)
+        if self.modality == "CT":
+            lo, hi = self.ct_window
+            centre, half = (lo + hi) / 2, (hi - lo) / 2
+            return ((np.clip(img, lo, hi) - centre) / half).astype(np.float32)
+        sample = img[:: max(1, img.shape[0] // 64)]
+        lo, hi = np.percentile(sample, self.mr_percentiles)
+        clipped = np.clip(img, lo, hi)
+        std = float(clipped.std())
+        if std < 1e-6 * max(1.0, abs(float(hi))):
+            raise MedTransferError("image is constant (no contrast after clipping); check that the "
+                                   "right volume was chosen")
+        return ((clipped - float(clipped.mean())) / std).astype(np.float32)
+
+    def to_backbone(self, slab: np.ndarray | "torch.Tensor", channel_axis: int = 1):  # noqa: F821
+        """Step 2: map standardised channels onto the backbone's pretraining statistics."""
+        n = slab.shape[channel_axis]
+        mean = np.resize(np.asarray(self.target_mean, np.float32), n)
+        std = np.resize(np.asarray(self.target_std, np.float32), n)
+        shape = [1] * slab.ndim
+        shape[channel_axis] = n
+        if isinstance(slab, np.ndarray):
+            return slab * std.reshape(shape) + mean.reshape(shape)
+        import torch
+
+        return slab * torch.as_tensor(std, device=slab.device).reshape(shape) + torch.as_tensor(
+            mean, device=slab.device).reshape(shape)
+
+
+def imagenet_target_stats(norm_mean, norm_std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std of ImageNet pixels after a backbone's own input normalisation."""
+    mean = tuple((m - nm) / ns for m, nm, ns in zip(IMAGENET_MEAN, norm_mean, norm_std))
+    std = tuple(s / ns for s, ns in zip(IMAGENET_STD, norm_std))
+    return mean, std
+
+
+__all__ = ["Preprocessing", "detect_modality", "imagenet_target_stats", "field"]

@@ -1,0 +1,51 @@
+"""Progress reporting: one JSON object per line on stdout (for Slicer and scripts) and, in a
+terminal, a human progress bar on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+class Reporter:
+    """Sends events to ``sink`` (a callable taking a dict) and/or as JSON lines to ``stream``.
+
+    Example:
+        >>> events = []
+        >>> Reporter(sink=events.append, stream=None).emit("start", steps=10)
+        >>> events[0]["event"]
+        'start'
+    """
+
+    def __init__(self, sink=None, stream=sys.stdout, bar: bool | None = None):
+        self.sink, self.stream = sink, stream
+        self.bar = sys.stderr.isatty() if bar is None else bar
+        self.t0 = time.monotonic()
+
+    def emit(self, event: str, **fields) -> dict:
+        msg = {"event": event, "time_s": round(time.monotonic() - self.t0, 3), **fields}
+        if self.sink is not None:
+            self.sink(msg)
+        if self.stream is not None:
+            self.stream.write(json.dumps(msg) + "\n")
+            self.stream.flush()
+        if self.bar:
+            self._draw(msg)
+        return msg
+
+    def _draw(self, msg: dict) -> None:
+        if msg["event"] == "step":
+            done, total = msg["step"], msg["steps_total"]
+            width = 30
+            fill = int(width * done / max(1, total))
+            eta = msg.get("eta_s")
+            sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} "
+                             f"epoch {msg['epoch']} loss {msg['loss']:.3f}"
+                             f"{f' ETA {eta:.0f}s' if eta is not None else ''}   ")
+        elif msg["event"] == "validation":
+            sys.stderr.write(f"\nepoch {msg['epoch']}: validation Dice {msg['val_dice']:.3f}"
+                             f"{' (best)' if msg.get('best') else ''}\n")
+        elif msg["event"] in ("note", "done"):
+            sys.stderr.write(f"\n{msg.get('message', '')}\n")
+        sys.stderr.flush()

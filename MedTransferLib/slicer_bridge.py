@@ -1,0 +1,328 @@
+"""MRML nodes ↔ :class:`Case`, and results back into a Slicer scene.
+
+The only engine module that imports ``slicer``/``vtk``. It uses node and logic APIs directly
+(no ``slicer.util`` helpers that need ``slicer.app``), so it runs both inside Slicer and against
+the ``slicer-core`` wheel's real MRML classes in tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .case import IGNORE, Case, Geometry
+from .errors import MedTransferError
+from .labels import Label
+
+
+def _mods():
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    return slicer, vtk, numpy_support
+
+
+_LOGICS: dict = {}  # one logic per scene: a second one would re-register node classes
+
+
+def segmentations_logic(scene):
+    """A segmentations logic bound to ``scene`` (registers the segment representations)."""
+    slicer, _, _ = _mods()
+    app_logic = getattr(getattr(slicer, "modules", None), "segmentations", None)
+    if app_logic is not None and hasattr(app_logic, "logic") and app_logic.logic() is not None:
+        return app_logic.logic()  # inside the Slicer application
+    logic = _LOGICS.get(scene)
+    if logic is None:
+        logic = _LOGICS[scene] = slicer.vtkSlicerSegmentationsModuleLogic()
+        logic.SetMRMLScene(scene)
+    return logic
+
+
+def _matrix_to_numpy(m) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(a: np.ndarray):
+    _, vtk, _ = _mods()
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+def node_geometry(node) -> Geometry:
+    """Voxel grid of a volume node, from its IJK→RAS matrix."""
+    _, vtk, _ = _mods()
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return Geometry.from_ijk_to_ras(_matrix_to_numpy(m), node.GetImageData().GetDimensions())
+
+
+def node_array(node) -> np.ndarray:
+    """A copy of a volume node's voxels as ``(k, j, i)``."""
+    _, _, ns = _mods()
+    image = node.GetImageData() if node is not None else None
+    if image is None or image.GetPointData().GetScalars() is None:
+        name = node.GetName() if node is not None else "None"
+        raise MedTransferError(f"volume '{name}' has no image data; load or create the volume first")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise MedTransferError(f"volume '{node.GetName()}' has {image.GetNumberOfScalarComponents()} "
+                               f"components per voxel; convert it to a scalar volume (e.g. "
+                               f"Vector to Scalar Volume module)")
+    i, j, k = image.GetDimensions()
+    return ns.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i).copy()
+
+
+def volume_node_to_case(node, case_id: str | None = None) -> Case:
+    """A scalar volume node → :class:`Case` (image as float32, exact geometry)."""
+    arr = node_array(node)
+    if not np.isfinite(arr).all():
+        raise MedTransferError(f"volume '{node.GetName()}' has NaN/Inf voxels; fix them first")
+    return Case(arr.astype(np.float32), node_geometry(node), None, case_id or node.GetName(),
+                {"node_id": node.GetID()})
+
+
+def _set_array(node, array: np.ndarray, geometry: Geometry) -> None:
+    _, vtk, ns = _mods()
+    k, j, i = array.shape
+    if (i, j, k) != tuple(geometry.size):
+        raise MedTransferError(f"array of shape {array.shape} does not fit geometry size {geometry.size}")
+    image = vtk.vtkImageData()
+    image.SetDimensions(i, j, k)
+    image.GetPointData().SetScalars(ns.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(_numpy_to_matrix(geometry.ijk_to_ras()))
+
+
+def case_to_volume_node(scene, case: Case, name: str | None = None):
+    """A new scalar volume node holding ``case.image`` in its geometry."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or case.case_id)
+    _set_array(node, case.image, case.geometry)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def segment_names(segmentation_node) -> list[str]:
+    seg = segmentation_node.GetSegmentation()
+    return [seg.GetNthSegment(n).GetName() for n in range(seg.GetNumberOfSegments())]
+
+
+def segmentation_to_label(segmentation_node, reference_volume, labels: list[Label],
+                          unpainted: str = "background", axis: int = 2) -> np.ndarray:
+    """Label array ``(k, j, i)`` on ``reference_volume``'s grid from the segments named in
+    ``labels`` (matched by name; each gets its label's value). Other segments are ignored.
+
+    ``unpainted="ignore"``: slices along ``axis`` where none of the chosen segments is painted
+    are marked :data:`IGNORE` (sparse labelling); ``"background"``: they count as background.
+    """
+    slicer, vtk, _ = _mods()
+    if unpainted not in ("background", "ignore"):
+        raise MedTransferError(f"unpainted must be 'background' or 'ignore', not '{unpainted}'")
+    seg = segmentation_node.GetSegmentation()
+    by_name = {seg.GetNthSegment(n).GetName(): seg.GetNthSegmentID(n) for n in range(seg.GetNumberOfSegments())}
+    missing = [lab.name for lab in labels if lab.name not in by_name]
+    if missing:
+        raise MedTransferError(f"segmentation '{segmentation_node.GetName()}' has no segment named "
+                               f"{missing}; it has {sorted(by_name)} — rename segments to match")
+    scene = segmentation_node.GetScene()
+    logic = segmentations_logic(scene)
+    geometry = node_geometry(reference_volume)
+    out = np.zeros(tuple(geometry.size)[::-1], dtype=np.uint8 if max(l.value for l in labels) < 255 else np.uint16)
+    tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtransfer_export")
+    try:
+        for lab in labels:
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(by_name[lab.name])
+            if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, tmp, reference_volume):
+                raise MedTransferError(f"segment '{lab.name}' could not be exported onto volume "
+                                       f"'{reference_volume.GetName()}'")
+            mask = node_array(tmp) > 0
+            out[mask] = lab.value
+    finally:
+        scene.RemoveNode(tmp)
+    if unpainted == "ignore":
+        arr_axis = 2 - axis
+        other = tuple(a for a in range(3) if a != arr_axis)
+        painted = (out > 0).any(axis=other)
+        shape = [1, 1, 1]
+        shape[arr_axis] = -1
+        out = np.where(painted.reshape(shape), out, IGNORE).astype(out.dtype)
+    return out
+
+
+def nodes_to_case(volume_node, segmentation_node, labels: list[Label], unpainted: str = "background",
+                  axis: int = 2) -> Case:
+    """A training :class:`Case` from a volume and its segmentation (input nodes are not modified)."""
+    case = volume_node_to_case(volume_node)
+    case.label = segmentation_to_label(segmentation_node, volume_node, labels, unpainted, axis)
+    return case
+
+
+def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, labels: list[Label],
+                               name: str = "MedTransfer segmentation", reference_volume=None):
+    """A new segmentation node with one segment per label (names and colours from ``labels``)."""
+    _, vtk, _ = _mods()
+    logic = segmentations_logic(scene)
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    seg_node.CreateDefaultDisplayNodes()
+    if reference_volume is not None:
+        seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtransfer_import")
+    try:
+        segmentation = seg_node.GetSegmentation()
+        for lab in labels:
+            mask = (label == lab.value).astype(np.uint8)
+            if mask.any():
+                _set_array(tmp, mask, geometry)
+                before = segmentation.GetNumberOfSegments()
+                if not logic.ImportLabelmapToSegmentationNode(tmp, seg_node):
+                    raise MedTransferError(f"could not add segment '{lab.name}' to '{name}'")
+                segment = segmentation.GetNthSegment(before)
+            else:  # keep every trained structure visible in the list, even when not found
+                segment = segmentation.GetSegment(segmentation.AddEmptySegment("", lab.name, lab.color))
+            segment.SetName(lab.name)
+            segment.SetColor(*lab.color)
+            segment.SetTag("MedTransfer.LabelValue", str(lab.value))
+    finally:
+        scene.RemoveNode(tmp)
+    return seg_node
+
+
+def rows_to_table_node(scene, rows: list[dict], name: str = "MedTransfer table"):
+    """A table node with one column per key (numbers as double/int columns, others as text)."""
+    _, vtk, _ = _mods()
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = node.GetTable()
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    for col in columns:
+        values = [row.get(col) for row in rows]
+        if all(isinstance(v, (bool, np.bool_)) for v in values if v is not None):
+            arr = vtk.vtkStringArray()
+            values = ["" if v is None else str(bool(v)) for v in values]
+        elif all(isinstance(v, (int, np.integer)) for v in values if v is not None):
+            arr = vtk.vtkIntArray()
+            values = [0 if v is None else int(v) for v in values]
+        elif all(isinstance(v, (int, float, np.number)) for v in values if v is not None):
+            arr = vtk.vtkDoubleArray()
+            values = [float("nan") if v is None else float(v) for v in values]
+        else:
+            arr = vtk.vtkStringArray()
+            values = ["" if v is None else str(v) for v in values]
+        arr.SetName(col)
+        for v in values:
+            arr.InsertNextValue(v)
+        table.AddColumn(arr)
+    node.Modified()
+    return node
+
+
+def table_node_rows(node) -> list[dict]:
+    """Rows of a table node as dicts (numbers as Python numbers)."""
+    table = node.GetTable()
+    rows = []
+    for r in range(table.GetNumberOfRows()):
+        row = {}
+        for c in range(table.GetNumberOfColumns()):
+            col = table.GetColumn(c)
+            v = col.GetValue(r)
+            row[col.GetName()] = v if isinstance(v, str) else (int(v) if col.IsA("vtkIntArray") else float(v))
+        rows.append(row)
+    return rows
+
+
+def save_scene(scene, path) -> Path:
+    """Write ``scene`` as an .mrml file with every storable node's data beside it."""
+    path = Path(path).resolve()
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    extensions = {"vtkMRMLScalarVolumeNode": ".nrrd", "vtkMRMLLabelMapVolumeNode": ".nrrd",
+                  "vtkMRMLSegmentationNode": ".seg.nrrd", "vtkMRMLTableNode": ".tsv"}
+    scene.SetRootDirectory(str(folder))
+    for n in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(n)
+        if not node.IsA("vtkMRMLStorableNode") or node.GetClassName() not in extensions:
+            continue
+        storage = node.GetStorageNode()
+        if storage is None:
+            node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in node.GetName())
+        storage.SetFileName(str(folder / f"{safe}{extensions[node.GetClassName()]}"))
+        if not storage.WriteData(node):
+            raise MedTransferError(f"could not write '{node.GetName()}' to {storage.GetFileName()}")
+    scene.SetURL(str(path))
+    tmp = path.with_name(f"tmp-{path.stem}.mrml")
+    scene.SetURL(str(tmp))
+    if not scene.Commit():
+        raise MedTransferError(f"could not write scene '{path}'")
+    os.replace(tmp, path)
+    scene.SetURL(str(path))
+    return path
+
+
+def labels_from_segments(segmentation_node, segment_names_: list[str]) -> list[Label]:
+    """Label definitions (values 1..N, names and colours) for the chosen segments."""
+    seg = segmentation_node.GetSegmentation()
+    out = []
+    for value, name in enumerate(segment_names_, start=1):
+        segment = next((seg.GetNthSegment(n) for n in range(seg.GetNumberOfSegments())
+                        if seg.GetNthSegment(n).GetName() == name), None)
+        if segment is None:
+            raise MedTransferError(f"segmentation '{segmentation_node.GetName()}' has no segment '{name}'; "
+                                   f"it has {segment_names(segmentation_node)}")
+        out.append(Label(value, name, tuple(float(c) for c in segment.GetColor())))
+    return out
+
+
+def train_from_nodes(pairs, segment_names_: list[str], out, unpainted: str = "background",
+                     axis: int = 2, reporter=None, **config):
+    """Train on (volume node, segmentation node) pairs; segments are matched by name.
+
+    Example (Slicer Python console):
+        >>> run = train_from_nodes([(vol, seg)], ["tumor"], "/tmp/run", epochs=5)  # doctest: +SKIP
+    """
+    from .trainer import TrainConfig, train
+
+    if not pairs:
+        raise MedTransferError("no training pairs: choose at least one volume with its segmentation")
+    labels = labels_from_segments(pairs[0][1], segment_names_)
+    cases = []
+    for volume, segmentation in pairs:
+        case = nodes_to_case(volume, segmentation, labels, unpainted, axis)
+        case.case_id = volume.GetName()
+        cases.append(case)
+    return train(cases, labels, out, TrainConfig(**config), reporter, axis)
+
+
+def predict_to_nodes(volume_node, model, reference_segmentation=None, device: str = "auto"):
+    """Segment a volume node: returns (segmentation node, volumes table, metrics table or None).
+
+    The input volume (and reference) are only read. With a reference segmentation holding
+    segments of the same names, a Dice/HD95 table is added.
+    """
+    from .metrics import evaluate
+    from .predict import predict
+
+    scene = volume_node.GetScene()
+    case = volume_node_to_case(volume_node)
+    pred = predict(model, case, device=device)
+    seg = label_to_segmentation_node(scene, pred.label, case.geometry, pred.labels,
+                                     f"{volume_node.GetName()} MedTransfer", reference_volume=volume_node)
+    volumes = rows_to_table_node(scene, pred.volumes(), f"{volume_node.GetName()} volumes")
+    metrics = None
+    if reference_segmentation is not None:
+        names = set(segment_names(reference_segmentation))
+        common = [lab for lab in pred.labels if lab.name in names]
+        if not common:
+            raise MedTransferError(f"reference '{reference_segmentation.GetName()}' has none of the "
+                                   f"model's segments {[lab.name for lab in pred.labels]}")
+        ref = segmentation_to_label(reference_segmentation, volume_node, common)
+        rows = evaluate(pred.label, ref, common, case.geometry, case_id=volume_node.GetName())
+        metrics = rows_to_table_node(scene, rows, f"{volume_node.GetName()} metrics")
+    return seg, volumes, metrics

@@ -1,0 +1,267 @@
+"""Training: Dice + cross-entropy, AdamW, warm-up + cosine schedule, AMP on CUDA, seeded,
+early stopping on validation Dice, atomic checkpoints as model packages."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbones import build_encoder, get_backbone
+from .case import IGNORE, Case
+from .dataset import SlabSampler, Volume, augment, split_train_val
+from .device import autocast, resolve_device
+from .errors import MedTransferError
+from .inference import dice_per_class, predict_slices
+from .labels import Label
+from .model import DECODER_CHANNELS, SegmentationNet
+from .package import array_fingerprint, save_package
+from .preprocessing import Preprocessing, detect_modality, imagenet_target_stats
+from .progress import Reporter
+from .strategies import get_strategy
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. The defaults are the product's recommendation for a new task."""
+
+    mode: str = "2.5d"
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = "imagenet"   # 'imagenet', a file path, or None for random init
+    strategy: str = "finetune"
+    slices: int = 3                    # k adjacent slices as channels
+    axis: int | None = None            # voxel axis to slice along; None → the datalist's (default k)
+    epochs: int = 12
+    steps_per_epoch: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    patience: int = 4                  # epochs without validation improvement before stopping
+    val_fraction: float = 0.2
+    patch: int = 256                   # largest in-plane crop (slices larger are cropped)
+    modality: str = "auto"             # MR, CT or auto
+    device: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.mode != "2.5d":
+            raise MedTransferError(f"mode '{self.mode}' is not available yet; use --mode 2.5d")
+        get_backbone(self.backbone)
+        get_strategy(self.strategy)
+        if self.slices < 1 or self.slices % 2 == 0:
+            raise MedTransferError(f"--slices must be an odd number ≥ 1 (centre slice ± neighbours), not {self.slices}")
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise MedTransferError(f"--{name.replace('_', '-')} must be at least 1")
+        if not (self.lr > 0):
+            raise MedTransferError("--lr must be positive")
+        if not 0 <= self.val_fraction < 1:
+            raise MedTransferError("--val-fraction must be in [0, 1)")
+        if self.modality not in ("auto", "MR", "CT"):
+            raise MedTransferError(f"modality must be MR, CT or auto, not '{self.modality}'")
+
+
+@dataclass
+class TrainResult:
+    package: Path
+    metrics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def loss_function():
+    from monai.losses import DiceLoss
+
+    # Batch Dice without background: on sparse labels most slices are nearly empty, and a
+    # per-sample Dice that includes background rewards predicting background everywhere.
+    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
+                    ignore_index=IGNORE)
+
+    def loss(logits, target):
+        ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+        return ce + dice(logits, target[:, None])
+
+    return loss
+
+
+def _versions() -> dict:
+    import monai
+    import SimpleITK
+
+    from . import __version__
+
+    return {"medtransfer": __version__, "torch": torch.__version__, "monai": monai.__version__,
+            "SimpleITK": SimpleITK.Version_VersionString(), "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _check_labels(cases: list[Case], labels: list[Label], axis: int) -> None:
+    if not labels:
+        raise MedTransferError("no labels given: name at least one structure to learn")
+    for case in cases:
+        if case.label is None:
+            raise MedTransferError(f"case '{case.case_id}' has no label map; every training case needs one")
+        if case.image.ndim != 3:
+            raise MedTransferError(f"case '{case.case_id}' is not a 3D volume")
+        if not case.labelled_slices(axis):
+            raise MedTransferError(f"case '{case.case_id}' has no labelled slice along axis {axis}; "
+                                   f"label at least one slice or remove the case")
+    present = set()
+    for case in cases:
+        present |= set(np.unique(case.label).tolist())
+    missing = [lab.name for lab in labels if lab.value not in present]
+    if missing:
+        raise MedTransferError(f"structures {missing} appear in no training label map; label them "
+                               f"on at least one slice or remove them from the labels")
+
+
+def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,
+          reporter: Reporter | None = None, axis_from_data: int = 2) -> TrainResult:
+    """Fine-tune a pretrained 2.5D segmentation network on ``cases``; write the model to ``out``.
+
+    Example:
+        >>> dl = load_datalist("dataset.json")                      # doctest: +SKIP
+        >>> result = train(dl.load_cases(), dl.labels, "runs/a")    # doctest: +SKIP
+    """
+    config = config or TrainConfig()
+    config.check()
+    reporter = reporter or Reporter(stream=None, bar=False)
+    out = Path(out)
+    axis = axis_from_data if config.axis is None else config.axis
+    _check_labels(cases, labels, axis)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    rng = np.random.default_rng(config.seed)
+
+    modality = config.modality if config.modality != "auto" else detect_modality(cases[0].image)
+    encoder = build_encoder(config.backbone, config.weights, config.slices)
+    target_mean, target_std = imagenet_target_stats(encoder.input_mean, encoder.input_std)
+    prep = Preprocessing(modality=modality, target_mean=target_mean, target_std=target_std)
+    values = [lab.value for lab in labels]
+    volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
+    train_items, val_items, split_note = split_train_val(volumes, config.val_fraction, config.seed)
+    num_classes = len(labels) + 1
+    sampler = SlabSampler(volumes, train_items, config.slices, num_classes, config.patch, seed=config.seed)
+
+    model = SegmentationNet(encoder, num_classes, config.slices).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    strategy = get_strategy(config.strategy)
+    groups = strategy.param_groups(model, config.lr)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * config.steps_per_epoch
+    warmup = max(1, int(config.warmup_fraction * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / total))))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    loss_fn = loss_function()
+
+    info = strategy.describe(model)
+    reporter.emit("start", device=str(device), modality=modality, backbone=config.backbone,
+                  weights=config.weights or "none", train_slices=len(train_items),
+                  val_slices=len(val_items), steps_total=total,
+                  param_groups=[{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),
+                                 "parameters": sum(p.numel() for p in g["params"])} for g in groups],
+                  **info)
+    reporter.emit("note", message=split_note)
+
+    manifest_base = {
+        "task": "segmentation", "mode": config.mode,
+        "labels": [lab.to_dict() for lab in labels],
+        "preprocessing": prep.to_dict(),
+        "model": {"backbone": config.backbone, "in_channels": config.slices,
+                  "num_classes": num_classes, "decoder_channels": list(DECODER_CHANNELS)},
+        "slicing": {"axis": axis, "slices": config.slices},
+        "strategy": info,
+        "training": {**asdict(config), "axis": axis, "device": str(device)},
+        "provenance": {
+            "inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image, c.label),
+                        "labelled_slices": len(c.labelled_slices(axis))} for c in cases],
+            "split": split_note, "versions": _versions(), "seed": config.seed,
+        },
+    }
+
+    best, best_state, stale, history, step = -1.0, None, 0, [], 0
+    t_start = time.monotonic()
+    stopped_early = False
+    for epoch in range(1, config.epochs + 1):
+        strategy.train_mode(model)
+        losses = []
+        for _ in range(config.steps_per_epoch):
+            images, targets = sampler.sample(config.batch_size)
+            x, y = augment(torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
+            x = prep.to_backbone(x).to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            elapsed = time.monotonic() - t_start
+            reporter.emit("step", epoch=epoch, step=step, steps_total=total, loss=losses[-1],
+                          lr=optimizer.param_groups[-1]["lr"], eta_s=round(elapsed / step * (total - step), 1))
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        if val_items:
+            scores = _validate(model, volumes, val_items, config.slices, prep, device, num_classes)
+            finite = [s for s in scores if not math.isnan(s)]
+            val_dice = float(np.mean(finite)) if finite else 0.0
+            improved = val_dice > best
+            record.update(val_dice=val_dice, val_dice_per_class={lab.name: s for lab, s in zip(labels, scores)})
+            reporter.emit("validation", epoch=epoch, val_dice=val_dice, best=improved,
+                          per_class=record["val_dice_per_class"], train_loss=record["train_loss"])
+            if improved:
+                best, stale = val_dice, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                _checkpoint(out, model, manifest_base, history + [record], epoch, best)
+            else:
+                stale += 1
+        history.append(record)
+        if val_items and stale >= config.patience:
+            stopped_early = True
+            reporter.emit("note", message=f"early stop: validation Dice did not improve for "
+                                          f"{config.patience} epochs (best {best:.3f})")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    metrics = {"best_val_dice": best if val_items else None, "epochs_run": len(history),
+               "steps_run": step, "stopped_early": stopped_early,
+               "train_seconds": round(time.monotonic() - t_start, 1)}
+    package = _checkpoint(out, model, manifest_base, history, history[-1]["epoch"], best, final=True,
+                          extra=metrics)
+    reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
+    return TrainResult(package, metrics, history)
+
+
+def _validate(model, volumes, items, k, prep, device, num_classes) -> list[float]:
+    preds, targets = [], []
+    for vi in sorted({v for v, _ in items}):
+        slices = [s for v, s in items if v == vi]
+        preds.append(predict_slices(model, volumes[vi].image, k, prep, device, slices))
+        targets.append(volumes[vi].target[slices])
+    return dice_per_class(np.concatenate([p.ravel() for p in preds]),
+                          np.concatenate([t.ravel() for t in targets]), num_classes)
+
+
+def _checkpoint(out: Path, model, manifest_base, history, epoch, best, final=False, extra=None) -> Path:
+    manifest = dict(manifest_base, history=history,
+                    metrics={"best_val_dice": best if best >= 0 else None, "epoch": epoch, **(extra or {})},
+                    complete=final)
+    return save_package(out / "model", model, manifest)

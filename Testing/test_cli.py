@@ -1,0 +1,62 @@
+"""Point 10: the CLI (`medtransfer` and `python -m MedTransferLib`): JSON lines, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import MedTransferLib as mt
+from MedTransferLib.cli import main
+from conftest import digest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "MedTransferLib", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_train_predict_evaluate_through_the_cli(blob_datalist, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--datalist", blob_datalist, "--out", out, "--backbone", "resnet18", "--weights", "none",
+                "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--progress", "json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "done"
+    assert {"step", "validation"} <= {e["event"] for e in events}
+    img = blob_datalist.parent / "img1.nii.gz"
+    before = digest(img)
+    r = run_cli("predict", "--model", out, "--image", img, "--out", tmp_path / "seg.nrrd",
+                "--table", tmp_path / "vol.csv")
+    assert r.returncode == 0, r.stderr
+    assert digest(img) == before
+    assert (tmp_path / "vol.csv").read_text().splitlines()[0].startswith("case,structure,value,voxels,volume_ml")
+    assert mt.read_case(tmp_path / "seg.nrrd").geometry.matches(mt.read_case(img).geometry) == []
+    r = run_cli("evaluate", "--pred", tmp_path / "seg.nrrd", "--label", blob_datalist.parent / "lab1.nii.gz",
+                "--model", out, "--out", tmp_path / "m.csv", "--slices", "0-7")
+    assert r.returncode == 0, r.stderr
+    assert "bright" in r.stdout and "Dice" in r.stdout
+    header = (tmp_path / "m.csv").read_text().splitlines()[0]
+    assert header == "case,structure,value,dice,hd95_mm,volume_pred_ml,volume_ref_ml"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--datalist", "missing.json", "--out", "x"], "datalist 'missing.json' does not exist"),
+    (["predict", "--model", "nomodel", "--image", "a.nii.gz", "--out", "s.nii.gz"], "does not exist"),
+    (["train", "--datalist", "{dl}", "--out", "x", "--backbone", "resnet-18"], "did you mean 'resnet18'"),
+    (["train", "--datalist", "{dl}", "--out", "x", "--slices", "2"], "odd number"),
+])
+def test_user_errors_are_one_line_without_traceback(blob_datalist, tmp_path, args, message):
+    args = [a.replace("{dl}", str(blob_datalist)) for a in args]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("medtransfer: error: ") and message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_console_script_entry_point_is_the_same_main(capsys):
+    assert main(["backbones"]) == 0
+    listing = capsys.readouterr().out
+    assert "efficientnet-lite0" in listing and "resnet50" in listing

@@ -1,0 +1,125 @@
+"""Point 11: the Slicer bridge against the real MRML classes of the slicer-core wheel."""
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+import MedTransferLib as mt  # noqa: E402
+from MedTransferLib import slicer_bridge as sb  # noqa: E402
+from conftest import OBLIQUE, blob_volume  # noqa: E402
+
+LABELS = [mt.Label(3, "Liver", (1.0, 0.0, 0.0)), mt.Label(7, "Spleen", (0.0, 1.0, 0.0)),
+          mt.Label(9, "Kidney", (0.0, 0.0, 1.0))]
+
+
+@pytest.fixture
+def scene():
+    s = slicer.vtkMRMLScene()
+    sb.segmentations_logic(s)
+    return s
+
+
+def _geo(size=(12, 10, 8)):
+    return mt.Geometry(size, (0.5, 0.7, 3.0), (10.0, -20.0, 30.0), OBLIQUE)
+
+
+def test_volume_node_round_trip_keeps_oblique_anisotropic_geometry_exactly(scene):
+    image = np.random.default_rng(0).normal(size=(8, 10, 12)).astype(np.float32)
+    node = sb.case_to_volume_node(scene, mt.Case(image, _geo()), "vol")
+    back = sb.volume_node_to_case(node)
+    assert back.geometry.matches(_geo(), tol=1e-9) == []
+    assert np.array_equal(back.image, image)
+
+
+def test_ijk_to_ras_is_lps_flipped():
+    geo = _geo()
+    assert np.allclose(geo.ijk_to_ras()[:2], -geo.ijk_to_lps()[:2])
+    assert np.allclose(mt.Geometry.from_ijk_to_ras(geo.ijk_to_ras(), geo.size).ijk_to_lps(), geo.ijk_to_lps())
+
+
+def test_label_to_segmentation_and_back_keeps_names_colours_and_values(scene):
+    geo = _geo()
+    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "vol")
+    label = np.zeros((8, 10, 12), np.uint8)
+    label[2:5, 3:7, 4:9] = 3
+    label[6, 1:3, 1:3] = 7
+    seg = sb.label_to_segmentation_node(scene, label, geo, LABELS, "pred", reference_volume=vol)
+    assert sb.segment_names(seg) == ["Liver", "Spleen", "Kidney"]  # Kidney kept, though empty
+    colours = [seg.GetSegmentation().GetNthSegment(i).GetColor() for i in range(3)]
+    assert np.allclose(colours, [lab.color for lab in LABELS])
+    back = sb.segmentation_to_label(seg, vol, LABELS)
+    assert np.array_equal(back, label)
+    only_liver = sb.segmentation_to_label(seg, vol, LABELS[:1])
+    assert set(np.unique(only_liver)) == {0, 3}
+
+
+def test_unpainted_slices_can_mean_unlabelled(scene):
+    geo = _geo()
+    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "vol")
+    label = np.zeros((8, 10, 12), np.uint8)
+    label[2, 3:7, 4:9] = 3
+    label[5, 3:7, 4:9] = 3
+    seg = sb.label_to_segmentation_node(scene, label, geo, LABELS[:1], "sparse")
+    sparse = sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore", axis=2)
+    assert [int(s) for s in np.nonzero((sparse != mt.IGNORE).any(axis=(1, 2)))[0]] == [2, 5]
+    dense = sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="background")
+    assert (dense != mt.IGNORE).all()
+
+
+def test_a_missing_segment_name_is_reported_not_guessed(scene):
+    geo = _geo()
+    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "vol")
+    seg = sb.label_to_segmentation_node(scene, np.zeros((8, 10, 12), np.uint8), geo, LABELS[:1], "s")
+    with pytest.raises(mt.MedTransferError, match=r"no segment named \['Spleen'\]"):
+        sb.segmentation_to_label(seg, vol, LABELS[:2])
+
+
+def test_rows_to_table_node_and_back(scene):
+    rows = [{"structure": "Liver", "voxels": 10, "volume_ml": 1.5},
+            {"structure": "Spleen", "voxels": 3, "volume_ml": float("nan")}]
+    node = sb.rows_to_table_node(scene, rows, "volumes")
+    back = sb.table_node_rows(node)
+    assert back[0] == rows[0] and back[1]["structure"] == "Spleen" and np.isnan(back[1]["volume_ml"])
+    assert node.GetTable().GetColumnByName("voxels").IsA("vtkIntArray")
+
+
+def test_scene_is_saved_and_reloads_with_its_nodes(scene, tmp_path):
+    geo = _geo()
+    image = np.random.default_rng(1).normal(size=(8, 10, 12)).astype(np.float32)
+    vol = sb.case_to_volume_node(scene, mt.Case(image, geo), "vol")
+    label = np.zeros((8, 10, 12), np.uint8)
+    label[2:5, 3:7, 4:9] = 3
+    sb.label_to_segmentation_node(scene, label, geo, LABELS[:1], "pred", reference_volume=vol)
+    sb.rows_to_table_node(scene, [{"structure": "Liver", "volume_ml": 2.0}], "volumes")
+    path = sb.save_scene(scene, tmp_path / "scene" / "s.mrml")
+    again = slicer.vtkMRMLScene()
+    sb.segmentations_logic(again)
+    again.SetURL(str(path))
+    assert again.Import()
+    v = again.GetFirstNodeByName("vol")
+    assert np.allclose(sb.node_array(v), image)
+    assert sb.node_geometry(v).matches(geo) == []
+    assert sb.segment_names(again.GetFirstNodeByName("pred")) == ["Liver"]
+    assert sb.table_node_rows(again.GetFirstNodeByName("volumes"))[0]["structure"] == "Liver"
+
+
+def test_train_from_nodes_and_predict_to_nodes_leave_inputs_untouched(scene, tmp_path):
+    image, label = blob_volume()
+    geo = mt.Geometry((48, 40, 16), (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
+    vol = sb.case_to_volume_node(scene, mt.Case(image, geo), "MR")
+    labels = [mt.Label(1, "bright", (1.0, 0.5, 0.0)), mt.Label(2, "dim", (0.0, 0.5, 1.0))]
+    sparse = label.copy()
+    sparse[1::2] = 0  # only even slices painted
+    seg = sb.label_to_segmentation_node(scene, sparse, geo, labels, "painted", reference_volume=vol)
+    image_before = sb.node_array(vol).copy()
+    n_nodes = scene.GetNumberOfNodes()
+    run = sb.train_from_nodes([(vol, seg)], ["bright", "dim"], tmp_path, unpainted="ignore",
+                              backbone="resnet18", weights=None, epochs=1, steps_per_epoch=2, batch_size=2)
+    assert scene.GetNumberOfNodes() == n_nodes  # no helper nodes left behind
+    out, table, metrics = sb.predict_to_nodes(vol, run.package, reference_segmentation=seg)
+    assert sb.segment_names(out) == ["bright", "dim"]
+    assert [r["structure"] for r in sb.table_node_rows(table)] == ["bright", "dim"]
+    assert {"dice", "hd95_mm"} <= set(sb.table_node_rows(metrics)[0])
+    assert np.array_equal(sb.node_array(vol), image_before)
+    assert sb.segment_names(seg) == ["bright", "dim"]

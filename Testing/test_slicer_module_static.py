@@ -1,0 +1,75 @@
+"""Point 12: the Slicer module cannot run here (no Qt/Slicer app), so check it statically:
+it compiles, follows the template's structure, and its widget code and parameter node agree
+with the .ui file."""
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "MedTransfer" / "MedTransfer.py"
+UI = ROOT / "MedTransfer" / "Resources" / "UI" / "MedTransfer.ui"
+
+
+def _tree():
+    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+
+
+def _ui_widgets():
+    root = ET.parse(UI).getroot()
+    names = {w.get("name") for w in root.iter("widget")}
+    bound = {}
+    for w in root.iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[w.get("name")] = prop.find("string").text
+    return names, bound
+
+
+def _parameter_fields():
+    for node in _tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == "MedTransferParameterNode":
+            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no MedTransferParameterNode class")
+
+
+def test_module_has_the_template_classes():
+    classes = {n.name: n for n in _tree().body if isinstance(n, ast.ClassDef)}
+    assert {"MedTransfer", "MedTransferParameterNode", "MedTransferWidget", "MedTransferLogic",
+            "MedTransferTest"} <= set(classes)
+    decorators = [d.id for d in classes["MedTransferParameterNode"].decorator_list if isinstance(d, ast.Name)]
+    assert decorators == ["parameterNodeWrapper"]
+    logic_methods = {f.name for f in classes["MedTransferLogic"].body if isinstance(f, ast.FunctionDef)}
+    assert {"train", "predict", "getParameterNode"} <= logic_methods
+
+
+def test_widget_code_only_uses_widgets_that_exist_in_the_ui():
+    names, _ = _ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    assert used, "the widget refers to no ui element"
+    assert used <= names, f"not in MedTransfer.ui: {sorted(used - names)}"
+
+
+def test_every_parameter_is_bound_to_a_widget_and_every_binding_is_a_parameter():
+    _, bound = _ui_widgets()
+    fields = _parameter_fields()
+    assert set(bound.values()) <= fields, f"unknown parameters in .ui: {set(bound.values()) - fields}"
+    assert fields <= set(bound.values()), f"parameters with no widget: {fields - set(bound.values())}"
+
+
+def test_logic_and_widget_do_not_import_qt_outside_slicer_paths():
+    source = MODULE.read_text()
+    assert "import qt" not in source  # logic stays usable without a GUI
+    compile(source, str(MODULE), "exec")
+
+
+def test_extension_cmake_declares_pytorch_dependency_and_module():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
+    assert "add_subdirectory(MedTransfer)" in top
+    module = (ROOT / "MedTransfer" / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in module and "MedTransferLib" in module
+    for res in re.findall(r"Resources/\S+", module):
+        res = res.replace("${MODULE_NAME}", "MedTransfer")
+        assert (ROOT / "MedTransfer" / res).is_file(), res
