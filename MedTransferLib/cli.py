@@ -54,7 +54,7 @@ def cmd_train(a) -> int:
     bar = {"auto": None, "bar": True, "json": False}[a.progress]
     reporter = Reporter(stream=sys.stdout, bar=bar)
     config = dict(backbone=a.backbone, weights=_weights(a.weights), strategy=a.strategy, slices=a.slices,
-                  epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr,
+                  epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr, patch=a.patch,
                   device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
                   patience=a.patience)
     if a.axis is not None:
@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--axis", type=int, choices=[0, 1, 2], help="voxel axis to slice along (default: datalist's, else 2)")
     s.add_argument("--epochs", type=int, default=12)
     s.add_argument("--steps-per-epoch", type=int, default=50)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--batch-size", type=int, default=None, help="default: from the crop size")
+    s.add_argument("--patch", type=int, default=None, help="in-plane crop in pixels (default: from structure size)")
+    s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--patience", type=int, default=4)
     s.add_argument("--val-fraction", type=float, default=0.2)
     s.add_argument("--modality", default="auto", choices=["auto", "MR", "CT"])

@@ -39,13 +39,13 @@ class TrainConfig:
     axis: int | None = None            # voxel axis to slice along; None → the datalist's (default k)
     epochs: int = 12
     steps_per_epoch: int = 50
-    batch_size: int = 8
-    lr: float = 1e-3
+    batch_size: int | None = None      # None → as many crops as fit 16 × 128² pixels
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     patience: int = 4                  # epochs without validation improvement before stopping
     val_fraction: float = 0.2
-    patch: int = 256                   # largest in-plane crop (slices larger are cropped)
+    patch: int | None = None           # in-plane crop; None → from the structures' size (128–256)
     modality: str = "auto"             # MR, CT or auto
     device: str = "auto"
     seed: int = 0
@@ -57,8 +57,8 @@ class TrainConfig:
         get_strategy(self.strategy)
         if self.slices < 1 or self.slices % 2 == 0:
             raise MedTransferError(f"--slices must be an odd number ≥ 1 (centre slice ± neighbours), not {self.slices}")
-        for name in ("epochs", "steps_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "steps_per_epoch", "batch_size", "patch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise MedTransferError(f"--{name.replace('_', '-')} must be at least 1")
         if not (self.lr > 0):
             raise MedTransferError("--lr must be positive")
@@ -80,30 +80,54 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def loss_function():
-    from monai.losses import DiceLoss
+def loss_function(smooth: float = 1.0):
+    """Cross-entropy + batch soft Dice over the foreground classes present in the batch.
 
-    # Batch Dice without background: on sparse labels most slices are nearly empty, and a
-    # per-sample Dice that includes background rewards predicting background everywhere.
-    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                    ignore_index=IGNORE)
+    Why not MONAI's ``DiceLoss(batch=True)``: it also scores classes absent from the batch,
+    whose only optimum is probability ≈ 0 everywhere; on sparse labels most classes are absent
+    from most batches, their logits saturate, and whole structures never get learned ("dying
+    classes", measured here: 3 of 8 AAL structures at Dice 0 after 150 steps). Per-sample Dice
+    with background is worse still (it rewards predicting background everywhere).
+    """
 
     def loss(logits, target):
-        ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
-        return ce + dice(logits, target[:, None])
+        valid = (target != IGNORE)
+        # cross-entropy averaged within each class present, then over classes: background's
+        # sheer voxel count must not drown out a small structure
+        per_voxel = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+        safe = torch.where(valid, target, 0)
+        counts = torch.bincount(safe[valid], minlength=logits.shape[1]).to(logits.dtype)
+        sums = torch.zeros(logits.shape[1], dtype=logits.dtype, device=logits.device)
+        sums.index_add_(0, safe[valid], per_voxel[valid])
+        ce = (sums[counts > 0] / counts[counts > 0]).mean()
+        probs = torch.softmax(logits, 1)[:, 1:]                     # foreground channels
+        onehot = F.one_hot(torch.where(valid, target, 0), logits.shape[1])[..., 1:]
+        onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype)
+        mask = valid[:, None].to(probs.dtype)
+        dims = (0, 2, 3)
+        inter = (probs * onehot * mask).sum(dims)
+        denom = (probs * mask).sum(dims) + onehot.sum(dims)
+        present = onehot.sum(dims) > 0
+        if not present.any():
+            return ce
+        dice = 1 - (2 * inter + smooth) / (denom + smooth)
+        return ce + dice[present].mean()
 
     return loss
 
 
 def _versions() -> dict:
-    import monai
-    import SimpleITK
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
 
-    return {"medtransfer": __version__, "torch": torch.__version__, "monai": monai.__version__,
-            "SimpleITK": SimpleITK.Version_VersionString(), "numpy": np.__version__,
-            "python": platform.python_version()}
+    out = {"medtransfer": __version__, "python": platform.python_version()}
+    for name in ("torch", "torchvision", "monai", "SimpleITK", "numpy", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _check_labels(cases: list[Case], labels: list[Label], axis: int) -> None:
@@ -152,7 +176,9 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
     train_items, val_items, split_note = split_train_val(volumes, config.val_fraction, config.seed)
     num_classes = len(labels) + 1
-    sampler = SlabSampler(volumes, train_items, config.slices, num_classes, config.patch, seed=config.seed)
+    patch = config.patch or auto_patch(volumes, train_items)
+    batch_size = config.batch_size or max(2, round(16 * (128 / patch) ** 2))
+    sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch, seed=config.seed)
 
     model = SegmentationNet(encoder, num_classes, config.slices).to(device)
     if device.type == "cuda":
@@ -170,7 +196,7 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     info = strategy.describe(model)
     reporter.emit("start", device=str(device), modality=modality, backbone=config.backbone,
                   weights=config.weights or "none", train_slices=len(train_items),
-                  val_slices=len(val_items), steps_total=total,
+                  val_slices=len(val_items), steps_total=total, patch=patch, batch_size=batch_size,
                   param_groups=[{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),
                                  "parameters": sum(p.numel() for p in g["params"])} for g in groups],
                   **info)
@@ -184,7 +210,8 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
                   "num_classes": num_classes, "decoder_channels": list(DECODER_CHANNELS)},
         "slicing": {"axis": axis, "slices": config.slices},
         "strategy": info,
-        "training": {**asdict(config), "axis": axis, "device": str(device)},
+        "training": {**asdict(config), "axis": axis, "device": str(device), "patch": patch,
+                     "batch_size": batch_size},
         "provenance": {
             "inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image, c.label),
                         "labelled_slices": len(c.labelled_slices(axis))} for c in cases],
@@ -199,7 +226,7 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         strategy.train_mode(model)
         losses = []
         for _ in range(config.steps_per_epoch):
-            images, targets = sampler.sample(config.batch_size)
+            images, targets = sampler.sample(batch_size)
             x, y = augment(torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
             x = prep.to_backbone(x).to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -248,6 +275,20 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
                           extra=metrics)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
     return TrainResult(package, metrics, history)
+
+
+def auto_patch(volumes, items) -> int:
+    """In-plane crop size: 1.5× the largest structure's extent on a labelled slice, rounded up
+    to a multiple of 32 and kept within 128–256 pixels (small structures train on tight crops,
+    fast; large organs keep their whole extent in view)."""
+    extent = 0
+    for vi, s in items:
+        t = volumes[vi].target[s]
+        for c in np.unique(t):
+            if 0 < c != IGNORE:
+                ys, xs = np.nonzero(t == c)
+                extent = max(extent, int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
+    return int(np.clip(math.ceil(1.5 * extent / 32) * 32, 128, 256))
 
 
 def _validate(model, volumes, items, k, prep, device, num_classes) -> list[float]:
