@@ -58,7 +58,7 @@ class MedTransferParameterNode:
     trainingSegmentation: vtkMRMLSegmentationNode
     unpaintedSlicesUnlabelled: bool = True
     strategy: Annotated[str, Choice(["finetune", "frozen"])] = "finetune"
-    epochs: Annotated[int, WithinRange(1, 1000)] = 12
+    epochs: Annotated[int, WithinRange(1, 1000)] = 16
     outputFolder: str = ""
     applyVolume: vtkMRMLScalarVolumeNode
     modelFolder: str = ""

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default="2.5d", choices=["2.5d"])
     s.add_argument("--slices", type=int, default=3, help="adjacent slices as channels (odd; default 3)")
     s.add_argument("--axis", type=int, choices=[0, 1, 2], help="voxel axis to slice along (default: datalist's, else 2)")
-    s.add_argument("--epochs", type=int, default=12)
+    s.add_argument("--epochs", type=int, default=16)
     s.add_argument("--steps-per-epoch", type=int, default=50)
     s.add_argument("--batch-size", type=int, default=None, help="default: from the crop size")
     s.add_argument("--patch", type=int, default=None, help="in-plane crop in pixels (default: from structure size)")

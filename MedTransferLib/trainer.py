@@ -37,7 +37,7 @@ class TrainConfig:
     strategy: str = "finetune"
     slices: int = 3                    # k adjacent slices as channels
     axis: int | None = None            # voxel axis to slice along; None → the datalist's (default k)
-    epochs: int = 12
+    epochs: int = 16
     steps_per_epoch: int = 50
     batch_size: int | None = None      # None → as many crops as fit 16 × 128² pixels
     lr: float = 2e-3

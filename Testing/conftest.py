@@ -87,7 +87,7 @@ def colin_crop(tmp_path_factory, colin):
     (out / "dataset.json").write_text(json.dumps({
         "labels": labels, "modality": "MR",
         "training": [{"image": "image.nii.gz", "label": "label.nii.gz",
-                      "labelled_slices": list(range(0, 36, 5))}]}))
+                      "labelled_slices": list(range(0, 36, 3))}]}))
     return {"dir": out, "datalist": out / "dataset.json", "image": out / "image.nii.gz",
             "label": out / "label.nii.gz"}
 

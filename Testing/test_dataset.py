@@ -55,15 +55,29 @@ def test_several_cases_are_split_by_case():
 
 
 def test_one_case_holds_out_whole_labelled_slices_and_says_so():
+    geo = Geometry((12, 10, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    label = np.full((20, 10, 12), mt.IGNORE, np.uint8)
+    for s in range(0, 20, 2):          # 10 labelled slices with the structure
+        label[s] = 0
+        label[s, 4:6, 4:6] = 1
+    label[1] = 0                       # and one labelled, empty slice
+    image = np.random.default_rng(0).normal(size=(20, 10, 12)).astype(np.float32)
+    vol = Volume.from_case(Case(image, geo, label), Preprocessing(), 2, [1])
+    train, val, note = split_train_val([vol], 0.2, 0)
+    assert len([s for _, s in val if s % 2 == 0]) == 2 and set(train).isdisjoint(val)
+    assert sorted(s for _, s in train + val) == [0, 1] + list(range(2, 20, 2))
+    assert "held out" in note
+
+
+def test_one_case_with_few_labelled_slices_keeps_them_all_for_training_and_says_so():
     label = np.full((8, 10, 12), mt.IGNORE, np.uint8)
-    for s in range(8):
+    for s in range(5):
         label[s] = 0
         label[s, 4:6, 4:6] = 1
     vol = Volume.from_case(_case(label), Preprocessing(), 2, [1])
-    train, val, note = split_train_val([vol], 0.25, 0)
-    assert len(val) == 2 and set(train).isdisjoint(val)
-    assert sorted(s for _, s in train + val) == list(range(8))
-    assert "held out" in note
+    train, val, note = split_train_val([vol], 0.2, 0)
+    assert val == [] and len(train) == 5
+    assert "5 labelled slices holding structures" in note and "without early stopping" in note
 
 
 def test_a_case_with_no_labelled_slice_is_refused():
