@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import MedTransferError
-from .fileutil import replace_dir, write_json
+from .fileutil import replace_dir, sha256_file, write_json
 from .labels import Label
 from .preprocessing import Preprocessing
 
@@ -26,14 +26,6 @@ FORMAT = "medtransfer-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fingerprint(manifest: dict) -> str:

@@ -7,7 +7,6 @@ grey-matter structures (AAL 37, 38, 71–74, 77, 78), relabelled 1..8.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MedTransferError
-from .fileutil import write_json
+from .fileutil import atomic_path, sha256_file, write_json
 
 PACKAGE = "mricron-data"
 FILES = {  # name in the package's templates folder → sha256
@@ -35,16 +34,8 @@ def default_cache() -> Path:
     return Path(os.environ.get("MEDTRANSFER_CACHE", Path.home() / ".cache" / "medtransfer"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verified(folder: Path) -> bool:
-    return all((folder / n).is_file() and _sha256(folder / n) == s for n, s in FILES.items())
+    return all((folder / n).is_file() and sha256_file(folder / n) == s for n, s in FILES.items())
 
 
 def _fetch_package(dest: Path) -> None:
@@ -66,7 +57,7 @@ def _fetch_package(dest: Path) -> None:
 
 def _structure_names(txt: Path) -> dict[int, str]:
     names = {}
-    for line in txt.read_text().splitlines():
+    for line in txt.read_text(encoding="utf-8").splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].isdigit():
             names[int(parts[0])] = parts[1]
@@ -83,7 +74,7 @@ def sample_data(cache: str | os.PathLike | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if not _verified(folder):
         _fetch_package(folder)
-        bad = [n for n, s in FILES.items() if _sha256(folder / n) != s]
+        bad = [n for n, s in FILES.items() if sha256_file(folder / n) != s]
         if bad:
             raise MedTransferError(f"sample files {bad} in '{folder}' do not match their checksums; "
                                    f"delete the folder and run 'medtransfer sampledata' again")
@@ -98,8 +89,6 @@ def sample_data(cache: str | os.PathLike | None = None) -> Path:
             out[arr == v] = i
         img = sitk.GetImageFromArray(out)
         img.CopyInformation(aal)
-        from .fileutil import atomic_path
-
         with atomic_path(folder / LABEL_FILE) as tmp:
             sitk.WriteImage(img, str(tmp), True)
         names = _structure_names(folder / "aal.nii.txt")
@@ -118,7 +107,7 @@ def sample_data(cache: str | os.PathLike | None = None) -> Path:
 
 def sparse_datalist(datalist, out_path, every: int = 10, axis: int = 2) -> Path:
     """Copy a datalist, marking only every ``every``-th slice along ``axis`` as labelled."""
-    data = json.loads(Path(datalist).read_text())
+    data = json.loads(Path(datalist).read_text(encoding="utf-8"))
     root = Path(datalist).parent.resolve()
     import SimpleITK as sitk
 

@@ -41,6 +41,26 @@ def segmentations_logic(scene):
     return logic
 
 
+class _Scratch:
+    """Removes every node added to ``scene`` inside the ``with`` block (helper labelmaps and the
+    display and colour nodes the segmentations logic adds for them), so the user's scene only
+    gains the results."""
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    def __enter__(self):
+        self.before = {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+        return self
+
+    def __exit__(self, *exc):
+        added = [self.scene.GetNthNode(i) for i in range(self.scene.GetNumberOfNodes())]
+        for node in added:
+            if node.GetID() not in self.before:
+                self.scene.RemoveNode(node)
+        return False
+
+
 def _matrix_to_numpy(m) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
@@ -132,8 +152,8 @@ def segmentation_to_label(segmentation_node, reference_volume, labels: list[Labe
     logic = segmentations_logic(scene)
     geometry = node_geometry(reference_volume)
     out = np.zeros(tuple(geometry.size)[::-1], dtype=np.uint8 if max(l.value for l in labels) < 255 else np.uint16)
-    tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtransfer_export")
-    try:
+    with _Scratch(scene):
+        tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtransfer_export")
         for lab in labels:
             ids = vtk.vtkStringArray()
             ids.InsertNextValue(by_name[lab.name])
@@ -142,8 +162,6 @@ def segmentation_to_label(segmentation_node, reference_volume, labels: list[Labe
                                        f"'{reference_volume.GetName()}'")
             mask = node_array(tmp) > 0
             out[mask] = lab.value
-    finally:
-        scene.RemoveNode(tmp)
     if unpainted == "ignore":
         arr_axis = 2 - axis
         other = tuple(a for a in range(3) if a != arr_axis)
@@ -171,8 +189,8 @@ def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, lab
     seg_node.CreateDefaultDisplayNodes()
     if reference_volume is not None:
         seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
-    tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtransfer_import")
-    try:
+    with _Scratch(scene):
+        tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtransfer_import")
         segmentation = seg_node.GetSegmentation()
         for lab in labels:
             mask = (label == lab.value).astype(np.uint8)
@@ -187,8 +205,6 @@ def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, lab
             segment.SetName(lab.name)
             segment.SetColor(*lab.color)
             segment.SetTag("MedTransfer.LabelValue", str(lab.value))
-    finally:
-        scene.RemoveNode(tmp)
     return seg_node
 
 

@@ -83,7 +83,7 @@ def colin_crop(tmp_path_factory, colin):
     lab_c = sitk.RegionOfInterest(lab, size, index)
     sitk.WriteImage(img_c, str(out / "image.nii.gz"))
     sitk.WriteImage(lab_c, str(out / "label.nii.gz"))
-    labels = json.loads(colin["datalist"].read_text())["labels"]
+    labels = json.loads(colin["datalist"].read_text(encoding="utf-8"))["labels"]
     (out / "dataset.json").write_text(json.dumps({
         "labels": labels, "modality": "MR",
         "training": [{"image": "image.nii.gz", "label": "label.nii.gz",

@@ -31,13 +31,13 @@ def test_train_predict_evaluate_through_the_cli(blob_datalist, tmp_path):
                 "--table", tmp_path / "vol.csv")
     assert r.returncode == 0, r.stderr
     assert digest(img) == before
-    assert (tmp_path / "vol.csv").read_text().splitlines()[0].startswith("case,structure,value,voxels,volume_ml")
+    assert (tmp_path / "vol.csv").read_text(encoding="utf-8").splitlines()[0].startswith("case,structure,value,voxels,volume_ml")
     assert mt.read_case(tmp_path / "seg.nrrd").geometry.matches(mt.read_case(img).geometry) == []
     r = run_cli("evaluate", "--pred", tmp_path / "seg.nrrd", "--label", blob_datalist.parent / "lab1.nii.gz",
                 "--model", out, "--out", tmp_path / "m.csv", "--slices", "0-7")
     assert r.returncode == 0, r.stderr
     assert "bright" in r.stdout and "Dice" in r.stdout
-    header = (tmp_path / "m.csv").read_text().splitlines()[0]
+    header = (tmp_path / "m.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header == "case,structure,value,dice,hd95_mm,volume_pred_ml,volume_ref_ml"
 
 

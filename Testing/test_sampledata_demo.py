@@ -13,7 +13,7 @@ from MedTransferLib import sampledata
 
 
 def test_sample_datalist_names_eight_aal_structures(colin):
-    data = json.loads(colin["datalist"].read_text())
+    data = json.loads(colin["datalist"].read_text(encoding="utf-8"))
     assert data["labels"] == {"0": "background", "1": "Hippocampus_L", "2": "Hippocampus_R", "3": "Caudate_L",
                               "4": "Caudate_R", "5": "Putamen_L", "6": "Putamen_R", "7": "Thalamus_L",
                               "8": "Thalamus_R"}
@@ -55,11 +55,11 @@ def test_main_job_writes_every_output(colin, tmp_path, capsys):
             "summary.json", "train_log.jsonl", "dataset_sparse.json"} <= names
     image = mt.read_case(colin["image"])
     assert mt.read_case(tmp_path / "prediction.nii.gz").geometry.matches(image.geometry) == []
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv", encoding="utf-8")))
     assert [r["structure"] for r in rows][0] == "Hippocampus_L" and len(rows) == 8
     png = sitk.ReadImage(str(tmp_path / "overlay.png"))
     assert png.GetNumberOfComponentsPerPixel() == 3 and png.GetSize()[1] == 2 * 217
     scene = tmp_path / "scene" / "MedTransferDemo.mrml"
-    assert scene.is_file() and "MedTransfer prediction" in scene.read_text()
+    assert scene.is_file() and "MedTransfer prediction" in scene.read_text(encoding="utf-8")
     assert set(result["dice"]) == {r["structure"] for r in rows}
     assert "Dice on the never-labelled slices" in capsys.readouterr().err

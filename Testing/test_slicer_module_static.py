@@ -13,7 +13,7 @@ UI = ROOT / "MedTransfer" / "Resources" / "UI" / "MedTransfer.ui"
 
 
 def _tree():
-    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+    return ast.parse(MODULE.read_text(encoding="utf-8"), filename=str(MODULE))
 
 
 def _ui_widgets():
@@ -46,7 +46,7 @@ def test_module_has_the_template_classes():
 
 def test_widget_code_only_uses_widgets_that_exist_in_the_ui():
     names, _ = _ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
     assert used, "the widget refers to no ui element"
     assert used <= names, f"not in MedTransfer.ui: {sorted(used - names)}"
 
@@ -59,16 +59,16 @@ def test_every_parameter_is_bound_to_a_widget_and_every_binding_is_a_parameter()
 
 
 def test_logic_and_widget_do_not_import_qt_outside_slicer_paths():
-    source = MODULE.read_text()
+    source = MODULE.read_text(encoding="utf-8")
     assert "import qt" not in source  # logic stays usable without a GUI
     compile(source, str(MODULE), "exec")
 
 
 def test_extension_cmake_declares_pytorch_dependency_and_module():
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
     assert "add_subdirectory(MedTransfer)" in top
-    module = (ROOT / "MedTransfer" / "CMakeLists.txt").read_text()
+    module = (ROOT / "MedTransfer" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule" in module and "MedTransferLib" in module
     for res in re.findall(r"Resources/\S+", module):
         res = res.replace("${MODULE_NAME}", "MedTransfer")

@@ -35,7 +35,7 @@ def test_training_reports_progress_and_writes_a_complete_package(trained):
     assert sum(e["event"] == "validation" for e in events) == 3
     start = events[0]
     assert start["trainable_parameters"] == start["total_parameters"] and start["strategy"] == "finetune"
-    manifest = json.loads((run.package / MANIFEST).read_text())
+    manifest = json.loads((run.package / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["complete"] is True
     assert [lab["name"] for lab in manifest["labels"]][:2] == ["Hippocampus_L", "Hippocampus_R"]
     assert manifest["preprocessing"]["modality"] == "MR"
@@ -122,7 +122,7 @@ def test_package_problems_are_refused_clearly(trained, tmp_path):
     with pytest.raises(mt.MedTransferError, match="has no manifest.json"):
         ModelPackage.load(m)
     m = copy()
-    data = json.loads((m / MANIFEST).read_text())
+    data = json.loads((m / MANIFEST).read_text(encoding="utf-8"))
     data["labels"][0]["name"] = "Amygdala_L"  # edited after training
     (m / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(mt.MedTransferError, match="changed after training"):
@@ -132,7 +132,7 @@ def test_package_problems_are_refused_clearly(trained, tmp_path):
     with pytest.raises(mt.MedTransferError, match="not valid JSON"):
         ModelPackage.load(m)
     m = copy()
-    data = json.loads((m / MANIFEST).read_text())
+    data = json.loads((m / MANIFEST).read_text(encoding="utf-8"))
     data["format_version"] = 99
     (m / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(mt.MedTransferError, match="newer than this"):

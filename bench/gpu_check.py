@@ -45,7 +45,7 @@ def check(folder: Path, epochs: int) -> None:
 
     d = np.load(folder / "colin27.npz")
     geo = Geometry(tuple(int(x) for x in d["size"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
-    labels = [Label.from_dict(x) for x in json.loads((folder / "labels.json").read_text())]
+    labels = [Label.from_dict(x) for x in json.loads((folder / "labels.json").read_text(encoding="utf-8"))]
     full = d["label"]
     sparse = np.full_like(full, IGNORE)
     sparse[::10] = full[::10]  # every 10th axial slice labelled
