@@ -9,6 +9,7 @@ The Logic holds no Qt state and is the Python-console API::
 
 import logging
 import os
+import pathlib
 import sys
 from typing import Annotated
 
@@ -59,9 +60,9 @@ class MedTransferParameterNode:
     unpaintedSlicesUnlabelled: bool = True
     strategy: Annotated[str, Choice(["finetune", "frozen"])] = "finetune"
     epochs: Annotated[int, WithinRange(1, 1000)] = 16
-    outputFolder: str = ""
+    outputFolder: pathlib.Path
     applyVolume: vtkMRMLScalarVolumeNode
-    modelFolder: str = ""
+    modelFolder: pathlib.Path
 
 
 class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -114,25 +115,30 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._updateButtons()
 
+    @staticmethod
+    def _isSet(path) -> bool:
+        return path is not None and str(path) not in ("", ".")
+
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        self.ui.trainButton.enabled = bool(p and p.trainingVolume and p.trainingSegmentation and p.outputFolder)
-        self.ui.applyButton.enabled = bool(p and p.applyVolume and p.modelFolder)
+        self.ui.trainButton.enabled = bool(p and p.trainingVolume and p.trainingSegmentation
+                                           and self._isSet(p.outputFolder))
+        self.ui.applyButton.enabled = bool(p and p.applyVolume and self._isSet(p.modelFolder))
 
     def onTrainButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
             names = self.logic.segmentNames(p.trainingSegmentation)
-            run = self.logic.train([(p.trainingVolume, p.trainingSegmentation)], names, p.outputFolder,
+            run = self.logic.train([(p.trainingVolume, p.trainingSegmentation)], names, str(p.outputFolder),
                                    unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled,
                                    strategy=p.strategy, epochs=p.epochs)
-            p.modelFolder = str(run.package)
+            p.modelFolder = pathlib.Path(run.package)
             self.ui.statusLabel.text = _("Model written to {path}").format(path=run.package)
 
     def onApplyButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
-            segNode, table, _metrics = self.logic.predict(p.applyVolume, p.modelFolder)
+            segNode, table, _metrics = self.logic.predict(p.applyVolume, str(p.modelFolder))
             self.ui.statusLabel.text = _("Created {seg} and {table}").format(seg=segNode.GetName(), table=table.GetName())
 
 

@@ -27,11 +27,21 @@ def _ui_widgets():
     return names, bound
 
 
-def _parameter_fields():
+def _parameter_annotations() -> dict:
     for node in _tree().body:
         if isinstance(node, ast.ClassDef) and node.name == "MedTransferParameterNode":
-            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+            return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
     raise AssertionError("no MedTransferParameterNode class")
+
+
+def _parameter_fields():
+    return set(_parameter_annotations())
+
+
+# which annotation Slicer's parameterNodeWrapper GUI connectors accept for each widget class
+CONNECTABLE = {"qMRMLNodeComboBox": r"^vtkMRML\w+Node$", "QCheckBox": r"^bool$",
+               "QSpinBox": r"^(int|Annotated\[int,.*)$", "QComboBox": r"^Annotated\[str, Choice\(",
+               "ctkPathLineEdit": r"^pathlib\.Path$"}
 
 
 def test_module_has_the_template_classes():
@@ -56,6 +66,17 @@ def test_every_parameter_is_bound_to_a_widget_and_every_binding_is_a_parameter()
     fields = _parameter_fields()
     assert set(bound.values()) <= fields, f"unknown parameters in .ui: {set(bound.values()) - fields}"
     assert fields <= set(bound.values()), f"parameters with no widget: {fields - set(bound.values())}"
+
+
+def test_each_bound_widget_can_represent_its_parameter_type():
+    root = ET.parse(UI).getroot()
+    classes = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    _, bound = _ui_widgets()
+    annotations = _parameter_annotations()
+    for widget, field in bound.items():
+        pattern = CONNECTABLE.get(classes[widget])
+        assert pattern, f"{widget}: no parameter connector for {classes[widget]}"
+        assert re.match(pattern, annotations[field]), f"{widget} ({classes[widget]}) cannot show {field}: {annotations[field]}"
 
 
 def test_logic_and_widget_do_not_import_qt_outside_slicer_paths():
