@@ -36,7 +36,7 @@ def run_demo(out, cache=None, epochs=None, device="auto", log=sys.stderr, **trai
     if epochs is not None:
         train_kw["epochs"] = epochs
     jsonl = open(out / "train_log.jsonl", "w", encoding="utf-8")
-    reporter = Reporter(stream=jsonl, bar=log.isatty() if hasattr(log, "isatty") else False)
+    reporter = Reporter(stream=jsonl, bar=log.isatty() if hasattr(log, "isatty") else False, lines=True)
     t_train = time.monotonic()
     run = train(dl, out, reporter=reporter, device=device, **train_kw)
     jsonl.close()

@@ -18,9 +18,10 @@ class Reporter:
         'start'
     """
 
-    def __init__(self, sink=None, stream=sys.stdout, bar: bool | None = None):
+    def __init__(self, sink=None, stream=sys.stdout, bar: bool | None = None, lines: bool = False):
         self.sink, self.stream = sink, stream
         self.bar = sys.stderr.isatty() if bar is None else bar
+        self.lines = lines and not self.bar  # one line per epoch on stderr (logs, pipes)
         self.t0 = time.monotonic()
 
     def emit(self, event: str, **fields) -> dict:
@@ -32,7 +33,15 @@ class Reporter:
             self.stream.flush()
         if self.bar:
             self._draw(msg)
+        elif self.lines and event in ("epoch", "note"):
+            print(msg.get("message") or self._epoch_line(msg), file=sys.stderr, flush=True)
         return msg
+
+    @staticmethod
+    def _epoch_line(msg: dict) -> str:
+        val = msg.get("val_dice")
+        return (f"epoch {msg['epoch']}/{msg['epochs']}: loss {msg['train_loss']:.3f}"
+                + ("" if val is None else f", validation Dice {val:.3f}") + f", ETA {msg['eta_s']:.0f} s")
 
     def _draw(self, msg: dict) -> None:
         if msg["event"] == "step":

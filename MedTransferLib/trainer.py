@@ -261,6 +261,9 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
             else:
                 stale += 1
         history.append(record)
+        elapsed = time.monotonic() - t_start
+        reporter.emit("epoch", epoch=epoch, epochs=config.epochs, train_loss=record["train_loss"],
+                      val_dice=record.get("val_dice"), eta_s=round(elapsed / step * (total - step), 1))
         if val_items and stale >= config.patience:
             stopped_early = True
             reporter.emit("note", message=f"early stop: validation Dice did not improve for "

@@ -33,6 +33,7 @@ def test_training_reports_progress_and_writes_a_complete_package(trained):
     steps = [e for e in events if e["event"] == "step"]
     assert len(steps) == 24 and all({"epoch", "step", "loss", "eta_s"} <= set(e) for e in steps)
     assert sum(e["event"] == "validation" for e in events) == 3
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3]
     start = events[0]
     assert start["trainable_parameters"] == start["total_parameters"] and start["strategy"] == "finetune"
     manifest = json.loads((run.package / MANIFEST).read_text(encoding="utf-8"))
