@@ -42,14 +42,14 @@ def run_demo(out, cache=None, epochs=None, device="auto", log=sys.stderr, **trai
     jsonl.close()
     train_s = time.monotonic() - t_train
 
-    case = read_case(entry.image)
+    case = read_case(entry.image, entry.label)  # the full reference label, read once
     t_pred = time.monotonic()
     pred = predict(run.package, case, device=device)
     pred_s = time.monotonic() - t_pred
     write_label(out / "prediction.nii.gz", pred.label, case.geometry)
     write_csv(out / "volumes.csv", pred.volumes())
 
-    ref = read_case(entry.image, entry.label).label
+    ref = case.label
     held_out = [s for s in range(case.geometry.size[2]) if s not in set(entry.labelled_slices)]
     rows = evaluate(pred.label, ref, pred.labels, case.geometry, held_out, axis=2, case_id=case.case_id)
     write_csv(out / "metrics.csv", rows)

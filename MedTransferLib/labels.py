@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # Distinct, colour-blind-friendlier colours (Okabe–Ito and Tableau hues), used when the
 # datalist gives none; Slicer shows segments in these colours.
@@ -32,4 +32,4 @@ def default_color(index: int) -> tuple[float, float, float]:
     return PALETTE[index % len(PALETTE)]
 
 
-__all__ = ["Label", "PALETTE", "default_color", "asdict"]
+__all__ = ["Label", "PALETTE", "default_color"]

@@ -139,7 +139,7 @@ def segmentation_to_label(segmentation_node, reference_volume, labels: list[Labe
     ``unpainted="ignore"``: slices along ``axis`` where none of the chosen segments is painted
     are marked :data:`IGNORE` (sparse labelling); ``"background"``: they count as background.
     """
-    slicer, vtk, _ = _mods()
+    _, vtk, _ = _mods()
     if unpainted not in ("background", "ignore"):
         raise MedTransferError(f"unpainted must be 'background' or 'ignore', not '{unpainted}'")
     seg = segmentation_node.GetSegmentation()

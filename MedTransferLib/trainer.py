@@ -101,7 +101,7 @@ def loss_function(smooth: float = 1.0):
         sums.index_add_(0, safe[valid], per_voxel[valid])
         ce = (sums[counts > 0] / counts[counts > 0]).mean()
         probs = torch.softmax(logits, 1)[:, 1:]                     # foreground channels
-        onehot = F.one_hot(torch.where(valid, target, 0), logits.shape[1])[..., 1:]
+        onehot = F.one_hot(safe, logits.shape[1])[..., 1:]
         onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype)
         mask = valid[:, None].to(probs.dtype)
         dims = (0, 2, 3)
