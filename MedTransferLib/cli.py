@@ -41,9 +41,26 @@ def cmd_sampledata(a) -> int:
 def cmd_backbones(a) -> int:
     from .backbones import BACKBONES
 
+    rows = []
     for info in BACKBONES.values():
-        offline = "ImageNet weights offline" if info.available_offline() else "ImageNet weights: download or --weights PATH"
-        print(f"{info.name:20s} {info.dims}D  {info.source:45s} {offline}")
+        if info.pretrained is None:
+            weights = "from scratch"
+        elif info.pretrained == "ssl":
+            weights = "ssl: manual download, --weights FILE"
+        elif info.available_offline():
+            weights = f"{info.pretrained}: available offline"
+        else:
+            weights = f"{info.pretrained}: download, or --weights FILE"
+        rows.append({"name": info.name, "modes": info.modes(), "kind": info.kind,
+                     "parameters": info.parameters(), "source": info.source, "weights": weights})
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':20s} {'modes':20s} {'kind':8s} {'params':>8s}  {'source':42s} weights")
+    for r in rows:
+        print(f"{r['name']:20s} {r['modes']:20s} {r['kind']:8s} {r['parameters'] / 1e6:7.1f}M  "
+              f"{r['source']:42s} {r['weights']}")
+    print("\nAlso: --backbone package:DIR (a trained MedTransfer model) and bundle:DIR (a MONAI bundle).")
     return 0
 
 
@@ -53,7 +70,8 @@ def cmd_train(a) -> int:
 
     bar = {"auto": None, "bar": True, "json": False}[a.progress]
     reporter = Reporter(stream=sys.stdout, bar=bar)
-    config = dict(backbone=a.backbone, weights=_weights(a.weights), strategy=a.strategy, slices=a.slices,
+    config = dict(mode=a.mode, backbone=a.backbone, weights=_weights(a.weights), strategy=a.strategy,
+                  slices=a.slices, overlap=a.overlap, stem=a.stem,
                   epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr, patch=a.patch,
                   device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
                   patience=a.patience)
@@ -68,7 +86,8 @@ def cmd_predict(a) -> int:
     from .io import read_case, write_label
     from .predict import predict
 
-    pred = predict(a.model, read_case(a.image), device=a.device, batch_size=a.batch_size)
+    pred = predict(a.model, read_case(a.image), device=a.device, batch_size=a.batch_size,
+                   overlap=a.overlap)
     write_label(a.out, pred.label, pred.case.geometry)
     rows = pred.volumes()
     if a.table:
@@ -128,21 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sampledata)
 
     s = sub.add_parser("backbones", help="list the pretrained backbones")
+    s.add_argument("--json", action="store_true", help="machine-readable list")
     s.set_defaults(func=cmd_backbones)
 
     s = sub.add_parser("train", help="fine-tune a pretrained network on a datalist")
     s.add_argument("--datalist", required=True, help="dataset.json (MSD/MONAI format)")
     s.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
     s.add_argument("--backbone", default="efficientnet-lite0")
-    s.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'none' (random init) or a weights file")
+    s.add_argument("--weights", default="pretrained",
+                   help="'pretrained' (default: the backbone's own ImageNet/MedicalNet weights), "
+                        "'none' (random init) or a weights file")
     s.add_argument("--strategy", default="finetune", help="finetune (default) or frozen")
-    s.add_argument("--mode", default="2.5d", choices=["2.5d"])
-    s.add_argument("--slices", type=int, default=3, help="adjacent slices as channels (odd; default 3)")
+    s.add_argument("--mode", default="2.5d", choices=["2.5d", "3d"],
+                   help="2.5d: k slices into a 2D network (default); 3d: patches into a 3D network")
+    s.add_argument("--slices", type=int, default=3, help="2.5d: adjacent slices as channels (odd; default 3)")
+    s.add_argument("--stem", default="mean", choices=["mean", "repeat"],
+                   help="how pretrained first-layer weights are adapted to k≠3 channels (default mean)")
+    s.add_argument("--overlap", type=float, default=0.25, help="3d: sliding-window overlap (default 0.25)")
     s.add_argument("--axis", type=int, choices=[0, 1, 2], help="voxel axis to slice along (default: datalist's, else 2)")
     s.add_argument("--epochs", type=int, default=16)
     s.add_argument("--steps-per-epoch", type=int, default=50)
     s.add_argument("--batch-size", type=int, default=None, help="default: from the crop size")
-    s.add_argument("--patch", type=int, default=None, help="in-plane crop in pixels (default: from structure size)")
+    s.add_argument("--patch", type=int, default=None,
+                   help="crop edge in voxels (default: from structure size; 2.5d in-plane, 3d cube)")
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--patience", type=int, default=4)
     s.add_argument("--val-fraction", type=float, default=0.2)
@@ -159,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output label map (.nii.gz, .nrrd ...)")
     s.add_argument("--table", help="CSV of per-structure volumes (mL)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--batch-size", type=int, default=16, help="slices per batch (3d: windows = this / 8)")
+    s.add_argument("--overlap", type=float, default=None, help="3d: sliding-window overlap (default: the model's)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("evaluate", help="Dice and HD95 of a prediction against a reference")
@@ -177,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache")
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--backbone")
-    s.add_argument("--weights", default="imagenet")
+    s.add_argument("--weights", default="pretrained")
     s.add_argument("--strategy", default="finetune")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_demo)

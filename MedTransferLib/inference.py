@@ -49,3 +49,50 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignor
         denom = int(p.sum()) + int(t.sum())
         scores.append(float("nan") if denom == 0 else 2.0 * int((p & t).sum()) / denom)
     return scores
+
+
+def _chunk_depth(shape, num_classes: int, patch_depth: int, budget_bytes: float) -> int:
+    """Slices per chunk so that the blended class scores of a chunk stay within the budget."""
+    _, h, w = shape
+    per_slice = (num_classes + 2) * h * w * 4   # float32 scores + weight map + input
+    return max(patch_depth, int(budget_bytes // per_slice))
+
+
+@torch.inference_mode()
+def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preprocessing,
+                      device: torch.device, patch, num_classes: int, overlap: float = 0.25,
+                      batch_size: int = 2, memory_budget_gb: float = 1.0,
+                      probabilities: bool = False) -> np.ndarray:
+    """Class indices ``(D, H, W)`` for a standardised volume, by MONAI's sliding window with
+    Gaussian blending.
+
+    Memory stays bounded on large CT: the volume goes through in chunks of slices (each with half
+    a patch of context on both sides, so blending at a chunk's edge sees the same windows as
+    whole-volume inference would near there); only a chunk's float scores exist at any time,
+    and the result is a uint8 label map. With ``probabilities=True`` returns float32
+    ``(C, D, H, W)`` instead (no chunking benefit: meant for small volumes).
+    """
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    d = image.shape[0]
+    pd = int(patch[0])
+    chunk = d if probabilities else _chunk_depth(image.shape, num_classes, pd, memory_budget_gb * 2**30)
+    margin = pd // 2
+    out = np.zeros(image.shape, np.uint8) if not probabilities else None
+
+    def run(x):
+        with autocast(device):
+            return model(prep.to_backbone(x)).float()
+
+    for z0 in range(0, d, chunk):
+        a, b = max(0, z0 - margin), min(d, z0 + chunk + margin)
+        x = torch.from_numpy(np.ascontiguousarray(image[a:b]))[None, None]
+        scores = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch), sw_batch_size=batch_size,
+                                          predictor=run, overlap=overlap, mode="gaussian",
+                                          padding_mode="replicate", sw_device=device, device="cpu")
+        if probabilities:
+            return torch.softmax(scores[0], 0).numpy()
+        labels = scores[0].argmax(0).to(torch.uint8).numpy()
+        out[z0:min(d, z0 + chunk)] = labels[z0 - a:z0 - a + min(chunk, d - z0)]
+    return out

@@ -1,13 +1,15 @@
-"""Pretrained encoder + U-Net decoder (MONAI's ``UNetDecoder`` and ``SegmentationHead``)."""
+"""Networks built from a model config: a pretrained encoder + U-Net decoder (MONAI's
+``UNetDecoder`` and ``SegmentationHead``) in 2D or 3D, or a complete MONAI network."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .backbones import build_encoder
+from .backbones import build_encoder, build_network
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
+DECODER_CHANNELS_3D = (128, 64, 32, 16, 8)   # 3D activations cost a dimension more memory
 
 
 class SegmentationNet(nn.Module):
@@ -20,25 +22,49 @@ class SegmentationNet(nn.Module):
         torch.Size([1, 3, 64, 64])
     """
 
+    multiple = 32  # five stride-2 stages: input sizes must be divisible by 32
+
     def __init__(self, encoder: nn.Module, num_classes: int, in_channels: int,
-                 decoder_channels=DECODER_CHANNELS):
+                 decoder_channels=None, spatial_dims: int = 2):
         super().__init__()
         from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 
+        if decoder_channels is None:
+            decoder_channels = DECODER_CHANNELS if spatial_dims == 2 else DECODER_CHANNELS_3D
+        self.spatial_dims = spatial_dims
         self.encoder = encoder
         self.decoder = UNetDecoder(
-            spatial_dims=2, encoder_channels=(in_channels, *encoder.channels),
+            spatial_dims=spatial_dims, encoder_channels=(in_channels, *encoder.channels),
             decoder_channels=tuple(decoder_channels), act=("relu", {"inplace": True}),
             norm=("batch", {"eps": 1e-3, "momentum": 0.1}), dropout=0.0, bias=False,
             upsample="nontrainable", pre_conv=None, interp_mode="nearest", align_corners=None,
             is_pad=True)
-        self.head = SegmentationHead(2, decoder_channels[-1], num_classes, kernel_size=3)
+        self.head = SegmentationHead(spatial_dims, decoder_channels[-1], num_classes, kernel_size=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.decoder(self.encoder(x), 4))
 
+    def stages(self) -> list[nn.Module]:
+        return self.encoder.stages()
+
     @classmethod
     def from_config(cls, config: dict, weights: str | None = None) -> "SegmentationNet":
-        encoder = build_encoder(config["backbone"], weights, int(config["in_channels"]))
+        dims = int(config.get("spatial_dims", 2))
+        encoder = build_encoder(config["backbone"], weights, int(config["in_channels"]), dims,
+                                config.get("stem", "mean"))
         return cls(encoder, int(config["num_classes"]), int(config["in_channels"]),
-                   config.get("decoder_channels", DECODER_CHANNELS))
+                   config.get("decoder_channels"), dims)
+
+
+def build_model(config: dict, weights: str | None = None) -> nn.Module:
+    """The network a model config describes (``manifest['model']``), with ``weights`` for its
+    encoder or network ('pretrained', a file, or None when a package's weights follow)."""
+    if "network_def" in config:   # from a MONAI bundle: rebuilt from the stored definition
+        from .backbones.sources import network_from_def
+
+        return network_from_def(config["network_def"], int(config["in_channels"]),
+                                int(config["num_classes"]))
+    if config.get("kind", "encoder") == "network":
+        return build_network(config["backbone"], weights, int(config["in_channels"]),
+                             int(config["num_classes"]))
+    return SegmentationNet.from_config(config, weights)

@@ -131,16 +131,31 @@ class ModelPackage:
         try:
             pkg.labels, pkg.preprocessing, pkg.axis, pkg.slices  # noqa: B018 — validate now
             manifest["model"]["backbone"]
+            if pkg.mode not in ("2.5d", "3d"):
+                raise ValueError(f"mode {pkg.mode!r}")
+            if pkg.mode == "3d":
+                [int(p) for p in manifest["inference"]["patch"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise MedTransferError(f"{where}: {MANIFEST} lacks or garbles {exc}") from None
         return pkg
 
-    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+    @property
+    def mode(self) -> str:
+        return self.manifest.get("mode", "2.5d")
+
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task", "segmentation")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
-        from .backbones.weights import load_strict
-        from .model import SegmentationNet
+        return load_file(str(self.path / WEIGHTS))
 
-        net = SegmentationNet.from_config(self.manifest["model"], weights=None)
-        load_strict(net, load_file(str(self.path / WEIGHTS)), f"model '{self.path}'")
+    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        from .backbones.weights import load_strict
+        from .model import build_model
+
+        net = build_model(self.manifest["model"], weights=None)
+        load_strict(net, self.state_dict(), f"model '{self.path}'")
         return net.to(device).eval()

@@ -1,4 +1,5 @@
-"""Prediction: whole volume, slice-wise 2.5D in batches, label map in the input's exact geometry."""
+"""Prediction: whole volume — slice-wise 2.5D in batches, or a 3D sliding window — as a label map
+in the input's exact geometry."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from .case import Case
 from .dataset import from_slices_first, to_slices_first
 from .device import resolve_device
 from .errors import MedTransferError
-from .inference import predict_slices
+from .inference import predict_slices, predict_volume_3d
 from .package import ModelPackage
 
 
@@ -29,7 +30,8 @@ class Prediction:
                 for lab in self.labels]
 
 
-def predict(package, case: Case, device: str = "auto", batch_size: int = 16) -> Prediction:
+def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
+            overlap: float | None = None) -> Prediction:
     """Segment ``case`` with a model package (a path or a loaded :class:`ModelPackage`).
 
     Example:
@@ -43,7 +45,14 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16) -> 
     model = pkg.build_model(dev)
     prep = pkg.preprocessing
     image = to_slices_first(prep.standardise(case.image), pkg.axis)
-    classes = predict_slices(model, np.ascontiguousarray(image), pkg.slices, prep, dev, batch_size=batch_size)
+    image = np.ascontiguousarray(image)
+    if pkg.mode == "3d":
+        inf = pkg.manifest.get("inference", {})
+        classes = predict_volume_3d(model, image, prep, dev, inf["patch"], len(pkg.labels) + 1,
+                                    overlap=inf.get("overlap", 0.25) if overlap is None else overlap,
+                                    batch_size=max(1, batch_size // 8))
+    else:
+        classes = predict_slices(model, image, pkg.slices, prep, dev, batch_size=batch_size)
     labels = pkg.labels
     lut = np.array([0] + [lab.value for lab in labels],
                    dtype=np.uint8 if max(lab.value for lab in labels) <= 255 else np.uint16)

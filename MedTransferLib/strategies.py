@@ -50,9 +50,16 @@ class Frozen(Strategy):
     name = "frozen"
 
     def param_groups(self, model, lr):
+        encoder = model.encoder
+        frozen = {id(p) for p in encoder.parameters()}
+        if not frozen:
+            from .errors import MedTransferError
+
+            raise MedTransferError("this network has no separate pretrained encoder to freeze; use "
+                                   "--strategy finetune")
         model.requires_grad_(True)
-        model.encoder.requires_grad_(False)
-        params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+        encoder.requires_grad_(False)
+        params = [p for p in model.parameters() if id(p) not in frozen]
         return [{"name": "decoder+head", "params": params, "lr": lr}]
 
     def train_mode(self, model):

@@ -13,16 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import build_encoder, get_backbone
+from .backbones import build_encoder, build_network, get_backbone, is_source, source_kind
 from .case import IGNORE, Case
 from .dataset import SlabSampler, Volume, augment, split_train_val
+from .dataset3d import PatchSampler3D, augment_3d, auto_patch_3d
 from .device import autocast, resolve_device
 from .errors import MedTransferError
-from .inference import dice_per_class, predict_slices
+from .inference import dice_per_class, predict_slices, predict_volume_3d
 from .labels import Label
-from .model import DECODER_CHANNELS, SegmentationNet
+from .model import DECODER_CHANNELS, DECODER_CHANNELS_3D, SegmentationNet
 from .package import array_fingerprint, save_package
-from .preprocessing import Preprocessing, detect_modality, imagenet_target_stats
+from .preprocessing import Preprocessing, detect_modality
 from .progress import Reporter
 from .strategies import get_strategy
 
@@ -31,29 +32,40 @@ from .strategies import get_strategy
 class TrainConfig:
     """Training settings. The defaults are the product's recommendation for a new task."""
 
-    mode: str = "2.5d"
+    mode: str = "2.5d"                 # "2.5d" (k slices → 2D network) or "3d" (patches → 3D network)
     backbone: str = "efficientnet-lite0"
-    weights: str | None = "imagenet"   # 'imagenet', a file path, or None for random init
+    weights: str | None = "pretrained" # the backbone's pretrained weights, a file path, or None
     strategy: str = "finetune"
-    slices: int = 3                    # k adjacent slices as channels
+    slices: int = 3                    # 2.5D: k adjacent slices as channels
     axis: int | None = None            # voxel axis to slice along; None → the datalist's (default k)
     epochs: int = 16
     steps_per_epoch: int = 50
-    batch_size: int | None = None      # None → as many crops as fit 16 × 128² pixels
+    batch_size: int | None = None      # None → 16 × 128² pixels (2.5D), 2 × 96³ voxels (3D)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     patience: int = 4                  # epochs without validation improvement before stopping
     val_fraction: float = 0.2
-    patch: int | None = None           # in-plane crop; None → from the structures' size (128–256)
+    patch: int | None = None           # crop edge; None → from the structures' size (2.5D
+                                       # 128–256 pixels, 3D 64–128 voxels)
+    overlap: float = 0.25              # 3D sliding-window overlap at validation and prediction
+    stem: str = "mean"                 # how the first conv is adapted to k ≠ 3 channels
     modality: str = "auto"             # MR, CT or auto
     device: str = "auto"
     seed: int = 0
 
     def check(self) -> None:
-        if self.mode != "2.5d":
-            raise MedTransferError(f"mode '{self.mode}' is not available yet; use --mode 2.5d")
-        get_backbone(self.backbone)
+        if self.mode not in ("2.5d", "3d"):
+            raise MedTransferError(f"mode '{self.mode}' is unknown; use --mode 2.5d or --mode 3d")
+        if not is_source(self.backbone):
+            info = get_backbone(self.backbone)
+            if info.dims == 3 and self.mode != "3d":
+                raise MedTransferError(f"backbone {self.backbone} is 3D; add --mode 3d")
+            if self.mode == "3d" and info.dims == 2 and not info.inflatable:
+                raise MedTransferError(f"backbone {self.backbone} cannot be inflated to 3D; pick "
+                                       f"another (medtransfer backbones lists which can)")
+        if not 0 <= self.overlap < 1:
+            raise MedTransferError("--overlap must be in [0, 1)")
         get_strategy(self.strategy)
         if self.slices < 1 or self.slices % 2 == 0:
             raise MedTransferError(f"--slices must be an odd number ≥ 1 (centre slice ± neighbours), not {self.slices}")
@@ -102,9 +114,9 @@ def loss_function(smooth: float = 1.0):
         ce = (sums[counts > 0] / counts[counts > 0]).mean()
         probs = torch.softmax(logits, 1)[:, 1:]                     # foreground channels
         onehot = F.one_hot(safe, logits.shape[1])[..., 1:]
-        onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype)
+        onehot = onehot.movedim(-1, 1).to(probs.dtype)          # 2D or 3D
         mask = valid[:, None].to(probs.dtype)
-        dims = (0, 2, 3)
+        dims = (0, *range(2, logits.ndim))
         inter = (probs * onehot * mask).sum(dims)
         denom = (probs * mask).sum(dims) + onehot.sum(dims)
         present = onehot.sum(dims) > 0
@@ -169,20 +181,31 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     rng = np.random.default_rng(config.seed)
 
     modality = config.modality if config.modality != "auto" else detect_modality(cases[0].image)
-    encoder = build_encoder(config.backbone, config.weights, config.slices)
-    target_mean, target_std = imagenet_target_stats(encoder.input_mean, encoder.input_std)
-    prep = Preprocessing(modality=modality, target_mean=target_mean, target_std=target_std)
+    three_d = config.mode == "3d"
+    num_classes = len(labels) + 1
+    in_channels = 1 if three_d else config.slices
+    model, model_config = build_for_training(config, in_channels, num_classes)
+    prep = Preprocessing(modality=modality, target_mean=tuple(model_config.pop("_pretrain_mean")),
+                         target_std=tuple(model_config.pop("_pretrain_std")))
     values = [lab.value for lab in labels]
     volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
     train_items, val_items, split_note = split_train_val(volumes, config.val_fraction, config.seed)
-    num_classes = len(labels) + 1
-    patch = config.patch or auto_patch(volumes, train_items)
-    batch_size = config.batch_size or max(2, round(16 * (128 / patch) ** 2))
-    sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch, seed=config.seed)
+    if three_d:
+        patch = ((config.patch,) * 3 if config.patch else
+                 auto_patch_3d(volumes, train_items, multiple=model.multiple))
+        if any(p % model.multiple for p in patch):
+            raise MedTransferError(f"--patch {config.patch} must be a multiple of {model.multiple} "
+                                   f"for {config.backbone}")
+        batch_size = config.batch_size or max(1, round(2 * 96 ** 3 / float(np.prod(patch))))
+        sampler = PatchSampler3D(volumes, train_items, num_classes, patch, seed=config.seed)
+    else:
+        patch = config.patch or auto_patch(volumes, train_items)
+        batch_size = config.batch_size or max(2, round(16 * (128 / patch) ** 2))
+        sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch, seed=config.seed)
 
-    model = SegmentationNet(encoder, num_classes, config.slices).to(device)
+    model = model.to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
     strategy = get_strategy(config.strategy)
     groups = strategy.param_groups(model, config.lr)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -195,22 +218,28 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
 
     info = strategy.describe(model)
     reporter.emit("start", device=str(device), modality=modality, backbone=config.backbone,
-                  weights=config.weights or "none", train_slices=len(train_items),
+                  mode=config.mode, weights=config.weights or "none", train_slices=len(train_items),
                   val_slices=len(val_items), steps_total=total, patch=patch, batch_size=batch_size,
                   param_groups=[{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),
                                  "parameters": sum(p.numel() for p in g["params"])} for g in groups],
                   **info)
     reporter.emit("note", message=split_note)
+    report = getattr(model, "transfer_report", None)
+    if report:
+        reporter.emit("note", message=f"{config.backbone}: {report['loaded']} weight tensors kept, "
+                                      f"{len(report['reinitialised'])} re-initialised for this task "
+                                      f"({', '.join(report['reinitialised'][:4])})")
 
     manifest_base = {
         "task": "segmentation", "mode": config.mode,
         "labels": [lab.to_dict() for lab in labels],
         "preprocessing": prep.to_dict(),
-        "model": {"backbone": config.backbone, "in_channels": config.slices,
-                  "num_classes": num_classes, "decoder_channels": list(DECODER_CHANNELS)},
-        "slicing": {"axis": axis, "slices": config.slices},
+        "model": model_config,
+        "slicing": {"axis": axis, "slices": in_channels},
+        "inference": ({"patch": list(patch), "overlap": config.overlap} if three_d else {}),
         "strategy": info,
-        "training": {**asdict(config), "axis": axis, "device": str(device), "patch": patch,
+        "training": {**asdict(config), "axis": axis, "device": str(device),
+                     "patch": list(patch) if three_d else patch,
                      "batch_size": batch_size},
         "provenance": {
             "inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image, c.label),
@@ -227,11 +256,12 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         losses = []
         for _ in range(config.steps_per_epoch):
             images, targets = sampler.sample(batch_size)
-            x, y = augment(torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
+            x, y = (augment_3d if three_d else augment)(
+                torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
             x = prep.to_backbone(x).to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
             with autocast(device):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
@@ -247,7 +277,9 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
                           lr=optimizer.param_groups[-1]["lr"], eta_s=round(elapsed / step * (total - step), 1))
         record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
         if val_items:
-            scores = _validate(model, volumes, val_items, config.slices, prep, device, num_classes)
+            scores = (_validate_3d(model, volumes, val_items, prep, device, num_classes, patch, config.overlap)
+                      if three_d else
+                      _validate(model, volumes, val_items, config.slices, prep, device, num_classes))
             finite = [s for s in scores if not math.isnan(s)]
             val_dice = float(np.mean(finite)) if finite else 0.0
             improved = val_dice > best
@@ -302,6 +334,41 @@ def _validate(model, volumes, items, k, prep, device, num_classes) -> list[float
         targets.append(volumes[vi].target[slices])
     return dice_per_class(np.concatenate([p.ravel() for p in preds]),
                           np.concatenate([t.ravel() for t in targets]), num_classes)
+
+
+def _validate_3d(model, volumes, items, prep, device, num_classes, patch, overlap) -> list[float]:
+    preds, targets = [], []
+    for vi in sorted({v for v, _ in items}):
+        slices = [s for v, s in items if v == vi]
+        full = predict_volume_3d(model, volumes[vi].image, prep, device, patch, num_classes, overlap)
+        preds.append(full[slices])
+        targets.append(volumes[vi].target[slices])
+    return dice_per_class(np.concatenate([p.ravel() for p in preds]),
+                          np.concatenate([t.ravel() for t in targets]), num_classes)
+
+
+def build_for_training(config: TrainConfig, in_channels: int, num_classes: int):
+    """The network to train and its ``manifest['model']`` config (from which a package rebuilds
+    it without the pretrained source), plus the pretraining input statistics as ``_pretrain_*``."""
+    dims = 3 if config.mode == "3d" else 2
+    kind = source_kind(config.backbone)
+    if kind == "network":
+        if dims != 3:
+            raise MedTransferError(f"{config.backbone} is a 3D network; add --mode 3d")
+        net = build_network(config.backbone, config.weights, in_channels, num_classes)
+        cfg = {"backbone": net.architecture, "kind": "network", "spatial_dims": 3,
+               "in_channels": in_channels, "num_classes": num_classes,
+               "_pretrain_mean": [0.0], "_pretrain_std": [1.0]}
+        if getattr(net, "network_def", None) is not None:
+            cfg["network_def"] = net.network_def
+        return net, cfg
+    encoder = build_encoder(config.backbone, config.weights, in_channels, dims, config.stem)
+    model = SegmentationNet(encoder, num_classes, in_channels, spatial_dims=dims)
+    cfg = {"backbone": encoder.architecture, "kind": "encoder", "spatial_dims": dims,
+           "in_channels": in_channels, "num_classes": num_classes, "stem": config.stem,
+           "decoder_channels": list(DECODER_CHANNELS_3D if dims == 3 else DECODER_CHANNELS),
+           "_pretrain_mean": list(encoder.pretrain_mean), "_pretrain_std": list(encoder.pretrain_std)}
+    return model, cfg
 
 
 def _checkpoint(out: Path, model, manifest_base, history, epoch, best, final=False, extra=None) -> Path:

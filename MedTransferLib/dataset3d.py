@@ -1,0 +1,125 @@
+"""3D training data: patches from the cached, standardised volumes, with sparse-label masking.
+
+The 3D path reuses :class:`~.dataset.Volume` (standardised once, slice axis first) as its cache:
+after the first epoch's set-up no file is read and nothing is resampled. A patch's target keeps
+only the voxels of *training* slices — unlabelled slices and slices held out for validation are
+``IGNORE`` — so a network sees the whole 3D context but learns only from what was labelled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .case import IGNORE
+from .dataset import Volume
+
+
+def crop_pad_nd(arr: np.ndarray, origin, size, value) -> np.ndarray:
+    """``arr[o0:o0+s0, o1:o1+s1, ...]`` over the last ``len(origin)`` axes, padded with ``value``."""
+    lead = arr.shape[:arr.ndim - len(origin)]
+    out = np.full(lead + tuple(size), value, dtype=arr.dtype)
+    src, dst = [slice(None)] * len(lead), [slice(None)] * len(lead)
+    for o, s, n in zip(origin, size, arr.shape[len(lead):]):
+        a, b = max(0, o), min(n, o + s)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - o, b - o))
+    out[tuple(dst)] = arr[tuple(src)]
+    return out
+
+
+def auto_patch_3d(volumes: list[Volume], items, multiple: int = 32, lo: int = 64, hi: int = 128) -> tuple:
+    """Patch edge per axis: 1.5× the largest structure's in-plane extent, a multiple of the
+    network's divisor, within [lo, hi] and no larger than the (padded) volume."""
+    extent = 0
+    for vi, s in items:
+        t = volumes[vi].target[s]
+        for c in np.unique(t):
+            if 0 < c != IGNORE:
+                ys, xs = np.nonzero(t == c)
+                extent = max(extent, int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
+    edge = int(np.clip(math.ceil(1.5 * extent / multiple) * multiple, lo, hi))
+    shape = np.max([v.image.shape for v in volumes], axis=0)
+    return tuple(int(min(edge, math.ceil(n / multiple) * multiple)) for n in shape)
+
+
+class PatchSampler3D:
+    """Draws batches of 3D patches centred, with probability ``p_foreground``, on a voxel of a
+    class picked uniformly among those present (small structures as often as large), otherwise
+    on any voxel of a labelled training slice (negatives)."""
+
+    def __init__(self, volumes: list[Volume], items: list[tuple[int, int]], num_classes: int,
+                 patch: tuple[int, int, int], p_foreground: float = 0.67, seed: int = 0):
+        self.volumes, self.items, self.patch = volumes, items, tuple(patch)
+        self.p_fg = p_foreground
+        self.rng = np.random.default_rng(seed)
+        self.train_mask = [np.zeros(v.image.shape[0], bool) for v in volumes]
+        self.by_class: dict[int, list[tuple[int, int]]] = {}
+        for vi, s in items:
+            self.train_mask[vi][s] = True
+            for c in np.unique(volumes[vi].target[s]):
+                if 0 < c < num_classes:
+                    self.by_class.setdefault(int(c), []).append((vi, s))
+        self.classes = sorted(self.by_class)
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        images, targets = [], []
+        for _ in range(batch_size):
+            cls = None
+            if self.classes and self.rng.random() < self.p_fg:
+                cls = self.classes[self.rng.integers(len(self.classes))]
+                vi, s = self.by_class[cls][self.rng.integers(len(self.by_class[cls]))]
+            else:
+                vi, s = self.items[self.rng.integers(len(self.items))]
+            vol = self.volumes[vi]
+            _, h, w = vol.image.shape
+            if cls is not None:
+                ys, xs = np.nonzero(vol.target[s] == cls)
+                j = self.rng.integers(len(ys))
+                centre = (s, ys[j], xs[j])
+            else:
+                centre = (s, self.rng.integers(h), self.rng.integers(w))
+            origin = []
+            for c, p, n in zip(centre, self.patch, vol.image.shape):
+                jitter = self.rng.integers(-(p // 4), p // 4 + 1)
+                origin.append(int(np.clip(c - p // 2 + jitter, min(0, n - p), max(0, n - p))))
+            img = crop_pad_nd(vol.image, origin, self.patch, float(vol.image.min()))
+            tgt = crop_pad_nd(vol.target, origin, self.patch, IGNORE)   # a copy: masked below
+            keep = crop_pad_nd(self.train_mask[vi], origin[:1], self.patch[:1], False)
+            tgt[~keep] = IGNORE   # unlabelled and held-out slices teach nothing
+            images.append(img[None])
+            targets.append(tgt)
+        return np.stack(images), np.stack(targets)
+
+
+def augment_3d(images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator,
+               rotate_deg: float = 15.0, scale: tuple[float, float] = (0.85, 1.15),
+               intensity: float = 0.1, noise: float = 0.03):
+    """Batched rotation about the slice axis and isotropic scaling (no flips: left and right
+    structures differ), intensity gain/shift/noise; voxels from outside the patch are IGNORE."""
+    b = images.shape[0]
+    theta = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, b))
+    s = rng.uniform(*scale, b)
+    mats = np.zeros((b, 3, 4), np.float32)
+    # affine_grid's coordinates are (x, y, z) = (W, H, D): rotate in x-y, scale all three
+    mats[:, 0, 0], mats[:, 0, 1] = np.cos(theta) / s, -np.sin(theta) / s
+    mats[:, 1, 0], mats[:, 1, 1] = np.sin(theta) / s, np.cos(theta) / s
+    mats[:, 2, 2] = 1 / s
+    grid = F.affine_grid(torch.from_numpy(mats), list(images.shape), align_corners=False)
+    fill = images.amin(dim=(1, 2, 3, 4), keepdim=True)
+    images = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    t = F.grid_sample(targets[:, None].float(), grid, mode="nearest", padding_mode="border",
+                      align_corners=False)[:, 0]
+    inside = F.grid_sample(torch.ones_like(images[:, :1]), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)[:, 0]
+    targets = torch.where(inside > 0.5, t, torch.full_like(t, IGNORE)).long()
+    gain = torch.from_numpy(rng.uniform(1 - intensity, 1 + intensity, (b, 1, 1, 1, 1)).astype(np.float32))
+    shift = torch.from_numpy(rng.uniform(-intensity, intensity, (b, 1, 1, 1, 1)).astype(np.float32))
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    images = images * gain + shift + noise * torch.randn(images.shape, generator=gen)
+    return images, targets
