@@ -51,11 +51,14 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignor
     return scores
 
 
-def _chunk_depth(shape, num_classes: int, patch_depth: int, budget_bytes: float) -> int:
-    """Slices per chunk so that the blended class scores of a chunk stay within the budget."""
+def chunking(shape, num_classes: int, patch_depth: int, budget_bytes: float) -> tuple[int, int]:
+    """``(slices per chunk, context slices on each side)`` so that a chunk's blended float scores,
+    weight map and input (``num_classes + 2`` floats per voxel) stay within ``budget_bytes``."""
     _, h, w = shape
-    per_slice = (num_classes + 2) * h * w * 4   # float32 scores + weight map + input
-    return max(patch_depth, int(budget_bytes // per_slice))
+    per_slice = (num_classes + 2) * h * w * 4
+    margin = patch_depth // 4
+    chunk = max(patch_depth // 2, int(budget_bytes // per_slice) - 2 * margin)
+    return chunk, margin
 
 
 @torch.inference_mode()
@@ -66,10 +69,10 @@ def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preproces
     """Class indices ``(D, H, W)`` for a standardised volume, by MONAI's sliding window with
     Gaussian blending.
 
-    Memory stays bounded on large CT: the volume goes through in chunks of slices (each with half
-    a patch of context on both sides, so blending at a chunk's edge sees the same windows as
-    whole-volume inference would near there); only a chunk's float scores exist at any time,
-    and the result is a uint8 label map. With ``probabilities=True`` returns float32
+    Memory stays bounded on large CT: the volume goes through in chunks of slices, each with a
+    quarter patch of context on both sides (so a chunk's edge voxels are still blended from
+    several windows); only one chunk's float scores exist at any time, and the result is a uint8
+    label map. A 512×512×600 CT with 8 structures needs about 1 GiB for scores. With ``probabilities=True`` returns float32
     ``(C, D, H, W)`` instead (no chunking benefit: meant for small volumes).
     """
     from monai.inferers import sliding_window_inference
@@ -77,8 +80,9 @@ def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preproces
     model.eval()
     d = image.shape[0]
     pd = int(patch[0])
-    chunk = d if probabilities else _chunk_depth(image.shape, num_classes, pd, memory_budget_gb * 2**30)
-    margin = pd // 2
+    chunk, margin = chunking(image.shape, num_classes, pd, memory_budget_gb * 2**30)
+    if probabilities:
+        chunk = d
     out = np.zeros(image.shape, np.uint8) if not probabilities else None
 
     def run(x):

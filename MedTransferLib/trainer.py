@@ -64,6 +64,9 @@ class TrainConfig:
             if self.mode == "3d" and info.dims == 2 and not info.inflatable:
                 raise MedTransferError(f"backbone {self.backbone} cannot be inflated to 3D; pick "
                                        f"another (medtransfer backbones lists which can)")
+        if self.strategy == "frozen" and self.weights in (None, "none", "random"):
+            raise MedTransferError("--strategy frozen keeps the encoder's weights fixed; with --weights "
+                                   "none they would stay random. Use pretrained weights or --strategy finetune")
         if not 0 <= self.overlap < 1:
             raise MedTransferError("--overlap must be in [0, 1)")
         get_strategy(self.strategy)
@@ -196,7 +199,11 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         if any(p % model.multiple for p in patch):
             raise MedTransferError(f"--patch {config.patch} must be a multiple of {model.multiple} "
                                    f"for {config.backbone}")
-        batch_size = config.batch_size or max(1, round(2 * 96 ** 3 / float(np.prod(patch))))
+        batch_size = config.batch_size or max(2, round(2 * 96 ** 3 / float(np.prod(patch))))
+        if isinstance(model, SegmentationNet) and batch_size * np.prod([p // 32 for p in patch]) < 2:
+            raise MedTransferError(f"--batch-size {batch_size} with a {patch[0]}-voxel patch leaves one "
+                                   f"value per channel at the encoder's deepest level (BatchNorm cannot "
+                                   f"train on that); use --batch-size 2 or a larger --patch")
         sampler = PatchSampler3D(volumes, train_items, num_classes, patch, seed=config.seed)
     else:
         patch = config.patch or auto_patch(volumes, train_items)

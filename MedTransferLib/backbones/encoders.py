@@ -107,9 +107,10 @@ class LiteEncoder(Encoder):
         return self.net.features(x)
 
     def stages(self) -> list[nn.Module]:
+        # one group per feature level (stride 2 … 32); the stem belongs to the first
         n, ends = self.net, (-1,) + self.net.STAGE_ENDS
-        groups = [nn.ModuleList([n._conv_stem, n._bn0])]
-        groups += [nn.ModuleList(n._blocks[a + 1:b + 1]) for a, b in zip(ends[:-1], ends[1:])]
+        groups = [nn.ModuleList(n._blocks[a + 1:b + 1]) for a, b in zip(ends[:-1], ends[1:])]
+        groups[0] = nn.ModuleList([n._conv_stem, n._bn0, *groups[0]])
         return groups
 
 
@@ -213,7 +214,7 @@ def remap_densenet_keys(state: dict) -> dict:
     ``norm1``; torchvision fixes this when it loads them itself, so do the same for local files."""
     import re
 
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
     out = {}
     for k, v in state.items():
         m = pattern.match(k)

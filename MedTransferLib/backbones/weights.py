@@ -46,7 +46,9 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
     """
     own = model.state_dict()
     skip = lambda k: k.startswith(ignore_prefixes) if ignore_prefixes else False  # noqa: E731
-    missing = sorted(k for k in own if k not in state and not skip(k))
+    # BatchNorm's step counter is absent from older published files and never used by us
+    missing = sorted(k for k in own if k not in state and not skip(k)
+                     and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in own and not skip(k))
     mismatched = sorted(f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}"
                         for k in state if k in own and state[k].shape != own[k].shape)
