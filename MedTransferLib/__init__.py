@@ -32,6 +32,10 @@ def train(data, out, labels=None, reporter=None, **config) -> TrainResult:
     """
     axis = 2
     if not isinstance(data, (list, tuple)):
+        from .classify import ClassDatalist, is_classification, train_classifier
+
+        if isinstance(data, ClassDatalist) or is_classification(data):
+            return train_classifier(data, out, TrainConfig(**config), reporter)
         dl = data if isinstance(data, Datalist) else load_datalist(data)
         labels = labels or dl.labels
         axis = dl.training[0].slice_axis

@@ -84,9 +84,16 @@ def cmd_train(a) -> int:
 def cmd_predict(a) -> int:
     from .fileutil import write_csv
     from .io import read_case, write_label
+    from .package import ModelPackage
     from .predict import predict
 
-    pred = predict(a.model, read_case(a.image), device=a.device, batch_size=a.batch_size,
+    pkg = ModelPackage.load(a.model)
+    if pkg.task == "classification":
+        return _predict_classes(a, pkg)
+    if not a.image or not a.out:
+        raise MedTransferError("a segmentation model needs --image and --out")
+
+    pred = predict(pkg, read_case(a.image), device=a.device, batch_size=a.batch_size,
                    overlap=a.overlap)
     write_label(a.out, pred.label, pred.case.geometry)
     rows = pred.volumes()
@@ -96,7 +103,55 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def _predict_classes(a, pkg) -> int:
+    from .classify import load_class_datalist, predict_class
+    from .fileutil import write_csv
+    from .io import read_case
+
+    if a.datalist:
+        dl = load_class_datalist(a.datalist)
+        entries = dl.test if a.section == "test" else dl.training
+        cases = [(read_case(e.image, None, e.case_id), bool(e.slice_labels)) for e in entries]
+    elif a.image:
+        cases = [(read_case(a.image), a.per_slice)]
+    else:
+        raise MedTransferError("a classification model needs --image IMAGE or --datalist DATASET")
+    rows = []
+    for case, per_slice in cases:
+        r = predict_class(pkg, case, device=a.device, per_slice=per_slice or a.per_slice)
+        rows += r if isinstance(r, list) else [r]
+    if a.table:
+        write_csv(a.table, rows)
+    print(json.dumps({"event": "done", "predictions": rows if len(rows) <= 50 else len(rows)}))
+    return 0
+
+
+def _evaluate_classes(a) -> int:
+    import csv
+
+    from .classify import evaluate_table, load_class_datalist
+    from .fileutil import write_json
+
+    if not a.datalist:
+        raise MedTransferError("evaluating class predictions needs --datalist with the true classes")
+    with open(a.pred, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    metrics, _ = evaluate_table(rows, load_class_datalist(a.datalist), a.section)
+    if a.out:
+        write_json(a.out, metrics)
+    print(f"cases/slices {metrics['n']}  accuracy {metrics['accuracy']:.3f}  balanced accuracy "
+          f"{metrics['balanced_accuracy']:.3f}  AUC {metrics['auc']:.3f}")
+    print("confusion (rows = truth, columns = prediction): " + ", ".join(metrics["classes"]))
+    for name, row in zip(metrics["classes"], metrics["confusion"]):
+        print(f"  {name:16s} " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
 def cmd_evaluate(a) -> int:
+    if str(a.pred).lower().endswith(".csv"):
+        return _evaluate_classes(a)
+    if not a.label:
+        raise MedTransferError("evaluating a segmentation needs --label (the reference label map)")
     from .datalist import load_datalist
     from .fileutil import write_csv
     from .io import read_case, read_image
@@ -180,20 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="terminal bar on stderr (auto: when stderr is a terminal); JSON lines always on stdout")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("predict", help="segment a volume with a trained model")
+    s = sub.add_parser("predict", help="segment (or classify) volumes with a trained model")
     s.add_argument("--model", required=True, help="model folder (or run folder) from 'train'")
-    s.add_argument("--image", required=True)
-    s.add_argument("--out", required=True, help="output label map (.nii.gz, .nrrd ...)")
-    s.add_argument("--table", help="CSV of per-structure volumes (mL)")
+    s.add_argument("--image")
+    s.add_argument("--out", help="segmentation: output label map (.nii.gz, .nrrd ...)")
+    s.add_argument("--table", help="CSV: per-structure volumes (mL), or class probabilities")
+    s.add_argument("--datalist", help="classification: predict every case of this datalist")
+    s.add_argument("--section", default="test", choices=["test", "training"],
+                   help="classification: which datalist section to predict/evaluate (default test)")
+    s.add_argument("--per-slice", action="store_true", help="classification (2.5d): one row per slice")
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=16, help="slices per batch (3d: windows = this / 8)")
     s.add_argument("--overlap", type=float, default=None, help="3d: sliding-window overlap (default: the model's)")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("evaluate", help="Dice and HD95 of a prediction against a reference")
-    s.add_argument("--pred", required=True)
-    s.add_argument("--label", required=True, help="reference label map")
-    s.add_argument("--out", help="CSV of per-structure metrics")
+    s = sub.add_parser("evaluate", help="Dice/HD95 of a segmentation, or AUC/accuracy of class predictions")
+    s.add_argument("--pred", required=True, help="predicted label map, or the CSV from 'predict --table'")
+    s.add_argument("--label", help="reference label map (segmentation)")
+    s.add_argument("--datalist", help="classification: datalist with the true classes")
+    s.add_argument("--section", default="test", choices=["test", "training"])
+    s.add_argument("--out", help="segmentation: CSV of per-structure metrics; classification: JSON")
     s.add_argument("--labels", help="dataset.json whose 'labels' name the structures")
     s.add_argument("--model", help="model folder whose labels name the structures")
     s.add_argument("--slices", help="evaluate only these slice indices, e.g. '1-9,11-19'")

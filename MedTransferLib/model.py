@@ -59,6 +59,10 @@ class SegmentationNet(nn.Module):
 def build_model(config: dict, weights: str | None = None) -> nn.Module:
     """The network a model config describes (``manifest['model']``), with ``weights`` for its
     encoder or network ('pretrained', a file, or None when a package's weights follow)."""
+    if config.get("head") == "linear":   # classification
+        from .classify import build_classifier
+
+        return build_classifier(config, weights)
     if "network_def" in config:   # from a MONAI bundle: rebuilt from the stored definition
         from .backbones.sources import network_from_def
 

@@ -133,7 +133,11 @@ class ModelPackage:
             manifest["model"]["backbone"]
             if pkg.mode not in ("2.5d", "3d"):
                 raise ValueError(f"mode {pkg.mode!r}")
-            if pkg.mode == "3d":
+            if pkg.task not in ("segmentation", "classification"):
+                raise ValueError(f"task {pkg.task!r}")
+            if pkg.task == "classification":
+                int(manifest["inference"]["size"]), list(manifest["classes"])
+            elif pkg.mode == "3d":
                 [int(p) for p in manifest["inference"]["patch"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise MedTransferError(f"{where}: {MANIFEST} lacks or garbles {exc}") from None

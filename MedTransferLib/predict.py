@@ -39,6 +39,9 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
         >>> write_label("seg.nii.gz", pred.label, pred.case.geometry)   # doctest: +SKIP
     """
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
+    if pkg.task != "segmentation":
+        raise MedTransferError(f"model '{pkg.path}' is a {pkg.task} model; classify with "
+                               f"predict_class (or 'medtransfer predict --table')")
     if case.image.ndim != 3:
         raise MedTransferError(f"image of case '{case.case_id}' is not a 3D volume")
     dev = resolve_device(device)
