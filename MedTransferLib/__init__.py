@@ -34,7 +34,7 @@ def train(data, out, labels=None, reporter=None, **config) -> TrainResult:
     if not isinstance(data, (list, tuple)):
         from .classify import ClassDatalist, is_classification, train_classifier
 
-        if isinstance(data, ClassDatalist) or is_classification(data):
+        if isinstance(data, ClassDatalist) or (not isinstance(data, Datalist) and is_classification(data)):
             return train_classifier(data, out, TrainConfig(**config), reporter)
         dl = data if isinstance(data, Datalist) else load_datalist(data)
         labels = labels or dl.labels
