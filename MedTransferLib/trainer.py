@@ -231,6 +231,14 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
                                  "parameters": sum(p.numel() for p in g["params"])} for g in groups],
                   **info)
     reporter.emit("note", message=split_note)
+    if three_d:
+        sp = cases[0].geometry.spacing            # (i, j, k) in mm
+        thick, fine = sp[axis], min(v for i, v in enumerate(sp) if i != axis)
+        if thick > 3 * fine:
+            reporter.emit("note", message=f"voxels are {thick / fine:.1f}× longer along the slice axis "
+                                          f"({thick:g} vs {fine:g} mm): 3D patches and strides are in "
+                                          f"voxels, so context along that axis is wide and coarse; "
+                                          f"for thick-slice data --mode 2.5d is usually better")
     report = getattr(model, "transfer_report", None)
     if report:
         reporter.emit("note", message=f"{config.backbone}: {report['loaded']} weight tensors kept, "
