@@ -61,19 +61,26 @@ class Preprocessing:
 
     def standardise(self, image: np.ndarray) -> np.ndarray:
         """Step 1: modality preset → float32 volume with roughly zero mean and unit spread."""
-        img = np.asarray(image, dtype=np.float32)
+        # one float32 copy, then in place: a 512×512×600 CT must not need several temporaries
+        # (and the caller's array is never modified)
+        img = np.array(image, dtype=np.float32, copy=True)
         if self.modality == "CT":
             lo, hi = self.ct_window
             centre, half = (lo + hi) / 2, (hi - lo) / 2
-            return ((np.clip(img, lo, hi) - centre) / half).astype(np.float32)
+            np.clip(img, lo, hi, out=img)
+            img -= centre
+            img /= half
+            return img
         sample = img[:: max(1, img.shape[0] // 64)]
         lo, hi = np.percentile(sample, self.mr_percentiles)
-        clipped = np.clip(img, lo, hi)
-        std = float(clipped.std())
+        np.clip(img, lo, hi, out=img)
+        mean, std = float(img.mean()), float(img.std())
         if std < 1e-6 * max(1.0, abs(float(hi))):
             raise MedTransferError("image is constant (no contrast after clipping); check that the "
                                    "right volume was chosen")
-        return ((clipped - float(clipped.mean())) / std).astype(np.float32)
+        img -= mean
+        img /= std
+        return img
 
     def to_backbone(self, slab: np.ndarray | "torch.Tensor", channel_axis: int = 1):  # noqa: F821
         """Step 2: map standardised channels onto the backbone's pretraining statistics."""
