@@ -207,6 +207,17 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         self._placeWithVolume(volumeNode, [seg, table] + ([metrics] if metrics else []))
         return seg, table, metrics
 
+    def classify(self, volumeNodes, modelFolder, device="auto"):
+        """Classify volumes with a classification model; returns a table node (a row per volume,
+        class probabilities in columns) placed with the first volume."""
+        if not self.ensureDependencies():
+            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
+        from MedTransferLib import slicer_bridge
+
+        table = slicer_bridge.classify_to_table(volumeNodes, modelFolder, device)
+        self._placeWithVolume(list(volumeNodes)[0], [table])
+        return table
+
     @staticmethod
     def _placeWithVolume(volumeNode, nodes) -> None:
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())

@@ -342,3 +342,17 @@ def predict_to_nodes(volume_node, model, reference_segmentation=None, device: st
         rows = evaluate(pred.label, ref, common, case.geometry, case_id=volume_node.GetName())
         metrics = rows_to_table_node(scene, rows, f"{volume_node.GetName()} metrics")
     return seg, volumes, metrics
+
+
+def classify_to_table(volume_nodes, model, device: str = "auto", name: str = "MedTransfer classes"):
+    """Classify volume nodes with a classification package: one table node, a row per volume
+    (``case, predicted, p_<class>…``). The volumes are only read."""
+    from .classify import predict_class
+    from .package import ModelPackage
+
+    nodes = list(volume_nodes)
+    if not nodes:
+        raise MedTransferError("no volume given to classify")
+    pkg = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
+    rows = [predict_class(pkg, volume_node_to_case(n, n.GetName()), device=device) for n in nodes]
+    return rows_to_table_node(nodes[0].GetScene(), rows, name)

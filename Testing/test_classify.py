@@ -127,12 +127,21 @@ def test_slice_level_hippocampus_task_from_the_sample_data(colin, tmp_path):
     assert m["auc"] > 0.8 and m["balanced_accuracy"] > 0.7, m
 
 
-def test_class_probabilities_become_a_slicer_table(tmp_path):
+def test_volume_nodes_are_classified_into_a_slicer_table(blob_classes, tmp_path):
+    """Real MRML: two volume nodes → one table node with a row of probabilities per volume."""
     slicer = pytest.importorskip("slicer")
-    from MedTransferLib.slicer_bridge import rows_to_table_node, table_node_rows
+    from MedTransferLib.slicer_bridge import (case_to_volume_node, classify_to_table, node_array,
+                                              table_node_rows)
 
+    run = mt.train(blob_classes, tmp_path / "run", backbone="resnet18", weights=None, epochs=1,
+                   steps_per_epoch=1, batch_size=2, patch=64, val_fraction=0)
     scene = slicer.vtkMRMLScene()
-    rows = [{"case": "v4", "predicted": "lesion", "p_normal": 0.2, "p_lesion": 0.8}]
-    node = rows_to_table_node(scene, rows, "MedTransfer classes")
-    back = table_node_rows(node)
-    assert back[0]["case"] == "v4" and float(back[0]["p_lesion"]) == pytest.approx(0.8)
+    dl = load_class_datalist(blob_classes)
+    nodes = [case_to_volume_node(scene, c, c.case_id) for c, _ in dl.load_cases(dl.test)]
+    before = [node_array(n).copy() for n in nodes]
+    table = classify_to_table(nodes, run.package, device="cpu")
+    rows = table_node_rows(table)
+    assert [r["case"] for r in rows] == ["v4", "v5"]
+    assert all(abs(r["p_normal"] + r["p_lesion"] - 1) < 1e-5 for r in rows)
+    assert table.GetTable().GetNumberOfRows() == 2
+    assert all(np.array_equal(node_array(n), b) for n, b in zip(nodes, before))   # only read
