@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -326,7 +324,8 @@ def _split(items: list[_Item], entries, val_fraction: float, seed: int):
 def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     """Fine-tune a pretrained encoder + linear head on volume- or slice-level classes."""
     from .backbones import source_kind
-    from .device import autocast, resolve_device
+    from .device import resolve_device
+    from .loop import Optimisation, Validation, fit
     from .package import array_fingerprint, save_package
     from .preprocessing import Preprocessing, detect_modality
     from .progress import Reporter
@@ -397,17 +396,12 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
         return x, torch.tensor(ys)
 
     strategy = get_strategy(config.strategy)
-    groups = strategy.param_groups(model, config.lr)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * config.steps_per_epoch
-    warmup = max(1, int(config.warmup_fraction * total))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / total))))
-    info = strategy.describe(model)
+    opt = Optimisation(model, strategy, config)
+    info = opt.info
     reporter.emit("start", task="classification", device=str(device), modality=modality,
                   backbone=config.backbone, mode=config.mode, classes=dl.classes,
-                  train_items=len(train_items), val_items=len(val_items), steps_total=total,
-                  patch=size, batch_size=batch_size, **info)
+                  train_items=len(train_items), val_items=len(val_items), steps_total=opt.total,
+                  patch=size, batch_size=batch_size, param_groups=opt.summary(), **info)
     reporter.emit("note", message=split_note)
     manifest_base = {
         "task": "classification", "mode": config.mode,
@@ -438,53 +432,17 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
                 truth.append(it.label)
         return classification_metrics(np.array(probs), np.array(truth), dl.classes)
 
-    best, best_state, stale, history, step = -1.0, None, 0, [], 0
-    t_start = time.monotonic()
-    stopped_early = False
-    for epoch in range(1, config.epochs + 1):
-        strategy.train_mode(model)
-        losses = []
-        for _ in range(config.steps_per_epoch):
-            x, y = batch()
-            x, y = prep.to_backbone(x).to(device), y.to(device)
-            with autocast(device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            elapsed = time.monotonic() - t_start
-            reporter.emit("step", epoch=epoch, step=step, steps_total=total, loss=losses[-1],
-                          lr=optimizer.param_groups[-1]["lr"], eta_s=round(elapsed / step * (total - step), 1))
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        if val_items:
-            m = evaluate_items(val_items)
-            score = m["balanced_accuracy"]
-            improved = score > best
-            record.update(val_balanced_accuracy=score, val_auc=m["auc"], val_accuracy=m["accuracy"])
-            reporter.emit("validation", epoch=epoch, val_balanced_accuracy=score, val_auc=m["auc"],
-                          best=improved, train_loss=record["train_loss"])
-            if improved:
-                best, stale = score, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-        history.append(record)
-        reporter.emit("epoch", epoch=epoch, epochs=config.epochs, train_loss=record["train_loss"],
-                      val_balanced_accuracy=record.get("val_balanced_accuracy"))
-        if val_items and stale >= config.patience:
-            stopped_early = True
-            reporter.emit("note", message=f"early stop: validation balanced accuracy did not improve for "
-                                          f"{config.patience} epochs (best {best:.3f})")
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    metrics = {"best_val_balanced_accuracy": best if val_items else None, "epochs_run": len(history),
-               "steps_run": step, "stopped_early": stopped_early,
-               "train_seconds": round(time.monotonic() - t_start, 1)}
+    def next_batch():
+        x, y = batch()
+        return prep.to_backbone(x), y
+
+    def validate() -> Validation:
+        m = evaluate_items(val_items)
+        return Validation(m["balanced_accuracy"], {"val_auc": m["auc"], "val_accuracy": m["accuracy"]},
+                          {"val_auc": m["auc"], "val_accuracy": m["accuracy"]})
+
+    history, metrics = fit(model, strategy, opt, config, device, next_batch, F.cross_entropy, reporter,
+                           validate if val_items else None, "val_balanced_accuracy")
     manifest = dict(manifest_base, history=history, metrics=metrics, complete=True)
     package = save_package(out / "model", model, manifest)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)

@@ -159,23 +159,25 @@ class SlabSampler:
             out.append(lo)
         return out, (ph, pw)
 
+    def pick(self) -> tuple[int, int, tuple[int, int]]:
+        """``(volume, slice, (y, x))``: a voxel of a uniformly chosen class with probability
+        ``p_foreground``, otherwise any voxel of a labelled training slice."""
+        if self.classes and self.rng.random() < self.p_fg:
+            cls = self.classes[self.rng.integers(len(self.classes))]
+            vi, s = self.by_class[cls][self.rng.integers(len(self.by_class[cls]))]
+            ys, xs = np.nonzero(self.volumes[vi].target[s] == cls)
+            j = self.rng.integers(len(ys))
+            return vi, s, (int(ys[j]), int(xs[j]))
+        vi, s = self.items[self.rng.integers(len(self.items))]
+        h, w = self.volumes[vi].image.shape[1:]
+        return vi, s, (int(self.rng.integers(h)), int(self.rng.integers(w)))
+
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         images, targets = [], []
         for _ in range(batch_size):
-            cls = None
-            if self.classes and self.rng.random() < self.p_fg:
-                cls = self.classes[self.rng.integers(len(self.classes))]
-                vi, s = self.by_class[cls][self.rng.integers(len(self.by_class[cls]))]
-            else:
-                vi, s = self.items[self.rng.integers(len(self.items))]
+            vi, s, centre = self.pick()
             vol = self.volumes[vi]
             h, w = vol.image.shape[1:]
-            if cls is not None:
-                ys, xs = np.nonzero(vol.target[s] == cls)
-                j = self.rng.integers(len(ys))
-                centre = (ys[j], xs[j])
-            else:
-                centre = (self.rng.integers(h), self.rng.integers(w))
             (y0, x0), (ph, pw) = self._crop_origin((h, w), centre)
             img = vol.slab(s, self.k)
             tgt = vol.target[s]
@@ -187,6 +189,18 @@ class SlabSampler:
         images = [crop_pad(i, 0, 0, H, W, float(i.min())) for i in images]
         targets = [crop_pad(t[None], 0, 0, H, W, IGNORE)[0] for t in targets]
         return np.stack(images), np.stack(targets)
+
+
+def largest_extent(volumes: list[Volume], items) -> int:
+    """The largest in-plane extent (pixels) of any structure on the given labelled slices."""
+    extent = 0
+    for vi, s in items:
+        t = volumes[vi].target[s]
+        for c in np.unique(t):
+            if 0 < c != IGNORE:
+                ys, xs = np.nonzero(t == c)
+                extent = max(extent, int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
+    return extent
 
 
 def crop_pad(arr: np.ndarray, y0: int, x0: int, h: int, w: int, value) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .case import IGNORE
-from .dataset import Volume
+from .dataset import SlabSampler, Volume, largest_extent
 
 
 def crop_pad_nd(arr: np.ndarray, origin, size, value) -> np.ndarray:
@@ -36,56 +36,32 @@ def crop_pad_nd(arr: np.ndarray, origin, size, value) -> np.ndarray:
 def auto_patch_3d(volumes: list[Volume], items, multiple: int = 32, lo: int = 64, hi: int = 128) -> tuple:
     """Patch edge per axis: 1.5× the largest structure's in-plane extent, a multiple of the
     network's divisor, within [lo, hi] and no larger than the (padded) volume."""
-    extent = 0
-    for vi, s in items:
-        t = volumes[vi].target[s]
-        for c in np.unique(t):
-            if 0 < c != IGNORE:
-                ys, xs = np.nonzero(t == c)
-                extent = max(extent, int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
+    extent = largest_extent(volumes, items)
     edge = int(np.clip(math.ceil(1.5 * extent / multiple) * multiple, lo, hi))
     shape = np.max([v.image.shape for v in volumes], axis=0)
     return tuple(int(min(edge, math.ceil(n / multiple) * multiple)) for n in shape)
 
 
-class PatchSampler3D:
-    """Draws batches of 3D patches centred, with probability ``p_foreground``, on a voxel of a
-    class picked uniformly among those present (small structures as often as large), otherwise
-    on any voxel of a labelled training slice (negatives)."""
+class PatchSampler3D(SlabSampler):
+    """Draws batches of 3D patches centred as :class:`~.dataset.SlabSampler` centres its crops
+    (a voxel of a uniformly chosen class two thirds of the time, otherwise any voxel of a
+    labelled training slice), with the slice jittered too."""
 
     def __init__(self, volumes: list[Volume], items: list[tuple[int, int]], num_classes: int,
                  patch: tuple[int, int, int], p_foreground: float = 0.67, seed: int = 0):
-        self.volumes, self.items, self.patch = volumes, items, tuple(patch)
-        self.p_fg = p_foreground
-        self.rng = np.random.default_rng(seed)
+        super().__init__(volumes, items, 1, num_classes, max(patch), p_foreground, seed)
+        self.patch = tuple(patch)
         self.train_mask = [np.zeros(v.image.shape[0], bool) for v in volumes]
-        self.by_class: dict[int, list[tuple[int, int]]] = {}
         for vi, s in items:
             self.train_mask[vi][s] = True
-            for c in np.unique(volumes[vi].target[s]):
-                if 0 < c < num_classes:
-                    self.by_class.setdefault(int(c), []).append((vi, s))
-        self.classes = sorted(self.by_class)
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         images, targets = [], []
         for _ in range(batch_size):
-            cls = None
-            if self.classes and self.rng.random() < self.p_fg:
-                cls = self.classes[self.rng.integers(len(self.classes))]
-                vi, s = self.by_class[cls][self.rng.integers(len(self.by_class[cls]))]
-            else:
-                vi, s = self.items[self.rng.integers(len(self.items))]
+            vi, s, (y, x) = self.pick()
             vol = self.volumes[vi]
-            _, h, w = vol.image.shape
-            if cls is not None:
-                ys, xs = np.nonzero(vol.target[s] == cls)
-                j = self.rng.integers(len(ys))
-                centre = (s, ys[j], xs[j])
-            else:
-                centre = (s, self.rng.integers(h), self.rng.integers(w))
             origin = []
-            for c, p, n in zip(centre, self.patch, vol.image.shape):
+            for c, p, n in zip((s, y, x), self.patch, vol.image.shape):
                 jitter = self.rng.integers(-(p // 4), p // 4 + 1)
                 origin.append(int(np.clip(c - p // 2 + jitter, min(0, n - p), max(0, n - p))))
             img = crop_pad_nd(vol.image, origin, self.patch, float(vol.image.min()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,12 +14,13 @@ import torch.nn.functional as F
 
 from .backbones import build_encoder, build_network, get_backbone, is_source, source_kind
 from .case import IGNORE, Case
-from .dataset import SlabSampler, Volume, augment, split_train_val
+from .dataset import SlabSampler, Volume, augment, largest_extent, split_train_val
 from .dataset3d import PatchSampler3D, augment_3d, auto_patch_3d
-from .device import autocast, resolve_device
+from .device import resolve_device
 from .errors import MedTransferError
 from .inference import dice_per_class, predict_slices, predict_volume_3d
 from .labels import Label
+from .loop import Optimisation, Validation, fit
 from .model import DECODER_CHANNELS, DECODER_CHANNELS_3D, SegmentationNet
 from .package import array_fingerprint, save_package
 from .preprocessing import Preprocessing, detect_modality
@@ -214,22 +214,12 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
     strategy = get_strategy(config.strategy)
-    groups = strategy.param_groups(model, config.lr)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * config.steps_per_epoch
-    warmup = max(1, int(config.warmup_fraction * total))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / total))))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    loss_fn = loss_function()
-
-    info = strategy.describe(model)
+    opt = Optimisation(model, strategy, config)
+    info = opt.info
     reporter.emit("start", device=str(device), modality=modality, backbone=config.backbone,
                   mode=config.mode, weights=config.weights or "none", train_slices=len(train_items),
-                  val_slices=len(val_items), steps_total=total, patch=patch, batch_size=batch_size,
-                  param_groups=[{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),
-                                 "parameters": sum(p.numel() for p in g["params"])} for g in groups],
-                  **info)
+                  val_slices=len(val_items), steps_total=opt.total, patch=patch, batch_size=batch_size,
+                  param_groups=opt.summary(), **info)
     reporter.emit("note", message=split_note)
     if three_d:
         sp = cases[0].geometry.spacing            # (i, j, k) in mm
@@ -263,64 +253,26 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         },
     }
 
-    best, best_state, stale, history, step = -1.0, None, 0, [], 0
-    t_start = time.monotonic()
-    stopped_early = False
-    for epoch in range(1, config.epochs + 1):
-        strategy.train_mode(model)
-        losses = []
-        for _ in range(config.steps_per_epoch):
-            images, targets = sampler.sample(batch_size)
-            x, y = (augment_3d if three_d else augment)(
-                torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
-            x = prep.to_backbone(x).to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
-            with autocast(device):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            elapsed = time.monotonic() - t_start
-            reporter.emit("step", epoch=epoch, step=step, steps_total=total, loss=losses[-1],
-                          lr=optimizer.param_groups[-1]["lr"], eta_s=round(elapsed / step * (total - step), 1))
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        if val_items:
-            scores = (_validate_3d(model, volumes, val_items, prep, device, num_classes, patch, config.overlap)
-                      if three_d else
-                      _validate(model, volumes, val_items, config.slices, prep, device, num_classes))
-            finite = [s for s in scores if not math.isnan(s)]
-            val_dice = float(np.mean(finite)) if finite else 0.0
-            improved = val_dice > best
-            record.update(val_dice=val_dice, val_dice_per_class={lab.name: s for lab, s in zip(labels, scores)})
-            reporter.emit("validation", epoch=epoch, val_dice=val_dice, best=improved,
-                          per_class=record["val_dice_per_class"], train_loss=record["train_loss"])
-            if improved:
-                best, stale = val_dice, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                _checkpoint(out, model, manifest_base, history + [record], epoch, best)
-            else:
-                stale += 1
-        history.append(record)
-        elapsed = time.monotonic() - t_start
-        reporter.emit("epoch", epoch=epoch, epochs=config.epochs, train_loss=record["train_loss"],
-                      val_dice=record.get("val_dice"), eta_s=round(elapsed / step * (total - step), 1))
-        if val_items and stale >= config.patience:
-            stopped_early = True
-            reporter.emit("note", message=f"early stop: validation Dice did not improve for "
-                                          f"{config.patience} epochs (best {best:.3f})")
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    metrics = {"best_val_dice": best if val_items else None, "epochs_run": len(history),
-               "steps_run": step, "stopped_early": stopped_early,
-               "train_seconds": round(time.monotonic() - t_start, 1)}
+    augment_batch = augment_3d if three_d else augment
+
+    def next_batch():
+        images, targets = sampler.sample(batch_size)
+        x, y = augment_batch(torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
+        return prep.to_backbone(x), y
+
+    def validate() -> Validation:
+        scores = (_validate_3d(model, volumes, val_items, prep, device, num_classes, patch, config.overlap)
+                  if three_d else
+                  _validate(model, volumes, val_items, config.slices, prep, device, num_classes))
+        finite = [s for s in scores if not math.isnan(s)]
+        per_class = {lab.name: s for lab, s in zip(labels, scores)}
+        return Validation(float(np.mean(finite)) if finite else 0.0, {"val_dice_per_class": per_class},
+                          {"per_class": per_class})
+
+    history, metrics = fit(model, strategy, opt, config, device, next_batch, loss_function(), reporter,
+                           validate if val_items else None, "val_dice",
+                           lambda hist, epoch, best: _checkpoint(out, model, manifest_base, hist, epoch, best))
+    best = metrics["best_val_dice"] if metrics["best_val_dice"] is not None else -1.0
     package = _checkpoint(out, model, manifest_base, history, history[-1]["epoch"], best, final=True,
                           extra=metrics)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
@@ -331,13 +283,7 @@ def auto_patch(volumes, items) -> int:
     """In-plane crop size: 1.5× the largest structure's extent on a labelled slice, rounded up
     to a multiple of 32 and kept within 128–256 pixels (small structures train on tight crops,
     fast; large organs keep their whole extent in view)."""
-    extent = 0
-    for vi, s in items:
-        t = volumes[vi].target[s]
-        for c in np.unique(t):
-            if 0 < c != IGNORE:
-                ys, xs = np.nonzero(t == c)
-                extent = max(extent, int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
+    extent = largest_extent(volumes, items)
     return int(np.clip(math.ceil(1.5 * extent / 32) * 32, 128, 256))
 
 

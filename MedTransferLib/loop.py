@@ -1,0 +1,109 @@
+"""The one training loop shared by segmentation and classification (2.5D and 3D): optimizer and
+schedule from the strategy's parameter groups, AMP on CUDA, per-epoch validation, early stopping,
+best weights restored. What is trained on, the loss and the validation score are the caller's."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .device import autocast
+
+
+@dataclass
+class Validation:
+    score: float                                # higher is better
+    record: dict = field(default_factory=dict)  # stored in the epoch's history entry
+    event: dict = field(default_factory=dict)   # extra fields of the 'validation' event
+
+
+class Optimisation:
+    """AdamW over the strategy's parameter groups, linear warm-up then cosine decay."""
+
+    def __init__(self, model: torch.nn.Module, strategy, config):
+        self.groups = strategy.param_groups(model, config.lr)
+        self.optimizer = torch.optim.AdamW(self.groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.total = config.epochs * config.steps_per_epoch
+        warmup = max(1, int(config.warmup_fraction * self.total))
+        total = self.total
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        self.info = strategy.describe(model)   # after param_groups: counts what will train
+
+    def summary(self) -> list[dict]:
+        return [{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),
+                 "parameters": sum(p.numel() for p in g["params"])} for g in self.groups]
+
+
+def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable, loss_fn: Callable,
+        reporter, validate: Callable[[], Validation] | None = None, metric: str = "val_score",
+        on_best: Callable[[list, int, float], None] | None = None) -> tuple[list, dict]:
+    """Train ``config.epochs × config.steps_per_epoch`` steps; returns ``(history, metrics)``.
+
+    ``next_batch()`` gives ``(x, y)`` on the CPU, ready for the network; ``validate()`` scores
+    the model after each epoch; ``on_best(history, epoch, score)`` runs at each improvement
+    (e.g. to write a checkpoint).
+    """
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    fmt = torch.channels_last_3d if getattr(model, "spatial_dims", 2) == 3 else torch.channels_last
+    optimizer, schedule, total = opt.optimizer, opt.schedule, opt.total
+    best, best_state, stale, history, step = -math.inf, None, 0, [], 0
+    t_start = time.monotonic()
+    stopped_early = False
+    for epoch in range(1, config.epochs + 1):
+        strategy.train_mode(model)
+        losses = []
+        for _ in range(config.steps_per_epoch):
+            x, y = next_batch()
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if device.type == "cuda" and x.ndim in (4, 5):
+                x = x.contiguous(memory_format=fmt)
+            with autocast(device):
+                out = model(x)
+            loss = loss_fn(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            elapsed = time.monotonic() - t_start
+            reporter.emit("step", epoch=epoch, step=step, steps_total=total, loss=losses[-1],
+                          lr=optimizer.param_groups[-1]["lr"], eta_s=round(elapsed / step * (total - step), 1))
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        if validate is not None:
+            v = validate()
+            improved = v.score > best
+            record.update({metric: v.score, **v.record})
+            reporter.emit("validation", epoch=epoch, **{metric: v.score}, best=improved,
+                          train_loss=record["train_loss"], **v.event)
+            if improved:
+                best, stale = v.score, 0
+                best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+                if on_best is not None:
+                    on_best(history + [record], epoch, best)
+            else:
+                stale += 1
+        history.append(record)
+        elapsed = time.monotonic() - t_start
+        reporter.emit("epoch", epoch=epoch, epochs=config.epochs, train_loss=record["train_loss"],
+                      **{metric: record.get(metric)}, eta_s=round(elapsed / step * (total - step), 1))
+        if validate is not None and stale >= config.patience:
+            stopped_early = True
+            reporter.emit("note", message=f"early stop: {metric.replace('val_', 'validation ').replace('_', ' ')} "
+                                          f"did not improve for {config.patience} epochs (best {best:.3f})")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    metrics = {f"best_{metric}": best if validate is not None else None, "epochs_run": len(history),
+               "steps_run": step, "stopped_early": stopped_early,
+               "train_seconds": round(time.monotonic() - t_start, 1)}
+    return history, metrics
