@@ -61,7 +61,8 @@ class Geometry:
 
 @dataclass
 class Case:
-    """An image (float32, ``(k, j, i)``), its geometry and, for training, a label map.
+    """An image (float32, ``(k, j, i)``, or ``(C, k, j, i)`` for C co-registered images such as
+    T1 + T2), its geometry and, for training, a label map.
 
     ``label`` holds the datalist's label values, with :data:`IGNORE` (255) where nothing is
     labelled; ``labelled`` is derived from it.
@@ -72,6 +73,10 @@ class Case:
     label: np.ndarray | None = None
     case_id: str = "case"
     meta: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.image.ndim == 3 else int(self.image.shape[0])
 
     @property
     def labelled(self) -> np.ndarray | None:

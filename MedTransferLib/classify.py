@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .case import Case
-from .dataset import augment, slab_indices, to_slices_first
+from .dataset import augment, gather_slabs, to_slices_first, with_channels
 from .dataset3d import augment_3d
 from .errors import MedTransferError
 from .labels import Label, default_color
@@ -46,7 +46,7 @@ _FIX = "see 'Classification' in the README"
 
 @dataclass
 class ClassEntry:
-    image: Path
+    image: Path | list[Path]                    # a list: co-registered images, one channel each
     label: int | None = None                    # per-volume class index
     slice_labels: dict[int, int] | None = None  # per-slice class indices
     slice_axis: int = 2
@@ -58,7 +58,7 @@ class ClassDatalist:
     classes: list[str]
     training: list[ClassEntry]
     test: list[ClassEntry] = field(default_factory=list)
-    modality: str = "auto"
+    modality: str | tuple = "auto"
     path: Path | None = None
 
     def labels(self) -> list[Label]:
@@ -112,16 +112,22 @@ def load_class_datalist(path) -> ClassDatalist:
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
         raise MedTransferError(f"datalist '{path}': 'classes' must list at least two class names, "
                                f"e.g. [\"normal\", \"lesion\"]; {_FIX}")
-    modality = {"MR": "MR", "MRI": "MR", "CT": "CT"}.get(str(data.get("modality", "auto")).upper(), "auto")
+    from .datalist import parse_modality
+
+    modality = parse_modality(data.get("modality", "auto"), path)
 
     def entries(section, need):
         out = []
         for i, raw in enumerate(data.get(section) or []):
             where = f"{section}[{i}]"
-            if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
-                raise MedTransferError(f"datalist '{path}': {where} needs an 'image' path; {_FIX}")
-            image = Path(raw["image"]).expanduser()
-            image = image if image.is_absolute() else root / image
+            raw_image = raw.get("image") if isinstance(raw, dict) else None
+            names = raw_image if isinstance(raw_image, list) else [raw_image]
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise MedTransferError(f"datalist '{path}': {where} needs an 'image' path (or a list "
+                                       f"of co-registered images); {_FIX}")
+            paths = [Path(n).expanduser() for n in names]
+            paths = [q if q.is_absolute() else root / q for q in paths]
+            image = paths if isinstance(raw_image, list) else paths[0]
             label = slices = None
             if raw.get("slice_labels") is not None:
                 sl = raw["slice_labels"]
@@ -142,7 +148,7 @@ def load_class_datalist(path) -> ClassDatalist:
             axis = raw.get("slice_axis", 2)
             if axis not in (0, 1, 2):
                 raise MedTransferError(f"datalist '{path}': {where}.slice_axis must be 0, 1 or 2")
-            out.append(ClassEntry(image, label, slices, axis, str(raw.get("id") or image.name.split(".")[0])))
+            out.append(ClassEntry(image, label, slices, axis, str(raw.get("id") or paths[0].name.split(".")[0])))
         return out
 
     training = entries("training", True)
@@ -211,9 +217,10 @@ def build_classifier(config: dict, weights=None) -> ClassificationNet:
 def content_slices(image: np.ndarray) -> np.ndarray:
     """Slices (of a slices-first standardised volume) that hold more than air: their spread
     is at least a tenth of the volume's."""
-    spread = image.reshape(image.shape[0], -1).std(axis=1)
-    keep = np.nonzero(spread >= 0.1 * float(image.std()))[0]
-    return keep if len(keep) else np.arange(image.shape[0])
+    first = with_channels(image)[0]                  # judged on the first image
+    spread = first.reshape(first.shape[0], -1).std(axis=1)
+    keep = np.nonzero(spread >= 0.1 * float(first.std()))[0]
+    return keep if len(keep) else np.arange(first.shape[0])
 
 
 def square_resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -232,8 +239,7 @@ def square_resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def slab_batch(image: np.ndarray, slices, k: int, size: int) -> torch.Tensor:
-    idx = np.stack([slab_indices(s, image.shape[0], k) for s in slices])
-    return square_resize(torch.from_numpy(image[idx]), size)
+    return square_resize(torch.from_numpy(gather_slabs(image, slices, k)), size)
 
 
 # ---- metrics --------------------------------------------------------------------------------
@@ -280,9 +286,9 @@ def _items(entries, images, three_d) -> list[_Item]:
                 raise MedTransferError(f"case '{e.case_id}' has per-slice labels; 3D classification "
                                        f"needs one label per volume (use --mode 2.5d)")
             for s, c in sorted(e.slice_labels.items()):
-                if not 0 <= s < img.shape[0]:
+                if not 0 <= s < img.shape[-3]:
                     raise MedTransferError(f"case '{e.case_id}': labelled slice {s} is outside the "
-                                           f"volume (0..{img.shape[0] - 1} along axis {e.slice_axis})")
+                                           f"volume (0..{img.shape[-3] - 1} along axis {e.slice_axis})")
                 items.append(_Item(ci, s, c))
         elif e.label is not None:
             items.append(_Item(ci, None, e.label))
@@ -327,7 +333,7 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     from .device import resolve_device
     from .loop import Optimisation, Validation, fit
     from .package import array_fingerprint, save_package
-    from .preprocessing import Preprocessing, detect_modality
+    from .trainer import make_preprocessing
     from .progress import Reporter
     from .strategies import get_strategy
     from .trainer import TrainConfig, TrainResult, _versions, seed_everything
@@ -346,10 +352,14 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     three_d = config.mode == "3d"
     pairs = dl.load_cases()
     cases, entries = [p[0] for p in pairs], [p[1] for p in pairs]
-    modality = config.modality if config.modality != "auto" else (
-        dl.modality if dl.modality != "auto" else detect_modality(cases[0].image))
+    for c in cases:
+        if c.channels != cases[0].channels:
+            raise MedTransferError(f"case '{c.case_id}' has {c.channels} images, case '{cases[0].case_id}' "
+                                   f"{cases[0].channels}; every case needs the same images in the same order")
+    modality = config.modality if config.modality != "auto" else dl.modality
     num_classes = len(dl.classes)
-    in_channels = 1 if three_d else config.slices
+    channels = cases[0].channels
+    in_channels = channels * (1 if three_d else config.slices)
     size = config.patch or (96 if three_d else 224)
     if size % 32:
         raise MedTransferError(f"--patch {size} must be a multiple of 32")
@@ -361,11 +371,11 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     encoder = build_encoder(config.backbone, config.weights, in_channels, model_config["spatial_dims"], config.stem)
     model_config["backbone"] = encoder.architecture
     model = ClassificationNet(encoder, num_classes).to(device)
-    prep = Preprocessing(modality=modality, target_mean=tuple(encoder.pretrain_mean),
-                         target_std=tuple(encoder.pretrain_std))
-    images = [np.ascontiguousarray(to_slices_first(prep.standardise(c.image), e.slice_axis))
+    prep = make_preprocessing(modality, cases[0], encoder.pretrain_mean, encoder.pretrain_std)
+    modality = prep.channel_modalities or prep.modality
+    images = [np.ascontiguousarray(to_slices_first(with_channels(prep.standardise(c.image)), e.slice_axis))
               for c, e in zip(cases, entries)]
-    cubes = ([square_resize(torch.from_numpy(im)[None, None], size)[0] for im in images] if three_d else None)
+    cubes = ([square_resize(torch.from_numpy(im)[None], size)[0] for im in images] if three_d else None)
     contents = [content_slices(im) for im in images]
     items = _items(entries, images, three_d)
     present = sorted({it.label for it in items})
@@ -407,7 +417,8 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
         "task": "classification", "mode": config.mode,
         "labels": [lab.to_dict() for lab in dl.labels()],
         "classes": dl.classes, "preprocessing": prep.to_dict(),
-        "model": model_config, "slicing": {"axis": entries[0].slice_axis, "slices": in_channels},
+        "model": model_config,
+        "slicing": {"axis": entries[0].slice_axis, "slices": 1 if three_d else config.slices, "channels": channels},
         "inference": {"size": size, "aggregation": "mean of slice logits" if not three_d else "whole volume"},
         "strategy": info,
         "training": {**asdict(config), "device": str(device), "patch": size, "batch_size": batch_size},
@@ -476,11 +487,15 @@ def predict_class(package, case: Case, device: str = "auto", slices=None, per_sl
     model = pkg.build_model(dev)
     prep = pkg.preprocessing
     size = int(pkg.manifest["inference"]["size"])
-    image = np.ascontiguousarray(to_slices_first(prep.standardise(case.image), pkg.axis))
+    expected = int(pkg.manifest["slicing"].get("channels", 1))
+    if case.channels != expected:
+        raise MedTransferError(f"model '{pkg.path}' was trained on {expected} image(s) per case; "
+                               f"case '{case.case_id}' has {case.channels}")
+    image = np.ascontiguousarray(to_slices_first(with_channels(prep.standardise(case.image)), pkg.axis))
     if pkg.mode == "3d":
-        logits = model(prep.to_backbone(square_resize(torch.from_numpy(image)[None, None], size).to(dev))).float()
+        logits = model(prep.to_backbone(square_resize(torch.from_numpy(image)[None], size).to(dev))).float()
     elif per_slice:
-        chosen = np.asarray(slices) if slices is not None else np.arange(image.shape[0])
+        chosen = np.asarray(slices) if slices is not None else np.arange(image.shape[1])
         logits = _volume_logits(model, image, chosen, pkg.slices, size, prep, dev)
         return [_row(case.case_id, pkg.manifest["classes"], torch.softmax(lg, 0).cpu().numpy(), int(s))
                 for s, lg in zip(chosen, logits)]

@@ -27,6 +27,10 @@ def _parse_slices(spec: str) -> list[int]:
     return out
 
 
+def _one_or_many(paths: list[str]):
+    return paths[0] if len(paths) == 1 else paths
+
+
 def _weights(value: str | None):
     return None if value in (None, "none", "random") else value
 
@@ -93,7 +97,7 @@ def cmd_predict(a) -> int:
     if not a.image or not a.out:
         raise MedTransferError("a segmentation model needs --image and --out")
 
-    pred = predict(pkg, read_case(a.image), device=a.device, batch_size=a.batch_size,
+    pred = predict(pkg, read_case(_one_or_many(a.image)), device=a.device, batch_size=a.batch_size,
                    overlap=a.overlap)
     write_label(a.out, pred.label, pred.case.geometry)
     rows = pred.volumes()
@@ -113,7 +117,7 @@ def _predict_classes(a, pkg) -> int:
         entries = dl.test if a.section == "test" else dl.training
         cases = [(read_case(e.image, None, e.case_id), bool(e.slice_labels)) for e in entries]
     elif a.image:
-        cases = [(read_case(a.image), a.per_slice)]
+        cases = [(read_case(_one_or_many(a.image)), a.per_slice)]
     else:
         raise MedTransferError("a classification model needs --image IMAGE or --datalist DATASET")
     rows = []
@@ -237,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="segment (or classify) volumes with a trained model")
     s.add_argument("--model", required=True, help="model folder (or run folder) from 'train'")
-    s.add_argument("--image")
+    s.add_argument("--image", nargs="+", help="the volume; several files for a multi-image model "
+                                              "(T1 T2, in training order)")
     s.add_argument("--out", help="segmentation: output label map (.nii.gz, .nrrd ...)")
     s.add_argument("--table", help="CSV: per-structure volumes (mL), or class probabilities")
     s.add_argument("--datalist", help="classification: predict every case of this datalist")

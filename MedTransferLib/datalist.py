@@ -28,7 +28,7 @@ _FIX = "see the datalist format in the README"
 
 @dataclass
 class Entry:
-    image: Path
+    image: Path | list[Path]   # a list: co-registered images, one channel each
     label: Path | None = None
     labelled_slices: list[int] | None = None
     slice_axis: int = 2
@@ -39,7 +39,7 @@ class Entry:
 class Datalist:
     labels: list[Label]
     training: list[Entry]
-    modality: str = "auto"
+    modality: str | tuple = "auto"   # or one per image channel
     path: Path | None = None
     test: list[Entry] = field(default_factory=list)
 
@@ -96,9 +96,36 @@ def _parse_entry(raw, root: Path, path, i: int, section: str, need_label: bool) 
     if slices is not None and (not isinstance(slices, list)
                                or not all(isinstance(s, int) and not isinstance(s, bool) for s in slices)):
         raise _err(path, f"{where}.labelled_slices must be a list of slice indices")
-    image = resolve(raw["image"], "image")
+    if isinstance(raw["image"], list):   # several co-registered images: one channel each
+        if not raw["image"]:
+            raise _err(path, f"{where}.image is an empty list")
+        image = [resolve(p, "image") for p in raw["image"]]
+        first = image[0]
+    else:
+        image = first = resolve(raw["image"], "image")
     return Entry(image, resolve(raw["label"], "label") if raw.get("label") else None, slices, axis,
-                 str(raw.get("id") or image.name.split(".")[0]))
+                 str(raw.get("id") or first.name.split(".")[0]))
+
+
+def parse_modality(raw, path="datalist"):
+    """'MR' | 'CT' | 'auto', or a tuple with one per image channel (a list, or MSD's
+    ``{"0": "FLAIR", "1": "T1w"}``). Any MR sequence name or PET means intensity-normalised
+    ('MR' preset); only CT has absolute units."""
+    if isinstance(raw, dict):
+        raw = [raw[k] for k in sorted(raw, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    if isinstance(raw, list):
+        mods = tuple(parse_modality(m, path) for m in raw)
+        if "auto" in mods:
+            raise _err(path, "per-channel modalities must each be named (MR sequence, CT or PET)")
+        return mods[0] if len(mods) == 1 else mods
+    name = str(raw).strip().upper()
+    if name in ("CT",):
+        return "CT"
+    if name in ("AUTO", ""):
+        return "auto"
+    if name in ("MR", "MRI", "PET", "PT") or name.startswith(("T1", "T2", "FLAIR", "DWI", "ADC", "PD")):
+        return "MR"
+    raise _err(path, f"'modality' must be MR (or an MR sequence name), CT, PET or auto, not {raw!r}")
 
 
 def load_datalist(path) -> Datalist:
@@ -133,12 +160,7 @@ def load_datalist(path) -> Datalist:
         else:
             color = default_color(i)
         labels.append(Label(value, name, color))
-    modality = str(data.get("modality", "auto"))
-    if isinstance(data.get("modality"), dict):  # MSD style {"0": "MRI"}
-        modality = str(next(iter(data["modality"].values()), "auto"))
-    modality = {"MRI": "MR", "MR": "MR", "CT": "CT", "AUTO": "auto"}.get(modality.upper(), None)
-    if modality is None:
-        raise _err(path, f"'modality' must be MR, CT or auto, not {data.get('modality')!r}")
+    modality = parse_modality(data.get("modality", "auto"), path)
     training = data.get("training")
     if not isinstance(training, list) or not training:
         raise _err(path, "'training' must be a non-empty list of {\"image\", \"label\"} entries")

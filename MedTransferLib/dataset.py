@@ -23,12 +23,31 @@ PAD_MULTIPLE = 32  # the encoders downsample 5 times
 
 
 def to_slices_first(volume: np.ndarray, axis: int) -> np.ndarray:
-    """``(k, j, i)`` array → ``(S, H, W)`` with voxel axis ``axis`` (0=i, 1=j, 2=k) first."""
-    return np.moveaxis(volume, 2 - axis, 0)
+    """``(k, j, i)`` array → ``(S, H, W)`` with voxel axis ``axis`` (0=i, 1=j, 2=k) first;
+    ``(C, k, j, i)`` → ``(C, S, H, W)``."""
+    lead = volume.ndim - 3
+    return np.moveaxis(volume, lead + 2 - axis, lead)
 
 
 def from_slices_first(volume: np.ndarray, axis: int) -> np.ndarray:
-    return np.moveaxis(volume, 0, 2 - axis)
+    lead = volume.ndim - 3
+    return np.moveaxis(volume, lead, lead + 2 - axis)
+
+
+def with_channels(image: np.ndarray) -> np.ndarray:
+    """``(S, H, W)`` → ``(1, S, H, W)``; a ``(C, S, H, W)`` array is returned as it is."""
+    return image[None] if image.ndim == 3 else image
+
+
+def gather_slabs(image: np.ndarray, slices, k: int) -> np.ndarray:
+    """``(B, C·k, H, W)`` slabs of a ``(C, S, H, W)`` (or ``(S, H, W)``) volume, centred on
+    ``slices``; channels are modality-major (T1 s-1, T1 s, T1 s+1, T2 s-1 …), so ``--stem repeat``
+    gives every modality the RGB filters."""
+    image = with_channels(image)
+    c, n, h, w = image.shape
+    idx = np.stack([slab_indices(s, n, k) for s in slices])            # (B, k)
+    x = image[:, idx]                                                   # (C, B, k, H, W)
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4).reshape(len(idx), c * k, h, w))
 
 
 def slab_indices(s: int, n: int, k: int) -> np.ndarray:
@@ -53,13 +72,13 @@ def value_lut(values: list[int], max_value: int) -> np.ndarray:
 class Volume:
     """A cached, standardised case with the slice axis first."""
 
-    image: np.ndarray          # (S, H, W) float32, standardised
+    image: np.ndarray          # (C, S, H, W) float32, standardised
     target: np.ndarray | None  # (S, H, W) uint8 class indices, IGNORE where unlabelled
     case_id: str
 
     @classmethod
     def from_case(cls, case: Case, prep: Preprocessing, axis: int, values: list[int]) -> "Volume":
-        image = to_slices_first(prep.standardise(case.image), axis)
+        image = to_slices_first(with_channels(prep.standardise(case.image)), axis)
         target = None
         if case.label is not None:
             lut = value_lut(values, int(case.label.max()))
@@ -67,8 +86,11 @@ class Volume:
         return cls(np.ascontiguousarray(image), None if target is None else np.ascontiguousarray(target),
                    case.case_id)
 
+    def __post_init__(self):
+        self.image = with_channels(self.image)
+
     def slab(self, s: int, k: int) -> np.ndarray:
-        return self.image[slab_indices(s, self.image.shape[0], k)]
+        return gather_slabs(self.image, [s], k)[0]
 
 
 MIN_FG_SLICES_FOR_VALIDATION = 10
@@ -169,7 +191,7 @@ class SlabSampler:
             j = self.rng.integers(len(ys))
             return vi, s, (int(ys[j]), int(xs[j]))
         vi, s = self.items[self.rng.integers(len(self.items))]
-        h, w = self.volumes[vi].image.shape[1:]
+        h, w = self.volumes[vi].image.shape[-2:]
         return vi, s, (int(self.rng.integers(h)), int(self.rng.integers(w)))
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +199,7 @@ class SlabSampler:
         for _ in range(batch_size):
             vi, s, centre = self.pick()
             vol = self.volumes[vi]
-            h, w = vol.image.shape[1:]
+            h, w = vol.image.shape[-2:]
             (y0, x0), (ph, pw) = self._crop_origin((h, w), centre)
             img = vol.slab(s, self.k)
             tgt = vol.target[s]

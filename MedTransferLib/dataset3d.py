@@ -38,7 +38,7 @@ def auto_patch_3d(volumes: list[Volume], items, multiple: int = 32, lo: int = 64
     network's divisor, within [lo, hi] and no larger than the (padded) volume."""
     extent = largest_extent(volumes, items)
     edge = int(np.clip(math.ceil(1.5 * extent / multiple) * multiple, lo, hi))
-    shape = np.max([v.image.shape for v in volumes], axis=0)
+    shape = np.max([v.image.shape[-3:] for v in volumes], axis=0)
     return tuple(int(min(edge, math.ceil(n / multiple) * multiple)) for n in shape)
 
 
@@ -51,7 +51,7 @@ class PatchSampler3D(SlabSampler):
                  patch: tuple[int, int, int], p_foreground: float = 0.67, seed: int = 0):
         super().__init__(volumes, items, 1, num_classes, max(patch), p_foreground, seed)
         self.patch = tuple(patch)
-        self.train_mask = [np.zeros(v.image.shape[0], bool) for v in volumes]
+        self.train_mask = [np.zeros(v.target.shape[0], bool) for v in volumes]
         for vi, s in items:
             self.train_mask[vi][s] = True
 
@@ -61,14 +61,14 @@ class PatchSampler3D(SlabSampler):
             vi, s, (y, x) = self.pick()
             vol = self.volumes[vi]
             origin = []
-            for c, p, n in zip((s, y, x), self.patch, vol.image.shape):
+            for c, p, n in zip((s, y, x), self.patch, vol.target.shape):
                 jitter = self.rng.integers(-(p // 4), p // 4 + 1)
                 origin.append(int(np.clip(c - p // 2 + jitter, min(0, n - p), max(0, n - p))))
             img = crop_pad_nd(vol.image, origin, self.patch, float(vol.image.min()))
             tgt = crop_pad_nd(vol.target, origin, self.patch, IGNORE)   # a copy: masked below
             keep = crop_pad_nd(self.train_mask[vi], origin[:1], self.patch[:1], False)
             tgt[~keep] = IGNORE   # unlabelled and held-out slices teach nothing
-            images.append(img[None])
+            images.append(img)                 # (C, d, h, w)
             targets.append(tgt)
         return np.stack(images), np.stack(targets)
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import padded_size, slab_indices
+from .dataset import gather_slabs, padded_size, with_channels
 from .device import autocast
 from .preprocessing import Preprocessing
 
@@ -15,19 +15,19 @@ from .preprocessing import Preprocessing
 def predict_slices(model: torch.nn.Module, image: np.ndarray, k: int, prep: Preprocessing,
                    device: torch.device, slices=None, batch_size: int = 16,
                    probabilities: bool = False) -> np.ndarray:
-    """Class indices ``(len(slices), H, W)`` (uint8) for a standardised ``(S, H, W)`` volume.
+    """Class indices ``(len(slices), H, W)`` (uint8) for a standardised ``(S, H, W)`` or
+    ``(C, S, H, W)`` volume.
 
     With ``probabilities=True`` returns float32 softmax ``(len(slices), C, H, W)`` instead.
     """
-    n, h, w = image.shape
+    n, h, w = image.shape[-3:]
     slices = list(range(n)) if slices is None else list(slices)
     ph, pw = padded_size(h, w)
     pad = (0, pw - w, 0, ph - h)
     out = []
     model.eval()
     for i in range(0, len(slices), batch_size):
-        idx = np.stack([slab_indices(s, n, k) for s in slices[i:i + batch_size]])
-        x = torch.from_numpy(image[idx]).to(device)
+        x = torch.from_numpy(gather_slabs(image, slices[i:i + batch_size], k)).to(device)
         x = F.pad(x, pad, mode="replicate")
         x = prep.to_backbone(x)
         with autocast(device):
@@ -66,8 +66,8 @@ def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preproces
                       device: torch.device, patch, num_classes: int, overlap: float = 0.25,
                       batch_size: int = 2, memory_budget_gb: float = 1.0,
                       probabilities: bool = False) -> np.ndarray:
-    """Class indices ``(D, H, W)`` for a standardised volume, by MONAI's sliding window with
-    Gaussian blending.
+    """Class indices ``(D, H, W)`` for a standardised ``(D, H, W)`` or ``(C, D, H, W)`` volume,
+    by MONAI's sliding window with Gaussian blending.
 
     Memory stays bounded on large CT: the volume goes through in chunks of slices, each with a
     quarter patch of context on both sides (so a chunk's edge voxels are still blended from
@@ -78,12 +78,13 @@ def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preproces
     from monai.inferers import sliding_window_inference
 
     model.eval()
-    d = image.shape[0]
+    image = with_channels(image)
+    d = image.shape[1]
     pd = int(patch[0])
-    chunk, margin = chunking(image.shape, num_classes, pd, memory_budget_gb * 2**30)
+    chunk, margin = chunking(image.shape[1:], num_classes, pd, memory_budget_gb * 2**30)
     if probabilities:
         chunk = d
-    out = np.zeros(image.shape, np.uint8) if not probabilities else None
+    out = np.zeros(image.shape[1:], np.uint8) if not probabilities else None
 
     def run(x):
         with autocast(device):
@@ -91,7 +92,7 @@ def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preproces
 
     for z0 in range(0, d, chunk):
         a, b = max(0, z0 - margin), min(d, z0 + chunk + margin)
-        x = torch.from_numpy(np.ascontiguousarray(image[a:b]))[None, None]
+        x = torch.from_numpy(np.ascontiguousarray(image[:, a:b]))[None]
         scores = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch), sw_batch_size=batch_size,
                                           predictor=run, overlap=overlap, mode="gaussian",
                                           padding_mode="replicate", sw_device=device, device="cpu")

@@ -127,6 +127,9 @@ def read_case(image, label=None, case_id: str | None = None, labelled_slices=Non
               slice_axis: int = 2, label_values=None) -> Case:
     """Read an image (and optionally its label map) into a :class:`Case`.
 
+    ``image`` may be a list of files on one voxel grid (T1 + T2, CT + PET): the case then holds
+    a ``(C, k, j, i)`` array, one channel per file, in that order.
+
     ``labelled_slices``: indices along voxel axis ``slice_axis`` that were labelled; every other
     slice becomes :data:`IGNORE`. ``label_values``: the values the label map may hold (others are
     an error); 0 is background and 255 means unlabelled.
@@ -134,16 +137,31 @@ def read_case(image, label=None, case_id: str | None = None, labelled_slices=Non
     Example:
         >>> case = read_case("ch2.nii.gz", "labels.nii.gz", labelled_slices=[50, 60])  # doctest: +SKIP
     """
-    arr, geo = read_image(image, "image")
-    arr = np.asarray(arr)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise MedTransferError(f"image '{image}' has non-numeric voxels ({arr.dtype})")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        raise MedTransferError(f"image '{image}' has {int((~finite).sum())} NaN/Inf voxels; fix or "
-                               f"mask them before use (e.g. replace with the background value)")
-    case = Case(arr.astype(np.float32, copy=False), geo, None,
-                case_id or Path(str(image)).name.split(".")[0], {"image_path": str(image)})
+    paths = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not paths:
+        raise MedTransferError("no image given")
+    channels, geo = [], None
+    for path in paths:
+        arr, g = read_image(path, "image")
+        arr = np.asarray(arr)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise MedTransferError(f"image '{path}' has non-numeric voxels ({arr.dtype})")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise MedTransferError(f"image '{path}' has {int((~finite).sum())} NaN/Inf voxels; fix or "
+                                   f"mask them before use (e.g. replace with the background value)")
+        if geo is None:
+            geo = g
+        elif geo.matches(g):
+            raise MedTransferError(f"image '{path}' is not on the voxel grid of '{paths[0]}' "
+                                   f"({'; '.join(geo.matches(g))}); the images of one case (T1 + T2, "
+                                   f"CT + PET) must share a grid: resample them onto the first "
+                                   f"(Slicer: Resample Scalar/Vector/DWI Volume)")
+        channels.append(arr.astype(np.float32, copy=False))
+    image = paths[0]
+    case = Case(channels[0] if len(channels) == 1 else np.stack(channels), geo, None,
+                case_id or Path(str(image)).name.split(".")[0],
+                {"image_path": str(image) if len(paths) == 1 else [str(p) for p in paths]})
     if label is None:
         return case
     lab, lgeo = read_image(label, "label map")

@@ -42,8 +42,13 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     if pkg.task != "segmentation":
         raise MedTransferError(f"model '{pkg.path}' is a {pkg.task} model; classify with "
                                f"predict_class (or 'medtransfer predict --table')")
-    if case.image.ndim != 3:
+    if case.image.ndim not in (3, 4):
         raise MedTransferError(f"image of case '{case.case_id}' is not a 3D volume")
+    expected = int(pkg.manifest["slicing"].get("channels", 1))
+    if case.channels != expected:
+        raise MedTransferError(f"model '{pkg.path}' was trained on {expected} image(s) per case "
+                               f"({', '.join(pkg.preprocessing.channel_modalities or (pkg.preprocessing.modality,))}); "
+                               f"case '{case.case_id}' has {case.channels}: give the same images in the same order")
     dev = resolve_device(device)
     model = pkg.build_model(dev)
     prep = pkg.preprocessing

@@ -36,7 +36,8 @@ def detect_modality(image: np.ndarray) -> str:
 class Preprocessing:
     """Intensity recipe. ``target_mean``/``target_std`` come from the backbone (one per channel)."""
 
-    modality: str = "MR"                   # "MR" or "CT"
+    modality: str = "MR"                   # "MR" or "CT" (of the first channel)
+    channel_modalities: tuple[str, ...] = ()  # one per image channel when there are several
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     target_mean: tuple[float, ...] = (0.0,)
@@ -55,12 +56,33 @@ class Preprocessing:
                                    f"was made by a newer MedTransfer — update MedTransfer")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         p = cls(**kw)
-        if p.modality not in ("MR", "CT"):
+        if p.modality not in ("MR", "CT") or any(m not in ("MR", "CT") for m in p.channel_modalities):
             raise MedTransferError(f"preprocessing modality {p.modality!r} is not MR or CT")
         return p
 
+    def modalities(self, channels: int) -> tuple[str, ...]:
+        if self.channel_modalities:
+            if len(self.channel_modalities) != channels:
+                raise MedTransferError(f"the model was trained on {len(self.channel_modalities)} images "
+                                       f"per case ({', '.join(self.channel_modalities)}), this case has "
+                                       f"{channels}; give the same images in the same order")
+            return self.channel_modalities
+        if channels != 1:
+            raise MedTransferError(f"the model was trained on one image per case, this case has {channels}")
+        return (self.modality,)
+
     def standardise(self, image: np.ndarray) -> np.ndarray:
-        """Step 1: modality preset → float32 volume with roughly zero mean and unit spread."""
+        """Step 1: modality preset → float32 volume with roughly zero mean and unit spread.
+        A ``(C, k, j, i)`` image is standardised channel by channel, each with its modality."""
+        if image.ndim == 4:
+            mods = self.modalities(image.shape[0])
+            return np.stack([Preprocessing(modality=m, ct_window=self.ct_window,
+                                           mr_percentiles=self.mr_percentiles)._standardise(ch)
+                             for m, ch in zip(mods, image)])
+        self.modalities(1)
+        return self._standardise(image)
+
+    def _standardise(self, image: np.ndarray) -> np.ndarray:
         # one float32 copy, then in place: a 512×512×600 CT must not need several temporaries
         # (and the caller's array is never modified)
         img = np.array(image, dtype=np.float32, copy=True)

@@ -50,7 +50,7 @@ class TrainConfig:
                                        # 128–256 pixels, 3D 64–128 voxels)
     overlap: float = 0.25              # 3D sliding-window overlap at validation and prediction
     stem: str = "mean"                 # how the first conv is adapted to k ≠ 3 channels
-    modality: str = "auto"             # MR, CT or auto
+    modality: str | tuple = "auto"     # MR, CT or auto; or one per image channel (T1+T2: MR, MR)
     device: str = "auto"
     seed: int = 0
 
@@ -79,8 +79,10 @@ class TrainConfig:
             raise MedTransferError("--lr must be positive")
         if not 0 <= self.val_fraction < 1:
             raise MedTransferError("--val-fraction must be in [0, 1)")
-        if self.modality not in ("auto", "MR", "CT"):
-            raise MedTransferError(f"modality must be MR, CT or auto, not '{self.modality}'")
+        mods = self.modality if isinstance(self.modality, (list, tuple)) else [self.modality]
+        if any(m not in ("MR", "CT") for m in mods) if len(mods) > 1 else mods[0] not in ("auto", "MR", "CT"):
+            raise MedTransferError(f"modality must be MR, CT or auto (or one MR/CT per image), "
+                                   f"not {self.modality!r}")
 
 
 @dataclass
@@ -151,8 +153,12 @@ def _check_labels(cases: list[Case], labels: list[Label], axis: int) -> None:
     for case in cases:
         if case.label is None:
             raise MedTransferError(f"case '{case.case_id}' has no label map; every training case needs one")
-        if case.image.ndim != 3:
+        if case.image.ndim not in (3, 4):
             raise MedTransferError(f"case '{case.case_id}' is not a 3D volume")
+        if case.channels != cases[0].channels:
+            raise MedTransferError(f"case '{case.case_id}' has {case.channels} images, case "
+                                   f"'{cases[0].case_id}' {cases[0].channels}; every case needs the "
+                                   f"same images (modalities) in the same order")
         if not case.labelled_slices(axis):
             raise MedTransferError(f"case '{case.case_id}' has no labelled slice along axis {axis}; "
                                    f"label at least one slice or remove the case")
@@ -163,6 +169,23 @@ def _check_labels(cases: list[Case], labels: list[Label], axis: int) -> None:
     if missing:
         raise MedTransferError(f"structures {missing} appear in no training label map; label them "
                                f"on at least one slice or remove them from the labels")
+
+
+def make_preprocessing(modality, case: Case, pretrain_mean, pretrain_std) -> Preprocessing:
+    """The intensity recipe for these images: the given modality (one, or one per channel) or,
+    with 'auto', each channel's detected modality."""
+    channels = case.channels
+    if isinstance(modality, (list, tuple)):
+        mods = tuple(modality)
+        if len(mods) != channels:
+            raise MedTransferError(f"{len(mods)} modalities given ({', '.join(mods)}) for "
+                                   f"{channels} images per case; name one per image")
+    elif modality == "auto":
+        mods = tuple(detect_modality(case.image if channels == 1 else case.image[c]) for c in range(channels))
+    else:
+        mods = (modality,) * channels
+    return Preprocessing(modality=mods[0], channel_modalities=mods if channels > 1 else (),
+                         target_mean=tuple(pretrain_mean), target_std=tuple(pretrain_std))
 
 
 def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,
@@ -183,13 +206,14 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     device = resolve_device(config.device)
     rng = np.random.default_rng(config.seed)
 
-    modality = config.modality if config.modality != "auto" else detect_modality(cases[0].image)
     three_d = config.mode == "3d"
     num_classes = len(labels) + 1
-    in_channels = 1 if three_d else config.slices
+    channels = cases[0].channels
+    in_channels = channels * (1 if three_d else config.slices)
     model, model_config = build_for_training(config, in_channels, num_classes)
-    prep = Preprocessing(modality=modality, target_mean=tuple(model_config.pop("_pretrain_mean")),
-                         target_std=tuple(model_config.pop("_pretrain_std")))
+    prep = make_preprocessing(config.modality, cases[0], model_config.pop("_pretrain_mean"),
+                              model_config.pop("_pretrain_std"))
+    modality = prep.channel_modalities or prep.modality
     values = [lab.value for lab in labels]
     volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
     train_items, val_items, split_note = split_train_val(volumes, config.val_fraction, config.seed)
@@ -240,7 +264,7 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         "labels": [lab.to_dict() for lab in labels],
         "preprocessing": prep.to_dict(),
         "model": model_config,
-        "slicing": {"axis": axis, "slices": in_channels},
+        "slicing": {"axis": axis, "slices": 1 if three_d else config.slices, "channels": channels},
         "inference": ({"patch": list(patch), "overlap": config.overlap} if three_d else {}),
         "strategy": info,
         "training": {**asdict(config), "axis": axis, "device": str(device),

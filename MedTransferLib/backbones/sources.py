@@ -131,6 +131,10 @@ def network_from_def(network_def: dict, in_channels: int, num_classes: int) -> n
 
     _check_safe(network_def, "network definition")
     d = dict(network_def)
+    if int(d.get("spatial_dims", d.get("dimensions", 3))) != 3:
+        raise MedTransferError(f"the bundle's network ({d.get('_target_')}) is "
+                               f"{d.get('spatial_dims', d.get('dimensions'))}D; MedTransfer starts 3D "
+                               f"models from bundles (--mode 3d)")
     for keys, value in ((OUT_CHANNEL_KEYS, num_classes), (IN_CHANNEL_KEYS, in_channels)):
         for k in keys:
             if k in d:
