@@ -50,15 +50,18 @@ def test_every_3d_backbone_runs_on_a_volume(name):
         mt.TrainConfig(backbone=name, mode="2.5d").check()
 
 
-@pytest.mark.parametrize("name,head", [("densenet121", "classifier"), ("efficientnet_b0", "classifier"),
-                                       ("mobilenet_v3_large", "classifier"), ("convnext_tiny", "classifier")])
-def test_torchvision_families_load_the_published_file_layout(tmp_path, name, head):
+TORCHVISION = [n for n, i in BACKBONES.items() if i.source.startswith("torchvision")]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_backbones_load_the_published_file_layout(tmp_path, name):
     """A local copy of the torchvision download (same keys, DenseNet's legacy names included)
     goes through the loader users take online, strictly."""
     import re
 
     import torchvision
 
+    head = "fc" if name.startswith("resnet") else "classifier"
     torch.manual_seed(0)
     src = getattr(torchvision.models, name)(weights=None)
     state = src.state_dict()
@@ -86,13 +89,17 @@ def _medicalnet_file(path, depth):
     return net
 
 
-def test_medicalnet_weights_load_from_a_local_file_and_wrong_depths_are_named(tmp_path):
-    src = _medicalnet_file(tmp_path / "resnet_10_23dataset.pth", 10)
-    enc = build_encoder("medicalnet-resnet10", weights=str(tmp_path / "resnet_10_23dataset.pth"), in_channels=1)
+@pytest.mark.parametrize("depth", [10, 18, 34, 50])
+def test_medicalnet_weights_load_from_a_local_file_and_wrong_depths_are_named(tmp_path, depth):
+    path = tmp_path / f"resnet_{depth}_23dataset.pth"
+    src = _medicalnet_file(path, depth)
+    enc = build_encoder(f"medicalnet-resnet{depth}", weights=str(path), in_channels=1)
     assert torch.equal(enc.layer4[0].conv2.weight, src.layer4[0].conv2.weight)
+    assert torch.equal(enc.conv1.weight, src.conv1.weight)
     assert enc.pretrain_mean == (0.0,)   # MedicalNet trained on z-scored volumes, not ImageNet
-    with pytest.raises(mt.MedTransferError, match=r"do not fit.*(missing|unexpected).*layer"):
-        build_encoder("medicalnet-resnet18", weights=str(tmp_path / "resnet_10_23dataset.pth"))
+    other = {10: 18, 18: 34, 34: 50, 50: 10}[depth]
+    with pytest.raises(mt.MedTransferError, match=r"do not fit.*(missing|unexpected|wrong shape).*layer"):
+        build_encoder(f"medicalnet-resnet{other}", weights=str(path))
 
 
 def test_swinunetr_self_supervised_weights_load_through_monai_load_from(tmp_path):
