@@ -420,7 +420,7 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
         "model": model_config,
         "slicing": {"axis": entries[0].slice_axis, "slices": 1 if three_d else config.slices, "channels": channels},
         "inference": {"size": size, "aggregation": "mean of slice logits" if not three_d else "whole volume"},
-        "strategy": info,
+        "strategy": {**info, "param_groups": opt.summary()},
         "training": {**asdict(config), "device": str(device), "patch": size, "batch_size": batch_size},
         "provenance": {"inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image)} for c in cases],
                        "split": split_note, "versions": _versions(), "seed": config.seed},
@@ -452,8 +452,16 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
         return Validation(m["balanced_accuracy"], {"val_auc": m["auc"], "val_accuracy": m["accuracy"]},
                           {"val_auc": m["auc"], "val_accuracy": m["accuracy"]})
 
+    def adapt_inputs():
+        for c in sorted({it.case for it in train_items}):
+            if three_d:
+                yield prep.to_backbone(cubes[c][None])
+            else:
+                for i in range(0, len(contents[c]), 8):
+                    yield prep.to_backbone(slab_batch(images[c], contents[c][i:i + 8], config.slices, size))
+
     history, metrics = fit(model, strategy, opt, config, device, next_batch, F.cross_entropy, reporter,
-                           validate if val_items else None, "val_balanced_accuracy")
+                           validate if val_items else None, "val_balanced_accuracy", None, adapt_inputs)
     manifest = dict(manifest_base, history=history, metrics=metrics, complete=True)
     package = save_package(out / "model", model, manifest)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)

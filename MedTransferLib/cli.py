@@ -98,7 +98,7 @@ def cmd_predict(a) -> int:
         raise MedTransferError("a segmentation model needs --image and --out")
 
     pred = predict(pkg, read_case(_one_or_many(a.image)), device=a.device, batch_size=a.batch_size,
-                   overlap=a.overlap)
+                   overlap=a.overlap, adapt_bn=a.adapt_bn)
     write_label(a.out, pred.label, pred.case.geometry)
     rows = pred.volumes()
     if a.table:
@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default="pretrained",
                    help="'pretrained' (default: the backbone's own ImageNet/MedicalNet weights), "
                         "'none' (random init) or a weights file")
-    s.add_argument("--strategy", default="finetune", help="finetune (default) or frozen")
+    s.add_argument("--strategy", default="finetune",
+                   help="finetune (default), frozen, partial:N, gradual[:E], discriminative[:D], "
+                        "gradual+discriminative, bn-only, adabn, adabn+<strategy>")
     s.add_argument("--mode", default="2.5d", choices=["2.5d", "3d"],
                    help="2.5d: k slices into a 2D network (default); 3d: patches into a 3D network")
     s.add_argument("--slices", type=int, default=3, help="2.5d: adjacent slices as channels (odd; default 3)")
@@ -252,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=16, help="slices per batch (3d: windows = this / 8)")
     s.add_argument("--overlap", type=float, default=None, help="3d: sliding-window overlap (default: the model's)")
+    s.add_argument("--adapt-bn", action="store_true",
+                   help="AdaBN: re-estimate BatchNorm statistics on this image first (new scanner/site)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("evaluate", help="Dice/HD95 of a segmentation, or AUC/accuracy of class predictions")

@@ -101,3 +101,33 @@ def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preproces
         labels = scores[0].argmax(0).to(torch.uint8).numpy()
         out[z0:min(d, z0 + chunk)] = labels[z0 - a:z0 - a + min(chunk, d - z0)]
     return out
+
+
+def bn_inputs_2d(image: np.ndarray, k: int, prep: Preprocessing, max_slices: int = 64,
+                 batch_size: int = 8):
+    """Label-free input batches for AdaBN in 2.5D: whole-slice slabs spread evenly over the
+    volume (at most ``max_slices``), padded like prediction pads them."""
+    image = with_channels(image)
+    n, h, w = image.shape[1:]
+    slices = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
+    ph, pw = padded_size(h, w)
+    for i in range(0, len(slices), batch_size):
+        x = torch.from_numpy(gather_slabs(image, slices[i:i + batch_size], k))
+        yield prep.to_backbone(F.pad(x, (0, pw - w, 0, ph - h), mode="replicate"))
+
+
+def bn_inputs_3d(image: np.ndarray, patch, prep: Preprocessing, count: int = 8, batch_size: int = 2,
+                 seed: int = 0):
+    """Label-free input batches for AdaBN in 3D: ``count`` patches placed uniformly at random."""
+    from .dataset3d import crop_pad_nd
+
+    image = with_channels(image)
+    rng = np.random.default_rng(seed)
+    shape = image.shape[1:]
+    fill = float(image.min())
+    for i in range(0, count, batch_size):
+        crops = []
+        for _ in range(min(batch_size, count - i)):
+            origin = [int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(shape, patch)]
+            crops.append(crop_pad_nd(image, origin, tuple(int(p) for p in patch), fill))
+        yield prep.to_backbone(torch.from_numpy(np.stack(crops)))

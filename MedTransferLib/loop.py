@@ -41,15 +41,38 @@ class Optimisation:
                  "parameters": sum(p.numel() for p in g["params"])} for g in self.groups]
 
 
+    def add_groups(self, groups: list[dict]) -> None:
+        """Groups that join mid-run (gradual unfreezing) follow the same schedule from now on."""
+        for g in groups:
+            g.setdefault("initial_lr", g["lr"])
+            factor = self.schedule.lr_lambdas[0](self.schedule.last_epoch)
+            base = g["lr"]
+            g["lr"] = base * factor
+            self.optimizer.add_param_group(g)
+            self.schedule.base_lrs.append(base)
+            self.schedule.lr_lambdas.append(self.schedule.lr_lambdas[0])
+            self.groups.append(g)
+
+
 def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable, loss_fn: Callable,
         reporter, validate: Callable[[], Validation] | None = None, metric: str = "val_score",
-        on_best: Callable[[list, int, float], None] | None = None) -> tuple[list, dict]:
+        on_best: Callable[[list, int, float], None] | None = None,
+        adapt_inputs: Callable | None = None) -> tuple[list, dict]:
     """Train ``config.epochs × config.steps_per_epoch`` steps; returns ``(history, metrics)``.
 
     ``next_batch()`` gives ``(x, y)`` on the CPU, ready for the network; ``validate()`` scores
     the model after each epoch; ``on_best(history, epoch, score)`` runs at each improvement
-    (e.g. to write a checkpoint).
+    (e.g. to write a checkpoint); ``adapt_inputs()`` yields label-free input batches for a
+    strategy that re-estimates BatchNorm statistics first (AdaBN).
     """
+    from .strategies import _stages, adapt_bn
+
+    if strategy.adapt_bn_first:
+        if adapt_inputs is None:
+            raise ValueError("this strategy re-estimates BatchNorm statistics first: give adapt_inputs")
+        n = adapt_bn(model, (x.to(device) for x in adapt_inputs()), _stages(model))
+        reporter.emit("note", message=f"AdaBN: re-estimated the running statistics of {n} encoder "
+                                      f"BatchNorm layers on the training images (no labels used)")
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     fmt = torch.channels_last_3d if getattr(model, "spatial_dims", 2) == 3 else torch.channels_last
     optimizer, schedule, total = opt.optimizer, opt.schedule, opt.total
@@ -57,6 +80,12 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
     t_start = time.monotonic()
     stopped_early = False
     for epoch in range(1, config.epochs + 1):
+        joining = strategy.on_epoch(epoch, model)
+        if joining:
+            opt.add_groups(joining)
+            reporter.emit("note", message=f"epoch {epoch}: " + ", ".join(
+                f"{g['name']} unfreezes ({sum(p.numel() for p in g['params'])} parameters, "
+                f"lr {g['initial_lr']:.2e})" for g in joining))
         strategy.train_mode(model)
         losses = []
         for _ in range(config.steps_per_epoch):

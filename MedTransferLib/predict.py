@@ -31,7 +31,7 @@ class Prediction:
 
 
 def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
-            overlap: float | None = None) -> Prediction:
+            overlap: float | None = None, adapt_bn: bool = False) -> Prediction:
     """Segment ``case`` with a model package (a path or a loaded :class:`ModelPackage`).
 
     Example:
@@ -54,6 +54,17 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     prep = pkg.preprocessing
     image = to_slices_first(prep.standardise(case.image), pkg.axis)
     image = np.ascontiguousarray(image)
+    if adapt_bn:
+        # AdaBN at prediction: this volume's own BatchNorm statistics (a new scanner or site),
+        # every weight as trained; the package on disk is not changed
+        from .inference import bn_inputs_2d, bn_inputs_3d
+        from .strategies import adapt_bn as _adapt
+
+        inputs = (bn_inputs_3d(image, pkg.manifest["inference"]["patch"], prep) if pkg.mode == "3d"
+                  else bn_inputs_2d(image, pkg.slices, prep))
+        if _adapt(model, (x.to(dev) for x in inputs)) == 0:
+            raise MedTransferError(f"model '{pkg.path}' has no BatchNorm layers; --adapt-bn does not apply")
+        model.eval()
     if pkg.mode == "3d":
         inf = pkg.manifest.get("inference", {})
         classes = predict_volume_3d(model, image, prep, dev, inf["patch"], len(pkg.labels) + 1,

@@ -18,7 +18,7 @@ from .dataset import SlabSampler, Volume, augment, largest_extent, split_train_v
 from .dataset3d import PatchSampler3D, augment_3d, auto_patch_3d
 from .device import resolve_device
 from .errors import MedTransferError
-from .inference import dice_per_class, predict_slices, predict_volume_3d
+from .inference import bn_inputs_2d, bn_inputs_3d, dice_per_class, predict_slices, predict_volume_3d
 from .labels import Label
 from .loop import Optimisation, Validation, fit
 from .model import DECODER_CHANNELS, DECODER_CHANNELS_3D, SegmentationNet
@@ -64,12 +64,13 @@ class TrainConfig:
             if self.mode == "3d" and info.dims == 2 and not info.inflatable:
                 raise MedTransferError(f"backbone {self.backbone} cannot be inflated to 3D; pick "
                                        f"another (medtransfer backbones lists which can)")
-        if self.strategy == "frozen" and self.weights in (None, "none", "random"):
-            raise MedTransferError("--strategy frozen keeps the encoder's weights fixed; with --weights "
-                                   "none they would stay random. Use pretrained weights or --strategy finetune")
+        strategy = get_strategy(self.strategy)
+        if strategy.needs_pretrained and self.weights in (None, "none", "random"):
+            raise MedTransferError(f"--strategy {self.strategy} keeps encoder weights fixed; with "
+                                   f"--weights none they would stay random. Use pretrained weights or "
+                                   f"--strategy finetune")
         if not 0 <= self.overlap < 1:
             raise MedTransferError("--overlap must be in [0, 1)")
-        get_strategy(self.strategy)
         if self.slices < 1 or self.slices % 2 == 0:
             raise MedTransferError(f"--slices must be an odd number ≥ 1 (centre slice ± neighbours), not {self.slices}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "patch"):
@@ -266,7 +267,7 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         "model": model_config,
         "slicing": {"axis": axis, "slices": 1 if three_d else config.slices, "channels": channels},
         "inference": ({"patch": list(patch), "overlap": config.overlap} if three_d else {}),
-        "strategy": info,
+        "strategy": {**info, "param_groups": opt.summary()},
         "training": {**asdict(config), "axis": axis, "device": str(device),
                      "patch": list(patch) if three_d else patch,
                      "batch_size": batch_size},
@@ -293,9 +294,17 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         return Validation(float(np.mean(finite)) if finite else 0.0, {"val_dice_per_class": per_class},
                           {"per_class": per_class})
 
+    def adapt_inputs():
+        for vi in sorted({v for v, _ in train_items}):
+            if three_d:
+                yield from bn_inputs_3d(volumes[vi].image, patch, prep, seed=config.seed)
+            else:
+                yield from bn_inputs_2d(volumes[vi].image, config.slices, prep)
+
     history, metrics = fit(model, strategy, opt, config, device, next_batch, loss_function(), reporter,
                            validate if val_items else None, "val_dice",
-                           lambda hist, epoch, best: _checkpoint(out, model, manifest_base, hist, epoch, best))
+                           lambda hist, epoch, best: _checkpoint(out, model, manifest_base, hist, epoch, best),
+                           adapt_inputs)
     best = metrics["best_val_dice"] if metrics["best_val_dice"] is not None else -1.0
     package = _checkpoint(out, model, manifest_base, history, history[-1]["epoch"], best, final=True,
                           extra=metrics)
