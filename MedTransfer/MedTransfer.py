@@ -208,6 +208,16 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         self._placeWithVolume(volumeNode, [seg, table] + ([metrics] if metrics else []))
         return seg, table, metrics
 
+    def advise(self, pairs, segmentNames, unpaintedSlicesUnlabelled=True, **kw):
+        """Measure data size and domain distance of [(volumeNode, segmentationNode), ...] and
+        recommend a strategy (nothing is trained); returns an Advice (``.strategy``, ``.reason``)."""
+        if not self.ensureDependencies():
+            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
+        from MedTransferLib import slicer_bridge
+
+        unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
+        return slicer_bridge.advise_from_nodes(pairs, list(segmentNames), unpainted, **kw)
+
     def classify(self, volumeNodes, modelFolder, device="auto"):
         """Classify volumes with a classification model; returns a table node (a row per volume,
         class probabilities in columns) placed with the first volume."""

@@ -151,6 +151,29 @@ def _evaluate_classes(a) -> int:
     return 0
 
 
+def cmd_advise(a) -> int:
+    from .advisor import advise
+    from .datalist import load_datalist
+
+    dl = load_datalist(a.datalist)
+    advice = advise(dl.load_cases(), dl.labels, backbone=a.backbone, weights=_weights(a.weights),
+                    mode=a.mode, slices=a.slices, axis=dl.training[0].slice_axis,
+                    modality=dl.modality, lr=a.lr)
+    if a.json:
+        print(json.dumps(advice.to_dict(), indent=1))
+        return 0
+    d = advice.data
+    print(f"data: {d['cases']} case(s), {d['labelled_slices']} labelled slices, "
+          f"{d['slices_with_structures']} holding structures")
+    print("voxels per class: " + ", ".join(f"{k} {v}" for k, v in d["voxels_per_class"].items()))
+    if advice.domain:
+        print(f"domain distance to {a.backbone}'s pretraining: {advice.domain['distance']:.3f} "
+              f"(per stage, shallow → deep: {', '.join(f'{x:.2f}' for x in advice.domain['per_stage'])})")
+    print(f"recommended: --strategy {advice.strategy} --lr {advice.lr:g}")
+    print(f"why: {advice.reason}")
+    return 0
+
+
 def cmd_evaluate(a) -> int:
     if str(a.pred).lower().endswith(".csv"):
         return _evaluate_classes(a)
@@ -217,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'pretrained' (default: the backbone's own ImageNet/MedicalNet weights), "
                         "'none' (random init) or a weights file")
     s.add_argument("--strategy", default="finetune",
-                   help="finetune (default), frozen, partial:N, gradual[:E], discriminative[:D], "
-                        "gradual+discriminative, bn-only, adabn, adabn+<strategy>")
+                   help="finetune (default), auto (the advisor picks), frozen, partial:N, gradual[:E], "
+                        "discriminative[:D], gradual+discriminative, bn-only, adabn, adabn+<strategy>")
     s.add_argument("--mode", default="2.5d", choices=["2.5d", "3d"],
                    help="2.5d: k slices into a 2D network (default); 3d: patches into a 3D network")
     s.add_argument("--slices", type=int, default=3, help="2.5d: adjacent slices as channels (odd; default 3)")
@@ -240,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", default="auto", choices=["auto", "bar", "json"],
                    help="terminal bar on stderr (auto: when stderr is a terminal); JSON lines always on stdout")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("advise", help="measure data size and domain distance; recommend a strategy")
+    s.add_argument("--datalist", required=True)
+    s.add_argument("--backbone", default="efficientnet-lite0")
+    s.add_argument("--weights", default="pretrained")
+    s.add_argument("--mode", default="2.5d", choices=["2.5d", "3d"])
+    s.add_argument("--slices", type=int, default=3)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_advise)
 
     s = sub.add_parser("predict", help="segment (or classify) volumes with a trained model")
     s.add_argument("--model", required=True, help="model folder (or run folder) from 'train'")

@@ -356,3 +356,12 @@ def classify_to_table(volume_nodes, model, device: str = "auto", name: str = "Me
     pkg = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
     rows = [predict_class(pkg, volume_node_to_case(n, n.GetName()), device=device) for n in nodes]
     return rows_to_table_node(nodes[0].GetScene(), rows, name)
+
+
+def advise_from_nodes(pairs, segment_names_: list[str], unpainted: str = "background", **kw):
+    """The strategy advisor on [(volume node, segmentation node), ...]: an :class:`~.advisor.Advice`."""
+    from .advisor import advise
+
+    labels = labels_from_segments(pairs[0][1], segment_names_)
+    cases = [nodes_to_case(v, s, labels, unpainted) for v, s in pairs]
+    return advise(cases, labels, **kw)

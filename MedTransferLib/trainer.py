@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,10 @@ class TrainConfig:
             if self.mode == "3d" and info.dims == 2 and not info.inflatable:
                 raise MedTransferError(f"backbone {self.backbone} cannot be inflated to 3D; pick "
                                        f"another (medtransfer backbones lists which can)")
-        strategy = get_strategy(self.strategy)
+        if self.strategy == "auto":
+            strategy = get_strategy("finetune")   # the advisor decides in train()
+        else:
+            strategy = get_strategy(self.strategy)
         if strategy.needs_pretrained and self.weights in (None, "none", "random"):
             raise MedTransferError(f"--strategy {self.strategy} keeps encoder weights fixed; with "
                                    f"--weights none they would stay random. Use pretrained weights or "
@@ -197,7 +200,7 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         >>> dl = load_datalist("dataset.json")                      # doctest: +SKIP
         >>> result = train(dl.load_cases(), dl.labels, "runs/a")    # doctest: +SKIP
     """
-    config = config or TrainConfig()
+    config = replace(config) if config else TrainConfig()   # a copy: 'auto' is resolved in it
     config.check()
     reporter = reporter or Reporter(stream=None, bar=False)
     out = Path(out)
@@ -238,6 +241,14 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
+    advice = None
+    if config.strategy == "auto":
+        from .advisor import advise
+
+        advice = advise(cases, labels, config.backbone, config.weights, config.mode, config.slices, axis,
+                        config.modality, config.lr)
+        config.strategy = advice.strategy
+        reporter.emit("note", message=f"strategy auto → {advice.strategy}: {advice.reason}")
     strategy = get_strategy(config.strategy)
     opt = Optimisation(model, strategy, config)
     info = opt.info
@@ -267,7 +278,8 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         "model": model_config,
         "slicing": {"axis": axis, "slices": 1 if three_d else config.slices, "channels": channels},
         "inference": ({"patch": list(patch), "overlap": config.overlap} if three_d else {}),
-        "strategy": {**info, "param_groups": opt.summary()},
+        "strategy": {**info, "param_groups": opt.summary(),
+                     **({"advice": advice.to_dict()} if advice else {})},
         "training": {**asdict(config), "axis": axis, "device": str(device),
                      "patch": list(patch) if three_d else patch,
                      "batch_size": batch_size},
