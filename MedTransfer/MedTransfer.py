@@ -58,7 +58,7 @@ class MedTransferParameterNode:
     trainingVolume: vtkMRMLScalarVolumeNode
     trainingSegmentation: vtkMRMLSegmentationNode
     unpaintedSlicesUnlabelled: bool = True
-    strategy: Annotated[str, Choice(["finetune", "frozen", "partial:2", "gradual", "discriminative",
+    strategy: Annotated[str, Choice(["finetune", "auto", "frozen", "partial:2", "gradual", "discriminative",
                                      "gradual+discriminative", "bn-only", "adabn"])] = "finetune"
     epochs: Annotated[int, WithinRange(1, 1000)] = 16
     outputFolder: pathlib.Path

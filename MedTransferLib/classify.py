@@ -338,7 +338,9 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     from .strategies import get_strategy
     from .trainer import TrainConfig, TrainResult, _versions, seed_everything
 
-    config = config or TrainConfig()
+    from dataclasses import replace
+
+    config = replace(config) if config else TrainConfig()   # a copy: 'auto' is resolved in it
     config.check()
     reporter = reporter or Reporter(stream=None, bar=False)
     dl = data if isinstance(data, ClassDatalist) else load_class_datalist(data)
@@ -405,6 +407,22 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
         x, _ = (augment_3d if three_d else augment)(x, dummy, rng)
         return x, torch.tensor(ys)
 
+    advice = None
+    if config.strategy == "auto":
+        from .advisor import bn_distance, recommend
+
+        pretrained = config.weights not in (None, "none", "random")
+        distance = None
+        if pretrained:
+            probe = [prep.to_backbone(slab_batch(images[c], contents[c][::max(1, len(contents[c]) // 16)],
+                                                 config.slices, size)) if not three_d
+                     else prep.to_backbone(cubes[c][None]) for c in sorted({it.case for it in train_items})]
+            distance = bn_distance(encoder, probe)["distance"]
+        name, _, reason = recommend(len(train_items), distance, pretrained, config.lr)
+        advice = {"strategy": name, "reason": reason.replace("slices with structures", "labelled items"),
+                  "distance": distance, "labelled_items": len(train_items)}
+        config.strategy = name
+        reporter.emit("note", message=f"strategy auto → {name}: {advice['reason']}")
     strategy = get_strategy(config.strategy)
     opt = Optimisation(model, strategy, config)
     info = opt.info
@@ -420,7 +438,7 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
         "model": model_config,
         "slicing": {"axis": entries[0].slice_axis, "slices": 1 if three_d else config.slices, "channels": channels},
         "inference": {"size": size, "aggregation": "mean of slice logits" if not three_d else "whole volume"},
-        "strategy": {**info, "param_groups": opt.summary()},
+        "strategy": {**info, "param_groups": opt.summary(), **({"advice": advice} if advice else {})},
         "training": {**asdict(config), "device": str(device), "patch": size, "batch_size": batch_size},
         "provenance": {"inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image)} for c in cases],
                        "split": split_note, "versions": _versions(), "seed": config.seed},

@@ -117,7 +117,9 @@ def test_slice_level_hippocampus_task_from_the_sample_data(colin, tmp_path):
         "training": [{"image": str(colin["image"]), "slice_labels": {str(s): int(has[s]) for s in labelled}}]}))
     events = []
     run = mt.train(tmp_path / "d.json", tmp_path / "run", reporter=Reporter(sink=events.append, stream=None, bar=False),
-                   epochs=3, steps_per_epoch=10, batch_size=8, patch=96, val_fraction=0.2)
+                   epochs=3, steps_per_epoch=10, batch_size=8, patch=96, val_fraction=0.2, strategy="auto")
+    manifest = json.loads((run.package / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["strategy"]["advice"]["labelled_items"] == 32 and manifest["strategy"]["strategy"] != "auto"
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     others = [s for s in range(20, 140) if s not in labelled]
