@@ -209,3 +209,16 @@ def test_predict_with_adapt_bn_uses_the_images_statistics_and_leaves_the_package
     assert not np.array_equal(plain, adapted)
     assert digest(*sorted(run.package.iterdir())) == before
     assert np.array_equal(mt.predict(run.package, shifted).label, plain)   # nothing persisted
+
+
+def test_finetune_and_frozen_on_real_data(reference, colin_crop, tmp_path):
+    _, before, stages = reference
+    after, events, _ = _run(colin_crop, tmp_path, "finetune")
+    for keys in stages:
+        assert len(_changed(before, after, keys)) > 0.9 * len(_float(keys, before))
+    assert [(g["name"], g["lr"]) for g in events[0]["param_groups"]] == [("all", LR)]
+    after, events, _ = _run(colin_crop, tmp_path, "frozen")
+    assert not any(_changed(before, after, keys) for keys in stages)      # weights and BN statistics
+    assert [(g["name"], g["lr"]) for g in events[0]["param_groups"]] == [("decoder+head", LR)]
+    decoder = {k for k in after if k.startswith(("decoder.", "head.")) and after[k].dtype.is_floating_point}
+    assert len(_changed(before, after, decoder)) > 0.9 * len(decoder)    # while the decoder trains
