@@ -27,6 +27,7 @@ import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from .dataset import augment, gather_slabs, to_slices_first, with_channels
 from .dataset3d import augment_3d
 from .errors import MedTransferError
 from .labels import Label, default_color
+
+if TYPE_CHECKING:
+    from .trainer import TrainResult
 
 _FIX = "see 'Classification' in the README"
 

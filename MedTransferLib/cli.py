@@ -8,7 +8,6 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
 
 from .errors import MedTransferError
 

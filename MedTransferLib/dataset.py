@@ -239,15 +239,20 @@ def augment(images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generato
             rotate_deg: float = 15.0, scale: tuple[float, float] = (0.85, 1.15),
             intensity: float = 0.1, noise: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
     """Random in-plane rotation/scaling (no flips: left and right structures differ) and
-    intensity scale/shift/noise, for a whole batch at once."""
-    b = images.shape[0]
+    intensity scale/shift/noise, for a whole batch at once: 2D ``(B, C, H, W)`` slabs, or 3D
+    ``(B, C, D, H, W)`` patches (rotation about the slice axis, isotropic scale). Target voxels
+    that come from outside the crop are IGNORE."""
+    b, nd = images.shape[0], images.ndim - 2
     theta = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, b))
     s = rng.uniform(*scale, b)
-    mats = np.zeros((b, 2, 3), np.float32)
+    mats = np.zeros((b, nd, nd + 1), np.float32)
+    # affine_grid's coordinates are (x, y[, z]) = (W, H[, D]): rotate in x-y, scale all
     mats[:, 0, 0], mats[:, 0, 1] = np.cos(theta) / s, -np.sin(theta) / s
     mats[:, 1, 0], mats[:, 1, 1] = np.sin(theta) / s, np.cos(theta) / s
+    if nd == 3:
+        mats[:, 2, 2] = 1 / s
     grid = F.affine_grid(torch.from_numpy(mats), list(images.shape), align_corners=False)
-    fill = images.amin(dim=(1, 2, 3), keepdim=True)
+    fill = images.amin(dim=tuple(range(1, images.ndim)), keepdim=True)
     images = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
     targets = F.grid_sample(targets[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                             align_corners=False)[:, 0]
@@ -255,8 +260,9 @@ def augment(images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generato
     inside = F.grid_sample(torch.ones_like(images[:, :1]), grid, mode="nearest", padding_mode="zeros",
                            align_corners=False)[:, 0]
     targets = torch.where(inside > 0.5, targets, torch.full_like(targets, IGNORE)).long()
-    gain = torch.from_numpy(rng.uniform(1 - intensity, 1 + intensity, (b, 1, 1, 1)).astype(np.float32))
-    shift = torch.from_numpy(rng.uniform(-intensity, intensity, (b, 1, 1, 1)).astype(np.float32))
+    shape = (b,) + (1,) * (images.ndim - 1)
+    gain = torch.from_numpy(rng.uniform(1 - intensity, 1 + intensity, shape).astype(np.float32))
+    shift = torch.from_numpy(rng.uniform(-intensity, intensity, shape).astype(np.float32))
     images = images * gain + shift + noise * torch.randn(images.shape, generator=_torch_gen(rng))
     return images, targets
 

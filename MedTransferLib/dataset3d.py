@@ -11,11 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .case import IGNORE
-from .dataset import SlabSampler, Volume, largest_extent
+from .dataset import SlabSampler, Volume, augment, largest_extent
 
 
 def crop_pad_nd(arr: np.ndarray, origin, size, value) -> np.ndarray:
@@ -73,29 +71,5 @@ class PatchSampler3D(SlabSampler):
         return np.stack(images), np.stack(targets)
 
 
-def augment_3d(images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator,
-               rotate_deg: float = 15.0, scale: tuple[float, float] = (0.85, 1.15),
-               intensity: float = 0.1, noise: float = 0.03):
-    """Batched rotation about the slice axis and isotropic scaling (no flips: left and right
-    structures differ), intensity gain/shift/noise; voxels from outside the patch are IGNORE."""
-    b = images.shape[0]
-    theta = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, b))
-    s = rng.uniform(*scale, b)
-    mats = np.zeros((b, 3, 4), np.float32)
-    # affine_grid's coordinates are (x, y, z) = (W, H, D): rotate in x-y, scale all three
-    mats[:, 0, 0], mats[:, 0, 1] = np.cos(theta) / s, -np.sin(theta) / s
-    mats[:, 1, 0], mats[:, 1, 1] = np.sin(theta) / s, np.cos(theta) / s
-    mats[:, 2, 2] = 1 / s
-    grid = F.affine_grid(torch.from_numpy(mats), list(images.shape), align_corners=False)
-    fill = images.amin(dim=(1, 2, 3, 4), keepdim=True)
-    images = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-    t = F.grid_sample(targets[:, None].float(), grid, mode="nearest", padding_mode="border",
-                      align_corners=False)[:, 0]
-    inside = F.grid_sample(torch.ones_like(images[:, :1]), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)[:, 0]
-    targets = torch.where(inside > 0.5, t, torch.full_like(t, IGNORE)).long()
-    gain = torch.from_numpy(rng.uniform(1 - intensity, 1 + intensity, (b, 1, 1, 1, 1)).astype(np.float32))
-    shift = torch.from_numpy(rng.uniform(-intensity, intensity, (b, 1, 1, 1, 1)).astype(np.float32))
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    images = images * gain + shift + noise * torch.randn(images.shape, generator=gen)
-    return images, targets
+# one batched augmentation for slabs and patches (dataset.augment handles both)
+augment_3d = augment

@@ -10,7 +10,7 @@ import torch
 
 import MedTransferLib as mt
 from MedTransferLib.case import IGNORE
-from MedTransferLib.package import MANIFEST, WEIGHTS, ModelPackage
+from MedTransferLib.package import MANIFEST, ModelPackage
 from MedTransferLib.progress import Reporter
 from conftest import OBLIQUE, blob_volume, digest, write_volume
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import MedTransferLib as mt
-from MedTransferLib.advisor import LITTLE_DATA, SIMILAR_DOMAIN, advise, bn_distance, data_size, recommend
+from MedTransferLib.advisor import LITTLE_DATA, SIMILAR_DOMAIN, bn_distance, data_size, recommend
 from MedTransferLib.progress import Reporter
 
 

@@ -67,8 +67,6 @@ def _torchvision_weights(name: str):
 
 
 def _torchvision_cached(name: str) -> bool:
-    import torch
-
     url = _torchvision_weights(name).url
     return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
 
