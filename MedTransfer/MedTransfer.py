@@ -58,8 +58,8 @@ class MedTransferParameterNode:
     trainingVolume: vtkMRMLScalarVolumeNode
     trainingSegmentation: vtkMRMLSegmentationNode
     unpaintedSlicesUnlabelled: bool = True
-    strategy: Annotated[str, Choice(["finetune", "auto", "frozen", "partial:2", "gradual", "discriminative",
-                                     "gradual+discriminative", "bn-only", "adabn"])] = "finetune"
+    strategy: Annotated[str, Choice(["auto", "finetune", "frozen", "partial:2", "gradual", "discriminative",
+                                     "gradual+discriminative", "bn-only", "adabn"])] = "auto"
     epochs: Annotated[int, WithinRange(1, 1000)] = 16
     outputFolder: pathlib.Path
     applyVolume: vtkMRMLScalarVolumeNode

@@ -27,14 +27,14 @@ from torch import nn
 
 from .errors import MedTransferError
 
-# Thresholds — provisional until the label-budget benchmark (bench, issue 4) checks the rule.
-# LITTLE_DATA: fewer labelled slices holding structures than this is "little data" (the sample
-# task's every-10th-slice setting has 5, where frozen ≈ finetune was measured).
+# Thresholds and rule, from bench/strategies.py (Colin27, 8 strategies × 4 label budgets, 150 steps;
+# numbers in the README). LITTLE_DATA: below 20 labelled slices holding structures, keeping the
+# pretrained encoder (mostly) fixed beat fine-tuning everything (5–13 slices: frozen, partial,
+# gradual+discriminative, AdaBN ahead of finetune by 0.01–0.06 Dice); at 30 slices finetune won.
 # SIMILAR_DOMAIN: bench/advisor_calibration.py measured EfficientNet-Lite0 at 0.61 on 32 crops of
 # natural photos (its own domain; the only photos available offline) and 0.70 on Colin27 T1 MRI;
-# the threshold sits between them. Two photos are a thin stand-in for ImageNet: treat it as a
-# first estimate.
-LITTLE_DATA = 50
+# the threshold sits between them. Both rest on one subject and two photos: first estimates.
+LITTLE_DATA = 20
 SIMILAR_DOMAIN = 0.65
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -131,8 +131,16 @@ def data_size(cases, labels, axis: int) -> dict:
             "voxels_per_class": voxels}
 
 
-def recommend(size: int, distance: float | None, pretrained: bool, lr: float = 2e-3) -> tuple[str, float, str]:
-    """The two-by-two: ``(strategy, lr, reason)``."""
+def recommend(size: int, distance: float | None, pretrained: bool, lr: float = 2e-3,
+              epochs: int = 16) -> tuple[str, float, str]:
+    """MISSION.md's two-by-two, as measured: ``(strategy, lr, reason)``.
+
+    - no pretrained weights → ``finetune`` (nothing to keep);
+    - much data (≥ LITTLE_DATA slices with structures) → ``finetune``;
+    - little data, similar domain → ``frozen`` (feature extraction);
+    - little data, different domain (the danger zone) → ``gradual+discriminative``: the encoder
+      starts frozen and unfreezes from the top over the run, early stages at smaller rates.
+    """
     if not pretrained or distance is None:
         return "finetune", lr, "no pretrained weights (or no BatchNorm to measure): everything must learn"
     little = size < LITTLE_DATA
@@ -141,26 +149,25 @@ def recommend(size: int, distance: float | None, pretrained: bool, lr: float = 2
                f"{'little' if little else 'much'} data)"
     dist_txt = f"domain distance {distance:.2f} ({'<' if similar else '≥'} {SIMILAR_DOMAIN}: " \
                f"{'similar' if similar else 'different'} domain)"
-    if little and similar:
-        return "frozen", lr, f"{size_txt}, {dist_txt}: feature extraction is safe and cheap"
-    if little:
-        return "bn-only", lr, (f"{size_txt}, {dist_txt}: the danger zone — re-calibrate the encoder "
-                               f"through its BatchNorm layers (γ, β and statistics), keep every "
-                               f"convolution, train the decoder")
+    if not little:
+        return "finetune", lr, f"{size_txt}, {dist_txt}: enough data to adapt every layer"
     if similar:
-        return "discriminative:0.5", lr, (f"{size_txt}, {dist_txt}: fine-tune, gently on the generic "
-                                          f"early stages (layer-wise rates halving per stage)")
-    return "finetune", lr, f"{size_txt}, {dist_txt}: enough data to adapt every layer"
+        return "frozen", lr, f"{size_txt}, {dist_txt}: feature extraction is safe and cheap"
+    every = max(1, round(epochs / 8))
+    return (f"gradual:{every}+discriminative:0.5", lr,
+            f"{size_txt}, {dist_txt}: the danger zone — start from the frozen encoder and unfreeze "
+            f"it from the top every {every} epoch(s), early stages at smaller rates")
 
 
 def advise(cases, labels, backbone: str = "efficientnet-lite0", weights="pretrained", mode: str = "2.5d",
-           slices: int = 3, axis: int = 2, modality="auto", lr: float = 2e-3, max_slices: int = 32) -> Advice:
+           slices: int = 3, axis: int = 2, modality="auto", lr: float = 2e-3, max_slices: int = 32,
+           epochs: int = 16) -> Advice:
     """Measure data size and domain distance and recommend a strategy (nothing is trained).
 
     Example:
         >>> dl = load_datalist("dataset.json")                         # doctest: +SKIP
         >>> advise(dl.load_cases(), dl.labels).strategy                 # doctest: +SKIP
-        'bn-only'
+        'gradual:2+discriminative:0.5'
     """
     from .backbones import build_encoder, source_kind
     from .dataset import to_slices_first, with_channels
@@ -169,7 +176,7 @@ def advise(cases, labels, backbone: str = "efficientnet-lite0", weights="pretrai
 
     size = data_size(cases, labels, axis)
     if source_kind(backbone) != "encoder" or weights in (None, "none", "random"):
-        strategy, lr_, reason = recommend(size["slices_with_structures"], None, False, lr)
+        strategy, lr_, reason = recommend(size["slices_with_structures"], None, False, lr, epochs)
         return Advice(strategy, lr_, reason, size, {})
     three_d = mode == "3d"
     channels = cases[0].channels
@@ -193,7 +200,7 @@ def advise(cases, labels, backbone: str = "efficientnet-lite0", weights="pretrai
               "per_stage": _stage_distances(encoder, measured["per_layer"]),
               "measure": "mean over BN layers and channels of |Δμ|/σ_src + |log σ_tgt/σ_src|",
               "similar_below": SIMILAR_DOMAIN}
-    strategy, lr_, reason = recommend(size["slices_with_structures"], measured["distance"], True, lr)
+    strategy, lr_, reason = recommend(size["slices_with_structures"], measured["distance"], True, lr, epochs)
     if math.isnan(measured["distance"]):
         raise MedTransferError("the domain distance came out undefined (NaN); check the images")
     return Advice(strategy, lr_, reason, {**size, "little_below": LITTLE_DATA}, domain)

@@ -422,11 +422,10 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
                                                  config.slices, size)) if not three_d
                      else prep.to_backbone(cubes[c][None]) for c in sorted({it.case for it in train_items})]
             distance = bn_distance(encoder, probe)["distance"]
-        name, _, reason = recommend(len(train_items), distance, pretrained, config.lr)
+        name, _, reason = recommend(len(train_items), distance, pretrained, config.lr, config.epochs)
         advice = {"strategy": name, "reason": reason.replace("slices with structures", "labelled items"),
                   "distance": distance, "labelled_items": len(train_items)}
         config.strategy = name
-        reporter.emit("note", message=f"strategy auto → {name}: {advice['reason']}")
     strategy = get_strategy(config.strategy)
     opt = Optimisation(model, strategy, config)
     info = opt.info
@@ -435,6 +434,8 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
                   train_items=len(train_items), val_items=len(val_items), steps_total=opt.total,
                   patch=size, batch_size=batch_size, param_groups=opt.summary(), **info)
     reporter.emit("note", message=split_note)
+    if advice:
+        reporter.emit("note", message=f"strategy auto → {advice['strategy']}: {advice['reason']}")
     manifest_base = {
         "task": "classification", "mode": config.mode,
         "labels": [lab.to_dict() for lab in dl.labels()],

@@ -157,7 +157,7 @@ def cmd_advise(a) -> int:
     dl = load_datalist(a.datalist)
     advice = advise(dl.load_cases(), dl.labels, backbone=a.backbone, weights=_weights(a.weights),
                     mode=a.mode, slices=a.slices, axis=dl.training[0].slice_axis,
-                    modality=dl.modality, lr=a.lr)
+                    modality=dl.modality, lr=a.lr, epochs=a.epochs)
     if a.json:
         print(json.dumps(advice.to_dict(), indent=1))
         return 0
@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default="pretrained",
                    help="'pretrained' (default: the backbone's own ImageNet/MedicalNet weights), "
                         "'none' (random init) or a weights file")
-    s.add_argument("--strategy", default="finetune",
-                   help="finetune (default), auto (the advisor picks), frozen, partial:N, gradual[:E], "
+    s.add_argument("--strategy", default="auto",
+                   help="auto (default: the advisor picks), finetune, frozen, partial:N, gradual[:E], "
                         "discriminative[:D], gradual+discriminative, bn-only, adabn, adabn+<strategy>")
     s.add_argument("--mode", default="2.5d", choices=["2.5d", "3d"],
                    help="2.5d: k slices into a 2D network (default); 3d: patches into a 3D network")
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default="2.5d", choices=["2.5d", "3d"])
     s.add_argument("--slices", type=int, default=3)
     s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--epochs", type=int, default=16, help="the planned training length (sets gradual's pace)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_advise)
 
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--backbone")
     s.add_argument("--weights", default="pretrained")
-    s.add_argument("--strategy", default="finetune")
+    s.add_argument("--strategy", default="auto")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_demo)
     return p

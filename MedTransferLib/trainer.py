@@ -35,7 +35,7 @@ class TrainConfig:
     mode: str = "2.5d"                 # "2.5d" (k slices → 2D network) or "3d" (patches → 3D network)
     backbone: str = "efficientnet-lite0"
     weights: str | None = "pretrained" # the backbone's pretrained weights, a file path, or None
-    strategy: str = "finetune"
+    strategy: str = "auto"             # the advisor picks from data size × domain distance
     slices: int = 3                    # 2.5D: k adjacent slices as channels
     axis: int | None = None            # voxel axis to slice along; None → the datalist's (default k)
     epochs: int = 16
@@ -246,9 +246,8 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         from .advisor import advise
 
         advice = advise(cases, labels, config.backbone, config.weights, config.mode, config.slices, axis,
-                        config.modality, config.lr)
+                        config.modality, config.lr, epochs=config.epochs)
         config.strategy = advice.strategy
-        reporter.emit("note", message=f"strategy auto → {advice.strategy}: {advice.reason}")
     strategy = get_strategy(config.strategy)
     opt = Optimisation(model, strategy, config)
     info = opt.info
@@ -257,6 +256,8 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
                   val_slices=len(val_items), steps_total=opt.total, patch=patch, batch_size=batch_size,
                   param_groups=opt.summary(), **info)
     reporter.emit("note", message=split_note)
+    if advice:
+        reporter.emit("note", message=f"strategy auto → {advice.strategy}: {advice.reason}")
     if three_d:
         sp = cases[0].geometry.spacing            # (i, j, k) in mm
         thick, fine = sp[axis], min(v for i, v in enumerate(sp) if i != axis)

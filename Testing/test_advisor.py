@@ -42,9 +42,10 @@ def test_data_size_counts_cases_slices_and_voxels(colin_crop):
 
 
 @pytest.mark.parametrize("size,distance,expected", [
-    (5, 0.1, "frozen"), (5, 2.0, "bn-only"), (500, 0.1, "discriminative:0.5"), (500, 2.0, "finetune")])
+    (5, 0.1, "frozen"), (5, 2.0, "gradual:2+discriminative:0.5"), (500, 0.1, "finetune"), (500, 2.0, "finetune")])
 def test_the_two_by_two(size, distance, expected):
-    strategy, lr, reason = recommend(size, distance, True)
+    strategy, lr, reason = recommend(size, distance, True, epochs=16)
+    assert recommend(5, 2.0, True, epochs=3)[0] == "gradual:1+discriminative:0.5"   # paced to the run
     assert strategy == expected and f"{distance:.2f}" in reason and str(size) in reason
     assert recommend(size, distance, False)[0] == "finetune"      # nothing pretrained to keep
 
@@ -56,7 +57,7 @@ def test_advise_on_real_mri_prints_the_numbers_behind_the_choice(colin_crop, cap
     out = json.loads(capsys.readouterr().out)
     assert out["data"]["slices_with_structures"] < LITTLE_DATA
     assert len(out["domain"]["per_stage"]) == 5 and out["domain"]["distance"] > 0
-    expected = "frozen" if out["domain"]["distance"] < SIMILAR_DOMAIN else "bn-only"
+    expected = "frozen" if out["domain"]["distance"] < SIMILAR_DOMAIN else "gradual:2+discriminative:0.5"
     assert out["strategy"] == expected
     assert main(["advise", "--datalist", str(colin_crop["datalist"])]) == 0
     text = capsys.readouterr().out
@@ -64,6 +65,7 @@ def test_advise_on_real_mri_prints_the_numbers_behind_the_choice(colin_crop, cap
 
 
 def test_strategy_auto_trains_with_the_advisors_pick_and_records_it(colin_crop, tmp_path):
+    assert mt.TrainConfig().strategy == "auto"   # the default
     events = []
     run = mt.train(colin_crop["datalist"], tmp_path, strategy="auto", epochs=1, steps_per_epoch=1,
                    batch_size=2, patch=64, val_fraction=0,
@@ -87,5 +89,5 @@ def test_advise_from_slicer_nodes(tmp_path):
     labels = [mt.Label(1, "bright", (1, 0, 0)), mt.Label(2, "dim", (0, 1, 0))]
     seg = sb.label_to_segmentation_node(scene, label, geo, labels, "seg", reference_volume=vol)
     advice = sb.advise_from_nodes([(vol, seg)], ["bright", "dim"], backbone="efficientnet-lite0")
-    assert advice.strategy in ("frozen", "bn-only") and advice.data["cases"] == 1
+    assert advice.strategy in ("frozen", "gradual:2+discriminative:0.5") and advice.data["cases"] == 1
     assert np.isfinite(advice.domain["distance"])

@@ -21,7 +21,7 @@ def trained(tmp_path_factory, colin_crop):
     events = []
     before = digest(colin_crop["image"], colin_crop["label"], colin_crop["datalist"])
     run = mt.train(colin_crop["datalist"], out, reporter=Reporter(sink=events.append, stream=None, bar=False),
-                   epochs=3, steps_per_epoch=8, batch_size=4, seed=0)
+                   epochs=3, steps_per_epoch=8, batch_size=4, seed=0, strategy="finetune")
     assert digest(colin_crop["image"], colin_crop["label"], colin_crop["datalist"]) == before
     return run, events, out
 

@@ -52,7 +52,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_strategies")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--budgets", default="1,3,9,every10")
+    p.add_argument("--replot", action="store_true",
+                   help="no training: recompute the advisor's picks (current rule) for the saved "
+                        "results and rewrite the table and plot")
     a = p.parse_args()
+    if a.replot:
+        return replot(Path(a.out))
     import MedTransferLib as mt
     from MedTransferLib.advisor import advise
     from MedTransferLib.fileutil import write_json
@@ -75,7 +80,7 @@ def main() -> None:
         dl_path.write_text(json.dumps(sparse))
         dl = mt.load_datalist(dl_path)
         cases = dl.load_cases()
-        advice = advise(cases, dl.labels)
+        advice = advise(cases, dl.labels, epochs=max(1, a.steps // 50))
         held_out = [s for s in range(full.label.shape[0]) if s not in set(slices)]
         runs = {}
         for name in STRATEGIES + [RANDOM]:
@@ -96,6 +101,21 @@ def main() -> None:
                   f"{train_s:.0f}s", file=sys.stderr, flush=True)
         results["budgets"][budget] = {"labelled_slices": slices, "advice": advice.to_dict(), "runs": runs}
         write_json(out / "results.json", results)
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    plot(results, out / "dice_vs_budget.png")
+    print(markdown(results))
+
+
+def replot(out: Path) -> None:
+    import MedTransferLib as mt
+    from MedTransferLib.advisor import advise
+    from MedTransferLib.fileutil import write_json
+
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    for budget, v in results["budgets"].items():
+        dl = mt.load_datalist(out / f"dataset_{budget}.json")
+        v["advice"] = advise(dl.load_cases(), dl.labels, epochs=max(1, results["steps"] // 50)).to_dict()
+    write_json(out / "results.json", results)
     (out / "results.md").write_text(markdown(results), encoding="utf-8")
     plot(results, out / "dice_vs_budget.png")
     print(markdown(results))
