@@ -365,3 +365,44 @@ def advise_from_nodes(pairs, segment_names_: list[str], unpainted: str = "backgr
     labels = labels_from_segments(pairs[0][1], segment_names_)
     cases = [nodes_to_case(v, s, labels, unpainted) for v, s in pairs]
     return advise(cases, labels, **kw)
+
+
+def learning_curve_nodes(scene, history: list[dict], table=None, chart=None,
+                         name: str = "MedTransfer learning curve"):
+    """A live learning curve: a table node (one row per epoch: epoch, train_loss, val_…) and a
+    plot chart node with one line series per metric. Pass the returned nodes back in to update
+    them as epochs arrive (the GUI does this from the runner's progress history).
+    Returns ``(table, chart)``."""
+    mods = _mods()
+    slicer = mods[0]
+    rows = [{k: v for k, v in h.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for h in history]
+    columns = ["epoch"] + [k for k in dict.fromkeys(k for r in rows for k in r) if k != "epoch"]
+    rows = [{c: r.get(c, float("nan")) for c in columns} for r in rows]
+    if table is None:
+        table = rows_to_table_node(scene, rows, f"{name} table")
+    else:
+        table.RemoveAllColumns()
+        filled = rows_to_table_node(scene, rows, "scratch")
+        for c in range(filled.GetTable().GetNumberOfColumns()):
+            table.GetTable().AddColumn(filled.GetTable().GetColumn(c))
+        scene.RemoveNode(filled)
+        table.Modified()
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+        chart.SetTitle(name)
+        chart.SetXAxisTitle("epoch")
+        chart.SetYAxisTitle("loss / validation score")
+    have = {chart.GetNthPlotSeriesNode(i).GetYColumnName(): chart.GetNthPlotSeriesNode(i)
+            for i in range(chart.GetNumberOfPlotSeriesNodes())}
+    for col in columns[1:]:
+        if col in have:
+            continue
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} {col}")
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName("epoch")
+        series.SetYColumnName(col)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return table, chart

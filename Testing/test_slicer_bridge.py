@@ -123,3 +123,19 @@ def test_train_from_nodes_and_predict_to_nodes_leave_inputs_untouched(scene, tmp
     assert {"dice", "hd95_mm"} <= set(sb.table_node_rows(metrics)[0])
     assert np.array_equal(sb.node_array(vol), image_before)
     assert sb.segment_names(seg) == ["bright", "dim"]
+
+
+def test_learning_curve_table_and_chart_update_as_epochs_arrive(scene):
+    history = [{"epoch": 1, "train_loss": 1.5, "val_dice": 0.2}]
+    table, chart = sb.learning_curve_nodes(scene, history)
+    assert table.GetTable().GetNumberOfRows() == 1
+    names = [chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert names == ["train_loss", "val_dice"]
+    series = chart.GetNthPlotSeriesNode(0)
+    assert series.GetTableNodeID() == table.GetID() and series.GetXColumnName() == "epoch"
+    history.append({"epoch": 2, "train_loss": 0.9, "val_dice": 0.5})
+    table2, chart2 = sb.learning_curve_nodes(scene, history, table, chart)
+    assert (table2, chart2) == (table, chart) and chart.GetNumberOfPlotSeriesNodes() == 2
+    rows = sb.table_node_rows(table)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_dice"] == pytest.approx(0.5)
+    assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 1   # no scratch left

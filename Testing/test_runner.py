@@ -1,0 +1,64 @@
+"""Issue 5 (engine side): the child-process runner the Slicer module trains through — the
+JSON-lines protocol and the job state machine, with real child processes running the real CLI."""
+
+import time
+
+import pytest
+
+from MedTransferLib.runner import Job, parse_line
+
+TINY = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune", "--batch-size", "2",
+        "--patch", "64"]
+
+
+def test_protocol_lines():
+    assert parse_line('{"event": "step", "step": 3}') == {"event": "step", "step": 3}
+    assert parse_line("Loading weights...") is None
+    assert parse_line('{"no_event": 1}') is None and parse_line("{broken") is None
+
+
+def test_a_run_goes_from_running_to_finished_with_progress(blob_datalist, tmp_path):
+    job = Job(["train", "--datalist", str(blob_datalist), "--out", str(tmp_path / "run"), "--epochs", "2",
+               "--steps-per-epoch", "2", *TINY])
+    assert job.state == "idle"
+    job.start()
+    assert job.state == "running"
+    assert job.wait(timeout=300) == "finished"
+    p = job.progress
+    assert p.step == p.steps_total == 4 and p.fraction == 1.0 and p.loss is not None
+    assert [h["epoch"] for h in p.history] == [1, 2] and "train_loss" in p.history[0]
+    assert job.result["package"].endswith("model") and job.returncode == 0
+    assert [e["event"] for e in job.events][0] == "start"
+
+
+def test_a_user_error_fails_with_a_readable_message(tmp_path):
+    job = Job(["train", "--datalist", str(tmp_path / "missing.json"), "--out", str(tmp_path / "run")]).start()
+    assert job.wait(timeout=120) == "failed"
+    assert "does not exist" in job.error and "Traceback" not in job.error
+    assert job.returncode == 2
+
+
+def test_cancel_stops_the_child_within_seconds_and_leaves_no_partial_model(blob_datalist, tmp_path):
+    out = tmp_path / "run"
+    job = Job(["train", "--datalist", str(blob_datalist), "--out", str(out), "--epochs", "200",
+               "--steps-per-epoch", "50", *TINY]).start()
+    deadline = time.monotonic() + 120
+    while job.progress.step < 2:
+        job.poll()
+        assert job.state == "running" and time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    job.cancel()
+    assert job.wait(timeout=30) == "cancelled"
+    assert time.monotonic() - t0 < 10
+    assert job.returncode == 130 and any(e["event"] == "cancelled" for e in job.events)
+    leftovers = [p.name for p in out.iterdir()] if out.exists() else []
+    assert all(not name.startswith(".") for name in leftovers)   # no half-written temp folders
+
+
+def test_a_job_starts_once():
+    job = Job(["backbones"])
+    job.start()
+    with pytest.raises(RuntimeError, match="already running"):
+        job.start()
+    assert job.wait(timeout=120) == "finished"
