@@ -85,6 +85,7 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -127,14 +128,52 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = bool(p and p.applyVolume and self._isSet(p.modelFolder))
 
     def onTrainButton(self) -> None:
+        """Train in a child process (never in Slicer's GUI thread); a timer polls its progress."""
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Training could not start."), waitCursor=True):
             names = self.logic.segmentNames(p.trainingSegmentation)
-            run = self.logic.train([(p.trainingVolume, p.trainingSegmentation)], names, str(p.outputFolder),
-                                   unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled,
-                                   strategy=p.strategy, epochs=p.epochs)
-            p.modelFolder = pathlib.Path(run.package)
-            self.ui.statusLabel.text = _("Model written to {path}").format(path=run.package)
+            self._job = self.logic.trainInBackground(
+                [(p.trainingVolume, p.trainingSegmentation)], names, str(p.outputFolder),
+                unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled, strategy=p.strategy, epochs=p.epochs)
+            self._curve = (None, None)
+            self.ui.trainButton.enabled = False
+            self.ui.cancelButton.enabled = True
+            self.ui.trainProgressBar.value = 0
+            import qt  # the widget's timer; the Logic never touches Qt
+
+            self._timer = qt.QTimer()
+            self._timer.setInterval(500)
+            self._timer.connect("timeout()", self._onTrainTimer)
+            self._timer.start()
+
+    def _onTrainTimer(self) -> None:
+        job = self._job
+        job.poll()
+        prog = job.progress
+        self.ui.trainProgressBar.value = int(100 * prog.fraction)
+        if prog.step:
+            self.ui.statusLabel.text = _("Epoch {e}, step {s}/{t}, loss {l:.3f}, about {eta:.0f} s left").format(
+                e=prog.epoch, s=prog.step, t=prog.steps_total, l=prog.loss or 0.0, eta=prog.eta_s or 0.0)
+        if prog.history:
+            self._curve = self.logic.learningCurve(prog.history, *self._curve)
+        if job.state == "running":
+            return
+        self._timer.stop()
+        self.ui.cancelButton.enabled = False
+        self._updateButtons()
+        if job.state == "finished":
+            self._parameterNode.modelFolder = pathlib.Path(job.result["package"])
+            self.ui.statusLabel.text = _("Model written to {path}").format(path=job.result["package"])
+        elif job.state == "cancelled":
+            self.ui.statusLabel.text = _("Training cancelled; no partial model was written.")
+        else:
+            self.ui.statusLabel.text = _("Training failed.")
+            slicer.util.errorDisplay(_("Training failed: {message}").format(message=job.error))
+
+    def onCancelButton(self) -> None:
+        if getattr(self, "_job", None) is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling…")
 
     def onApplyButton(self) -> None:
         p = self._parameterNode
@@ -207,6 +246,40 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         seg, table, metrics = slicer_bridge.predict_to_nodes(volumeNode, modelFolder, referenceSegmentation, device)
         self._placeWithVolume(volumeNode, [seg, table] + ([metrics] if metrics else []))
         return seg, table, metrics
+
+    def trainInBackground(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True,
+                          python=None, **config):
+        """Start training in a child process and return its runner.Job (poll it from a timer).
+
+        The nodes are exported to ``outputFolder/data`` (image, label map, dataset.json); the
+        child is Slicer's PythonSlicer running the same CLI as terminals. ``python`` replaces the
+        interpreter (the runner is passed in, as in SlicerNNUnet, so it works without Qt).
+        """
+        if not self.ensureDependencies():
+            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
+        import shutil
+
+        import MedTransferLib
+        from MedTransferLib import slicer_bridge
+        from MedTransferLib.runner import Job
+
+        unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
+        datalist = slicer_bridge.export_training_data(pairs, list(segmentNames),
+                                                      os.path.join(outputFolder, "data"), unpainted)
+        args = ["train", "--datalist", str(datalist), "--out", str(outputFolder)]
+        for key, value in config.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        libDir = os.path.dirname(os.path.dirname(MedTransferLib.__file__))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = libDir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        python = python or shutil.which("PythonSlicer") or sys.executable
+        return Job(args, python=python, env=env).start()
+
+    def learningCurve(self, history, table=None, chart=None):
+        """Create or update the learning-curve table and plot chart nodes; returns (table, chart)."""
+        from MedTransferLib import slicer_bridge
+
+        return slicer_bridge.learning_curve_nodes(slicer.mrmlScene, history, table, chart)
 
     def advise(self, pairs, segmentNames, unpaintedSlicesUnlabelled=True, **kw):
         """Measure data size and domain distance of [(volumeNode, segmentationNode), ...] and

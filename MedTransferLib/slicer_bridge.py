@@ -406,3 +406,28 @@ def learning_curve_nodes(scene, history: list[dict], table=None, chart=None,
         series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return table, chart
+
+
+def export_training_data(pairs, segment_names_: list[str], folder, unpainted: str = "background",
+                         axis: int = 2):
+    """Write (volume node, segmentation node) pairs as a datalist a child process can train on:
+    one NRRD image and label map per pair (unlabelled voxels 255) and ``dataset.json``. The nodes
+    are only read. Returns the datalist path."""
+    from .fileutil import write_json
+    from .io import write_image, write_label
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = labels_from_segments(pairs[0][1], segment_names_)
+    entries = []
+    for i, (volume, segmentation) in enumerate(pairs):
+        case = nodes_to_case(volume, segmentation, labels, unpainted, axis)
+        image = write_image(folder / f"case{i}_image.nrrd", case.image, case.geometry)
+        label = write_label(folder / f"case{i}_label.nrrd", case.label, case.geometry)
+        entries.append({"image": image.name, "label": label.name, "id": volume.GetName() or f"case{i}",
+                        "labelled_slices": case.labelled_slices(axis), "slice_axis": axis})
+    data = {"labels": {"0": "background", **{str(lab.value): lab.name for lab in labels}},
+            "colors": {str(lab.value): list(lab.color) for lab in labels}, "training": entries}
+    path = folder / "dataset.json"
+    write_json(path, data)
+    return path

@@ -139,3 +139,31 @@ def test_learning_curve_table_and_chart_update_as_epochs_arrive(scene):
     rows = sb.table_node_rows(table)
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_dice"] == pytest.approx(0.5)
     assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 1   # no scratch left
+
+
+def test_nodes_export_to_a_datalist_a_child_process_trains_on(scene, tmp_path):
+    """What the GUI's background training does: nodes → files + dataset.json → the CLI in a child
+    process (the runner) → a model; the sparse labelling survives the trip."""
+    from MedTransferLib.runner import Job
+
+    image, label = blob_volume()
+    geo = mt.Geometry((48, 40, 16), (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
+    vol = sb.case_to_volume_node(scene, mt.Case(image, geo), "MR")
+    labels = [mt.Label(1, "bright", (1.0, 0.5, 0.0)), mt.Label(2, "dim", (0.0, 0.5, 1.0))]
+    sparse = label.copy()
+    sparse[1::2] = 0
+    seg = sb.label_to_segmentation_node(scene, sparse, geo, labels, "painted", reference_volume=vol)
+    n_nodes = scene.GetNumberOfNodes()
+    path = sb.export_training_data([(vol, seg)], ["bright", "dim"], tmp_path / "data", unpainted="ignore")
+    assert scene.GetNumberOfNodes() == n_nodes
+    dl = mt.load_datalist(path)
+    case = dl.load_cases()[0]
+    direct = sb.nodes_to_case(vol, seg, dl.labels, "ignore")
+    assert np.array_equal(case.label, direct.label) and np.allclose(case.image, direct.image)
+    assert case.geometry.matches(geo) == [] and [lab.name for lab in dl.labels] == ["bright", "dim"]
+    job = Job(["train", "--datalist", str(path), "--out", str(tmp_path / "run"), "--backbone", "resnet18",
+               "--weights", "none", "--strategy", "finetune", "--epochs", "1", "--steps-per-epoch", "1",
+               "--batch-size", "2", "--patch", "64"]).start()
+    assert job.wait(timeout=300) == "finished", job.error
+    table, chart = sb.learning_curve_nodes(scene, job.progress.history)
+    assert table.GetTable().GetNumberOfRows() == 1
