@@ -173,6 +173,14 @@ def cmd_advise(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import export_package
+
+    paths = export_package(a.model, a.out)
+    print(json.dumps({"event": "done", **{k: str(v) for k, v in paths.items()}}))
+    return 0
+
+
 def cmd_evaluate(a) -> int:
     if str(a.pred).lower().endswith(".csv"):
         return _evaluate_classes(a)
@@ -302,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slices", help="evaluate only these slice indices, e.g. '1-9,11-19'")
     s.add_argument("--axis", type=int, default=2, choices=[0, 1, 2])
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("export", help="TorchScript + labels.json of a model package, for use elsewhere")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="the main job: sample data → sparse labels → train → predict → evaluate → scene")
     s.add_argument("--out", required=True)
