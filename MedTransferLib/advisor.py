@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import MedTransferError
+from .strategies import _BN
 
 # Thresholds and rule, from bench/strategies.py (Colin27, 8 strategies × 4 label budgets, 150 steps;
 # numbers in the README). LITTLE_DATA: below 20 labelled slices holding structures, keeping the
@@ -36,7 +37,6 @@ from .errors import MedTransferError
 # the threshold sits between them. Both rest on one subject and two photos: first estimates.
 LITTLE_DATA = 20
 SIMILAR_DOMAIN = 0.65
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -200,7 +200,7 @@ def advise(cases, labels, backbone: str = "efficientnet-lite0", weights="pretrai
               "per_stage": _stage_distances(encoder, measured["per_layer"]),
               "measure": "mean over BN layers and channels of |Δμ|/σ_src + |log σ_tgt/σ_src|",
               "similar_below": SIMILAR_DOMAIN}
-    strategy, lr_, reason = recommend(size["slices_with_structures"], measured["distance"], True, lr, epochs)
     if math.isnan(measured["distance"]):
         raise MedTransferError("the domain distance came out undefined (NaN); check the images")
+    strategy, lr_, reason = recommend(size["slices_with_structures"], measured["distance"], True, lr, epochs)
     return Advice(strategy, lr_, reason, {**size, "little_below": LITTLE_DATA}, domain)

@@ -36,7 +36,6 @@ from torch import nn
 
 from .case import Case
 from .dataset import augment, gather_slabs, to_slices_first, with_channels
-from .dataset3d import augment_3d
 from .errors import MedTransferError
 from .labels import Label, default_color
 
@@ -408,7 +407,7 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
             ys.append(it.label)
         x = torch.stack(xs)
         dummy = torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.long)
-        x, _ = (augment_3d if three_d else augment)(x, dummy, rng)
+        x, _ = augment(x, dummy, rng)
         return x, torch.tensor(ys)
 
     advice = None
@@ -502,20 +501,24 @@ def _volume_logits(model, image, slices, k, size, prep, device, batch: int = 16)
 # ---- prediction -----------------------------------------------------------------------------
 
 @torch.inference_mode()
-def predict_class(package, case: Case, device: str = "auto", slices=None, per_slice: bool = False):
+def predict_class(package, case: Case, device: str = "auto", slices=None, per_slice: bool = False,
+                  model: nn.Module | None = None):
     """Class probabilities of a volume (2.5D: mean of slice logits over slices with content, or
     over ``slices``). Returns a row: case, predicted class, one probability column per class.
 
     ``per_slice=True`` (2.5D): a list of rows, one per slice (all slices, or ``slices``), with a
-    ``slice`` column — for slice-level tasks."""
+    ``slice`` column — for slice-level tasks. ``model``: the package's network already built (on
+    ``device``), so a loop over cases builds it once."""
     from .device import resolve_device
     from .package import ModelPackage
 
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     if pkg.task != "classification":
         raise MedTransferError(f"model '{pkg.path}' is a segmentation model; use predict for it")
+    if per_slice and pkg.mode == "3d":
+        raise MedTransferError("per-slice prediction needs a 2.5D model; this one is 3D")
     dev = resolve_device(device)
-    model = pkg.build_model(dev)
+    model = model if model is not None else pkg.build_model(dev)
     prep = pkg.preprocessing
     size = int(pkg.manifest["inference"]["size"])
     expected = int(pkg.manifest["slicing"].get("channels", 1))
@@ -533,8 +536,6 @@ def predict_class(package, case: Case, device: str = "auto", slices=None, per_sl
     else:
         chosen = np.asarray(slices) if slices is not None else content_slices(image)
         logits = _volume_logits(model, image, chosen, pkg.slices, size, prep, dev)
-    if per_slice:
-        raise MedTransferError("per-slice prediction needs a 2.5D model; this one is 3D")
     return _row(case.case_id, pkg.manifest["classes"], torch.softmax(logits.mean(0), 0).cpu().numpy())
 
 

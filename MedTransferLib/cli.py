@@ -119,9 +119,13 @@ def _predict_classes(a, pkg) -> int:
         cases = [(read_case(_one_or_many(a.image)), a.per_slice)]
     else:
         raise MedTransferError("a classification model needs --image IMAGE or --datalist DATASET")
+    from .device import resolve_device
+
+    device = resolve_device(a.device)
+    model = pkg.build_model(device)   # once for all cases
     rows = []
     for case, per_slice in cases:
-        r = predict_class(pkg, case, device=a.device, per_slice=per_slice or a.per_slice)
+        r = predict_class(pkg, case, device=str(device), per_slice=per_slice or a.per_slice, model=model)
         rows += r if isinstance(r, list) else [r]
     if a.table:
         write_csv(a.table, rows)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .case import IGNORE
-from .dataset import SlabSampler, Volume, augment, largest_extent
+from .dataset import SlabSampler, Volume, largest_extent
 
 
 def crop_pad_nd(arr: np.ndarray, origin, size, value) -> np.ndarray:
@@ -70,6 +70,3 @@ class PatchSampler3D(SlabSampler):
             targets.append(tgt)
         return np.stack(images), np.stack(targets)
 
-
-# one batched augmentation for slabs and patches (dataset.augment handles both)
-augment_3d = augment

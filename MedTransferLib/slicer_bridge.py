@@ -210,8 +210,15 @@ def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, lab
 
 def rows_to_table_node(scene, rows: list[dict], name: str = "MedTransfer table"):
     """A table node with one column per key (numbers as double/int columns, others as text)."""
-    _, vtk, _ = _mods()
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    _fill_table(node, rows)
+    return node
+
+
+def _fill_table(node, rows: list[dict]) -> None:
+    """Replace a table node's columns by ``rows`` (one column per key, typed)."""
+    _, vtk, _ = _mods()
+    node.RemoveAllColumns()
     table = node.GetTable()
     columns: list[str] = []
     for row in rows:
@@ -235,7 +242,6 @@ def rows_to_table_node(scene, rows: list[dict], name: str = "MedTransfer table")
             arr.InsertNextValue(v)
         table.AddColumn(arr)
     node.Modified()
-    return node
 
 
 def table_node_rows(node) -> list[dict]:
@@ -353,8 +359,12 @@ def classify_to_table(volume_nodes, model, device: str = "auto", name: str = "Me
     nodes = list(volume_nodes)
     if not nodes:
         raise MedTransferError("no volume given to classify")
+    from .device import resolve_device
+
     pkg = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
-    rows = [predict_class(pkg, volume_node_to_case(n, n.GetName()), device=device) for n in nodes]
+    dev = resolve_device(device)
+    net = pkg.build_model(dev)   # once for all volumes
+    rows = [predict_class(pkg, volume_node_to_case(n, n.GetName()), device=str(dev), model=net) for n in nodes]
     return rows_to_table_node(nodes[0].GetScene(), rows, name)
 
 
@@ -382,12 +392,7 @@ def learning_curve_nodes(scene, history: list[dict], table=None, chart=None,
     if table is None:
         table = rows_to_table_node(scene, rows, f"{name} table")
     else:
-        table.RemoveAllColumns()
-        filled = rows_to_table_node(scene, rows, "scratch")
-        for c in range(filled.GetTable().GetNumberOfColumns()):
-            table.GetTable().AddColumn(filled.GetTable().GetColumn(c))
-        scene.RemoveNode(filled)
-        table.Modified()
+        _fill_table(table, rows)
     if chart is None:
         chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
         chart.SetTitle(name)

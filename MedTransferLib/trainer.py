@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .backbones import build_encoder, build_network, get_backbone, is_source, source_kind
 from .case import IGNORE, Case
 from .dataset import SlabSampler, Volume, augment, largest_extent, split_train_val
-from .dataset3d import PatchSampler3D, augment_3d, auto_patch_3d
+from .dataset3d import PatchSampler3D, auto_patch_3d
 from .device import resolve_device
 from .errors import MedTransferError
 from .inference import bn_inputs_2d, bn_inputs_3d, dice_per_class, predict_slices, predict_volume_3d
@@ -291,11 +291,9 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         },
     }
 
-    augment_batch = augment_3d if three_d else augment
-
     def next_batch():
         images, targets = sampler.sample(batch_size)
-        x, y = augment_batch(torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
+        x, y = augment(torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
         return prep.to_backbone(x), y
 
     def validate() -> Validation:
