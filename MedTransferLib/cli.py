@@ -42,20 +42,9 @@ def cmd_sampledata(a) -> int:
 
 
 def cmd_backbones(a) -> int:
-    from .backbones import BACKBONES
+    from .backbones import catalogue
 
-    rows = []
-    for info in BACKBONES.values():
-        if info.pretrained is None:
-            weights = "from scratch"
-        elif info.pretrained == "ssl":
-            weights = "ssl: manual download, --weights FILE"
-        elif info.available_offline():
-            weights = f"{info.pretrained}: available offline"
-        else:
-            weights = f"{info.pretrained}: download, or --weights FILE"
-        rows.append({"name": info.name, "modes": info.modes(), "kind": info.kind,
-                     "parameters": info.parameters(), "source": info.source, "weights": weights})
+    rows = catalogue()
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -178,9 +167,16 @@ def cmd_advise(a) -> int:
 
 
 def cmd_export(a) -> int:
+    import importlib.util
+
     from .export import export_package
 
-    paths = export_package(a.model, a.out)
+    formats = a.format
+    if formats is None:   # both where the optional onnx package is installed
+        formats = ["torchscript"] + (["onnx"] if importlib.util.find_spec("onnx") else [])
+        if "onnx" not in formats:
+            print("note: ONNX skipped (pip install onnx to get model.onnx too)", file=sys.stderr)
+    paths = export_package(a.model, a.out, formats)
     print(json.dumps({"event": "done", **{k: str(v) for k, v in paths.items()}}))
     return 0
 
@@ -315,9 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--axis", type=int, default=2, choices=[0, 1, 2])
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("export", help="TorchScript + labels.json of a model package, for use elsewhere")
+    s = sub.add_parser("export", help="TorchScript, ONNX and labels.json of a model package, for use elsewhere")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--format", nargs="+", choices=["torchscript", "onnx"],
+                   help="default: both (ONNX only when the onnx package is installed)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="the main job: sample data → sparse labels → train → predict → evaluate → scene")

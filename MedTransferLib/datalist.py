@@ -4,6 +4,7 @@ Format (paths relative to the datalist's folder)::
 
     {"labels": {"0": "background", "1": "Hippocampus_L"},
      "colors": {"1": [0.9, 0.6, 0.0]},                      # optional, RGB in 0..1
+     "terminology": {"1": "Segmentation category and type - …"},  # optional, Slicer terminology
      "modality": "MR",                                       # optional: MR | CT
      "training": [{"image": "ch2.nii.gz", "label": "lab.nii.gz",
                    "labelled_slices": [0, 10, 20], "slice_axis": 2}]}   # both optional
@@ -149,6 +150,9 @@ def load_datalist(path) -> Datalist:
     colors = data.get("colors") or {}
     if not isinstance(colors, dict):
         raise _err(path, "'colors' must map label values to [r, g, b]")
+    terminology = data.get("terminology") or {}
+    if not isinstance(terminology, dict) or not all(isinstance(v, str) for v in terminology.values()):
+        raise _err(path, "'terminology' must map label values to Slicer terminology strings")
     labels = []
     for i, (value, name) in enumerate(labels_raw):
         c = colors.get(str(value))
@@ -159,7 +163,7 @@ def load_datalist(path) -> Datalist:
             color = tuple(float(x) for x in c)
         else:
             color = default_color(i)
-        labels.append(Label(value, name, color))
+        labels.append(Label(value, name, color, terminology.get(str(value), "")))
     modality = parse_modality(data.get("modality", "auto"), path)
     training = data.get("training")
     if not isinstance(training, list) or not training:

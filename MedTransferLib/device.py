@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import MedTransferError
@@ -33,3 +35,20 @@ def autocast(device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def available_devices() -> list[dict]:
+    """The device choices to offer a user: ``auto``, ``cpu`` and each GPU with its name and
+    memory (what the Slicer panel's device list shows). ``auto`` says what it resolves to."""
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gpus.append({"key": f"cuda:{i}", "label": f"GPU {i}: {props.name} ({props.total_memory / 2**30:.0f} GB)",
+                         "memory_gb": round(props.total_memory / 2**30, 1)})
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        gpus.append({"key": "mps", "label": "Apple GPU (MPS)", "memory_gb": None})
+    auto = resolve_device("auto")
+    chosen = gpus[0]["label"] if gpus else "CPU"
+    return ([{"key": "auto", "label": f"auto ({chosen})", "resolves_to": str(auto), "memory_gb": None}]
+            + gpus + [{"key": "cpu", "label": f"CPU ({os.cpu_count()} cores)", "memory_gb": None}])

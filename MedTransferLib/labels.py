@@ -19,13 +19,21 @@ class Label:
     value: int          # value in the user's label maps and in predictions
     name: str
     color: tuple[float, float, float]
+    # Slicer's terminology entry of the training segment (its "TerminologyEntry" tag, e.g.
+    # "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~…"),
+    # carried through training so predicted segments say what they are, not only their name.
+    terminology: str = ""
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "name": self.name, "color": list(self.color)}
+        d = {"value": self.value, "name": self.name, "color": list(self.color)}
+        if self.terminology:
+            d["terminology"] = self.terminology
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Label":
-        return cls(int(d["value"]), str(d["name"]), tuple(float(c) for c in d["color"]))
+        return cls(int(d["value"]), str(d["name"]), tuple(float(c) for c in d["color"]),
+                   str(d.get("terminology") or ""))
 
 
 def default_color(index: int) -> tuple[float, float, float]:

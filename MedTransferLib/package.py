@@ -163,3 +163,64 @@ class ModelPackage:
         net = build_model(self.manifest["model"], weights=None)
         load_strict(net, self.state_dict(), f"model '{self.path}'")
         return net.to(device).eval()
+
+    def summary(self) -> dict:
+        """What a user wants to know before applying a model: what it segments or classifies,
+        how it was built and trained, on how much data, and how well it validated."""
+        m = self.manifest
+        strategy = m.get("strategy", {})
+        training = m.get("training", {})
+        inputs = m.get("provenance", {}).get("inputs", [])
+        metrics = m.get("metrics", {})
+        return {
+            "task": self.task, "mode": self.mode,
+            "structures" if self.task == "segmentation" else "classes":
+                [lab.name for lab in self.labels] if self.task == "segmentation" else list(m.get("classes", [])),
+            "backbone": m["model"].get("backbone"), "weights": training.get("weights"),
+            "strategy": strategy.get("name") or training.get("strategy"),
+            "strategy_reason": (strategy.get("advice") or {}).get("reason", ""),
+            "modality": self.preprocessing.modality,
+            "cases": len(inputs), "labelled_slices": sum(int(i.get("labelled_slices") or 0) for i in inputs),
+            "epochs_run": metrics.get("epochs_run"),
+            # the run's validation score: Dice (segmentation) or balanced accuracy (classification)
+            "validation": next(((k[len("best_val_"):], v) for k, v in metrics.items()
+                                if k.startswith("best_val_") and v is not None), None),
+            "complete": bool(m.get("complete", True)), "fingerprint": m.get("fingerprint", "")[:12],
+        }
+
+    def describe(self) -> str:
+        """:meth:`summary` as the few lines the Slicer panel and ``medtransfer info`` show."""
+        s = self.summary()
+        what = ", ".join(s.get("structures") or s.get("classes") or [])
+        lines = [f"{s['task']} ({s['mode']}): {what}",
+                 f"backbone {s['backbone']} (weights: {s['weights']}), strategy {s['strategy']}",
+                 f"trained on {s['cases']} case(s), {s['labelled_slices']} labelled slices, "
+                 f"modality {s['modality']}, {s['epochs_run']} epochs"]
+        if s["strategy_reason"]:
+            lines.append(f"why this strategy: {s['strategy_reason']}")
+        if s["validation"]:
+            name, score = s["validation"]
+            lines.append(f"best validation {name.replace('_', ' ')}: {score:.3f}")
+        else:
+            lines.append("no validation score (too few labelled slices to hold some out)")
+        if not s["complete"]:
+            lines.append("checkpoint of an unfinished run")
+        return "\n".join(lines)
+
+    def copy_to(self, dest) -> "ModelPackage":
+        """Save a copy of this package at ``dest`` (a new or replaced folder, written atomically
+        and verified before it replaces anything)."""
+        dest = Path(dest)
+        if dest.resolve() == self.path.resolve():
+            return self
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            for name in (WEIGHTS, MANIFEST):
+                shutil.copy2(self.path / name, tmp / name)
+            ModelPackage.load(tmp)   # the copy verifies before it goes in place
+            replace_dir(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return ModelPackage.load(dest)

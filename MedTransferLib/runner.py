@@ -24,6 +24,27 @@ from dataclasses import dataclass, field
 STATES = ("idle", "running", "finished", "failed", "cancelled")
 
 
+def event_text(event: dict) -> str | None:
+    """A protocol event as one readable log line (None for per-step events, which only move the
+    progress bar)."""
+    kind = event.get("event")
+
+    def num(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    if kind == "start":
+        keys = ("mode", "backbone", "weights", "strategy", "train_slices", "val_slices", "steps_total", "device")
+        return "start: " + ", ".join(f"{k} {event[k]}" for k in keys if k in event)
+    if kind == "epoch":
+        values = ", ".join(f"{k.replace('_', ' ')} {num(v)}" for k, v in event.items()
+                           if k not in ("event", "epoch", "epochs", "eta_s", "time_s")
+                           and isinstance(v, (int, float)) and not isinstance(v, bool))
+        return f"epoch {event.get('epoch')}: {values}"
+    if kind in ("note", "error", "done"):
+        return f"{kind}: {event.get('message', '')}"
+    return None
+
+
 def parse_line(line: str) -> dict | None:
     """One stdout line → an event dict, or None for anything that is not a JSON event object."""
     line = line.strip()
@@ -44,6 +65,7 @@ class Progress:
     loss: float | None = None
     eta_s: float | None = None
     history: list = field(default_factory=list)   # one dict per epoch: epoch, train_loss, val_*
+    validation: tuple | None = None               # latest (metric, value), e.g. ("val_dice", 0.81)
 
     @property
     def fraction(self) -> float:
@@ -157,6 +179,10 @@ class Job:
             p.loss, p.eta_s = event.get("loss"), event.get("eta_s")
         elif kind == "epoch":
             p.history.append({k: v for k, v in event.items() if k not in ("event", "time_s", "epochs", "eta_s")})
+            scores = [(k, v) for k, v in event.items()
+                      if k.startswith("val_") and isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if scores:
+                p.validation = scores[0]
         elif kind == "error":
             self.error = str(event.get("message"))
         elif kind == "done":

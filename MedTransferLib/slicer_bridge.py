@@ -126,6 +126,19 @@ def case_to_volume_node(scene, case: Case, name: str | None = None):
     return node
 
 
+def _terminology_tag() -> str:
+    slicer, _, _ = _mods()
+    return slicer.vtkSegment.GetTerminologyEntryTagName()
+
+
+def segment_terminology(segment) -> str:
+    """The segment's terminology entry (Slicer's ``TerminologyEntry`` tag), or ""."""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(_terminology_tag(), value) else ""
+
+
 def segment_names(segmentation_node) -> list[str]:
     seg = segmentation_node.GetSegmentation()
     return [seg.GetNthSegment(n).GetName() for n in range(seg.GetNumberOfSegments())]
@@ -205,6 +218,8 @@ def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, lab
             segment.SetName(lab.name)
             segment.SetColor(*lab.color)
             segment.SetTag("MedTransfer.LabelValue", str(lab.value))
+            if lab.terminology:
+                segment.SetTag(_terminology_tag(), lab.terminology)
     return seg_node
 
 
@@ -298,7 +313,7 @@ def labels_from_segments(segmentation_node, segment_names_: list[str]) -> list[L
         if segment is None:
             raise MedTransferError(f"segmentation '{segmentation_node.GetName()}' has no segment '{name}'; "
                                    f"it has {segment_names(segmentation_node)}")
-        out.append(Label(value, name, tuple(float(c) for c in segment.GetColor())))
+        out.append(Label(value, name, tuple(float(c) for c in segment.GetColor()), segment_terminology(segment)))
     return out
 
 
@@ -323,7 +338,9 @@ def train_from_nodes(pairs, segment_names_: list[str], out, unpainted: str = "ba
 
 
 def predict_to_nodes(volume_node, model, reference_segmentation=None, device: str = "auto"):
-    """Segment a volume node: returns (segmentation node, volumes table, metrics table or None).
+    """Segment a volume node: returns (segmentation node, volumes table, metrics table or None),
+    placed with the volume in the subject hierarchy; segments carry the training segments'
+    names, colours and terminology.
 
     The input volume (and reference) are only read. With a reference segmentation holding
     segments of the same names, a Dice/HD95 table is added.
@@ -347,6 +364,7 @@ def predict_to_nodes(volume_node, model, reference_segmentation=None, device: st
         ref = segmentation_to_label(reference_segmentation, volume_node, common)
         rows = evaluate(pred.label, ref, common, case.geometry, case_id=volume_node.GetName())
         metrics = rows_to_table_node(scene, rows, f"{volume_node.GetName()} metrics")
+    place_with_volume(volume_node, [seg, volumes, metrics])
     return seg, volumes, metrics
 
 
@@ -365,7 +383,9 @@ def classify_to_table(volume_nodes, model, device: str = "auto", name: str = "Me
     dev = resolve_device(device)
     net = pkg.build_model(dev)   # once for all volumes
     rows = [predict_class(pkg, volume_node_to_case(n, n.GetName()), device=str(dev), model=net) for n in nodes]
-    return rows_to_table_node(nodes[0].GetScene(), rows, name)
+    table = rows_to_table_node(nodes[0].GetScene(), rows, name)
+    place_with_volume(nodes[0], [table])
+    return table
 
 
 def advise_from_nodes(pairs, segment_names_: list[str], unpainted: str = "background", **kw):
@@ -433,6 +453,197 @@ def export_training_data(pairs, segment_names_: list[str], folder, unpainted: st
                         "labelled_slices": case.labelled_slices(axis), "slice_axis": axis})
     data = {"labels": {"0": "background", **{str(lab.value): lab.name for lab in labels}},
             "colors": {str(lab.value): list(lab.color) for lab in labels}, "training": entries}
+    if any(lab.terminology for lab in labels):
+        data["terminology"] = {str(lab.value): lab.terminology for lab in labels if lab.terminology}
     path = folder / "dataset.json"
     write_json(path, data)
     return path
+
+
+# ---- what the Training data panel shows ------------------------------------------------------
+
+def _is_image_volume(node) -> bool:
+    return (node is not None and node.IsA("vtkMRMLScalarVolumeNode")
+            and not node.IsA("vtkMRMLLabelMapVolumeNode"))
+
+
+def pair_all(scene) -> tuple[list[tuple], list[str]]:
+    """Pair every segmentation node in ``scene`` with its reference volume (the volume it was
+    painted on, Slicer's ``referenceImageGeometryRef``). Returns ``(pairs, problems)``: a
+    segmentation without such a volume is reported, not guessed."""
+    slicer, _, _ = _mods()
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    pairs, problems = [], []
+    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    for n in range(nodes.GetNumberOfItems()):
+        seg = nodes.GetItemAsObject(n)
+        if seg.GetHideFromEditors():
+            continue
+        volume = seg.GetNodeReference(role)
+        if _is_image_volume(volume):
+            pairs.append((volume, seg))
+        else:
+            problems.append(f"segmentation '{seg.GetName()}' has no reference volume (it was not "
+                            f"painted on a volume in this scene); add it with its volume by hand")
+    return pairs, problems
+
+
+def common_segments(pairs) -> tuple[list[str], dict[str, list[str]]]:
+    """Segment names present in every pair's segmentation (in the first one's order), and per
+    segmentation the names it lacks that others have. Names must match exactly: 'Liver' and
+    'liver' are different structures until the user renames one."""
+    if not pairs:
+        return [], {}
+    names = [segment_names(seg) for _, seg in pairs]
+    union = list(dict.fromkeys(n for ns in names for n in ns))
+    common = [n for n in names[0] if all(n in ns for ns in names)]
+    missing = {}
+    for (volume, seg), ns in zip(pairs, names):
+        lacks = [n for n in union if n not in ns]
+        if lacks:
+            missing[f"{seg.GetName()} ({volume.GetName()})"] = lacks
+    return common, missing
+
+
+def labelled_slice_counts(pairs, segment_names_: list[str], unpainted: str = "ignore",
+                          axis: int = 2) -> list[dict]:
+    """Per pair: how many slices along ``axis`` carry labels the training will use (with
+    ``unpainted='ignore'`` the slices where any chosen segment is painted; with 'background'
+    every slice) and how many voxels each chosen segment has."""
+    rows = []
+    if not pairs or not segment_names_:
+        return rows
+    labels = labels_from_segments(pairs[0][1], segment_names_)
+    for volume, seg in pairs:
+        label = segmentation_to_label(seg, volume, labels, "ignore", axis)
+        arr_axis = 2 - axis
+        painted = int((label != IGNORE).any(axis=tuple(a for a in range(3) if a != arr_axis)).sum())
+        total = int(label.shape[arr_axis])
+        rows.append({"volume": volume.GetName(), "segmentation": seg.GetName(),
+                     "labelled_slices": painted if unpainted == "ignore" else total,
+                     "painted_slices": painted, "slices": total,
+                     **{f"voxels_{lab.name}": int((label == lab.value).sum()) for lab in labels}})
+    return rows
+
+
+def place_with_volume(volume_node, nodes) -> None:
+    """Put result nodes beside ``volume_node`` in the subject hierarchy (same parent: its
+    patient/study), so they appear with the volume in the Data module."""
+    slicer, _, _ = _mods()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
+    if sh is None:
+        return
+    volume_item = sh.GetItemByDataNode(volume_node)
+    parent = sh.GetItemParent(volume_item) if volume_item else sh.GetSceneItemID()
+    for node in nodes:
+        if node is None:
+            continue
+        item = sh.GetItemByDataNode(node)
+        if item:
+            sh.SetItemParent(item, parent)
+        else:   # Slicer's subject hierarchy plugins add an item for every new node; bare MRML does not
+            sh.CreateItem(parent, node)
+
+
+def export_classification_data(volume_nodes, classes: list[str], folder):
+    """Write volume nodes with one class each as a classification datalist a child process can
+    train on (one NRRD per volume + ``dataset.json``). The nodes are only read."""
+    from .fileutil import write_json
+    from .io import write_image
+
+    volume_nodes = list(volume_nodes)
+    if len(volume_nodes) != len(classes):
+        raise MedTransferError(f"{len(volume_nodes)} volumes but {len(classes)} classes: give one class per volume")
+    empty = [v.GetName() for v, c in zip(volume_nodes, classes) if not str(c).strip()]
+    if empty:
+        raise MedTransferError(f"volumes {empty} have no class; type one in the Class column")
+    names = sorted({str(c).strip() for c in classes})
+    if len(names) < 2:
+        raise MedTransferError(f"every volume has class '{names[0]}'; a classifier needs at least two "
+                               f"classes among the training volumes")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, (volume, cls) in enumerate(zip(volume_nodes, classes)):
+        case = volume_node_to_case(volume)
+        image = write_image(folder / f"case{i}_image.nrrd", case.image, case.geometry)
+        entries.append({"image": image.name, "label": str(cls).strip(), "id": volume.GetName() or f"case{i}"})
+    path = folder / "dataset.json"
+    write_json(path, {"task": "classification", "classes": names, "training": entries})
+    return path
+
+
+class TrainingPairs:
+    """The Training data list of the Slicer panel, as plain Python over MRML nodes (tested
+    against real MRML; the widget only draws it): (volume, segmentation or None, class) rows.
+
+    Segmentation needs a segmentation per row; classification needs a class per row (the
+    segmentation is then optional and unused)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, volume, segmentation=None, cls: str = "") -> None:
+        if not _is_image_volume(volume):
+            raise MedTransferError("choose a volume (a scalar image, not a label map) to add")
+        for row in self.rows:
+            if row["volume"] is volume and row["segmentation"] is segmentation:
+                raise MedTransferError(f"'{volume.GetName()}' with '{segmentation.GetName() if segmentation else 'no segmentation'}' "
+                                       f"is already in the list")
+        self.rows.append({"volume": volume, "segmentation": segmentation, "class": str(cls)})
+
+    def remove(self, index: int) -> None:
+        del self.rows[index]
+
+    def add_all(self, scene) -> list[str]:
+        """Add every segmentation of ``scene`` with its reference volume (:func:`pair_all`),
+        skipping pairs already listed; returns the problems to show."""
+        pairs, problems = pair_all(scene)
+        for volume, seg in pairs:
+            if not any(r["volume"] is volume and r["segmentation"] is seg for r in self.rows):
+                self.rows.append({"volume": volume, "segmentation": seg, "class": ""})
+        return problems
+
+    def set_class(self, index: int, cls: str) -> None:
+        self.rows[index]["class"] = str(cls).strip()
+
+    def prune(self, scene) -> None:
+        """Drop rows whose nodes were removed from the scene."""
+        def alive(node):
+            return node is None or scene.GetNodeByID(node.GetID()) is node
+
+        self.rows = [r for r in self.rows if alive(r["volume"]) and alive(r["segmentation"])]
+
+    def pairs(self) -> list[tuple]:
+        """(volume, segmentation) for segmentation training; a row without one is an error."""
+        missing = [r["volume"].GetName() for r in self.rows if r["segmentation"] is None]
+        if missing:
+            raise MedTransferError(f"volumes {missing} have no segmentation; choose one for each, or "
+                                   f"switch the task to classification")
+        if not self.rows:
+            raise MedTransferError("the training list is empty: add a volume with its segmentation "
+                                   "(or press 'Add all')")
+        return [(r["volume"], r["segmentation"]) for r in self.rows]
+
+    def segments(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Segment names every listed segmentation has, and what each one lacks."""
+        return common_segments([(r["volume"], r["segmentation"]) for r in self.rows if r["segmentation"] is not None])
+
+    def table(self, segment_names_: list[str], unpainted: str = "ignore") -> list[dict]:
+        """One display row per entry: names, labelled slices / slices, class."""
+        out = []
+        for r in self.rows:
+            row = {"volume": r["volume"].GetName(),
+                   "segmentation": r["segmentation"].GetName() if r["segmentation"] is not None else "",
+                   "labelled": "", "class": r["class"]}
+            if r["segmentation"] is not None and segment_names_:
+                try:
+                    c = labelled_slice_counts([(r["volume"], r["segmentation"])], segment_names_, unpainted)[0]
+                    row["labelled"] = f"{c['labelled_slices']} / {c['slices']}"
+                except MedTransferError as exc:   # e.g. a chosen segment it does not have
+                    row["labelled"] = f"— ({str(exc).split(';')[0]})"
+            out.append(row)
+        return out

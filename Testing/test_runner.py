@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from MedTransferLib.runner import Job, parse_line
+from MedTransferLib.runner import Job, event_text, parse_line
 
 TINY = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune", "--batch-size", "2",
         "--patch", "64"]
@@ -29,6 +29,13 @@ def test_a_run_goes_from_running_to_finished_with_progress(blob_datalist, tmp_pa
     assert [h["epoch"] for h in p.history] == [1, 2] and "train_loss" in p.history[0]
     assert job.result["package"].endswith("model") and job.returncode == 0
     assert [e["event"] for e in job.events][0] == "start"
+    metric, value = p.validation   # the status line's validation score: the last epoch's
+    assert metric == "val_dice" and value == p.history[-1]["val_dice"]
+    lines = [event_text(e) for e in job.events]
+    assert lines[0].startswith("start: mode 2.5d, backbone resnet18")
+    epoch_lines = [ln for ln in lines if ln and ln.startswith("epoch 2:")]
+    assert len(epoch_lines) == 1 and "val dice" in epoch_lines[0]
+    assert all(ln is None for e, ln in zip(job.events, lines) if e["event"] == "step")
 
 
 def test_a_user_error_fails_with_a_readable_message(tmp_path):

@@ -167,6 +167,28 @@ BACKBONES: dict[str, BackboneInfo] = {
 }
 
 
+def catalogue(parameters: bool = True) -> list[dict]:
+    """Every backbone with its modes and where its weights come from (what ``medtransfer
+    backbones`` prints and the Slicer panel lists). ``parameters=False`` skips counting
+    parameters, which builds each network."""
+    rows = []
+    for info in BACKBONES.values():
+        if info.pretrained is None:
+            weights = "from scratch"
+        elif info.pretrained == "ssl":
+            weights = "ssl: manual download, --weights FILE"
+        elif info.available_offline():
+            weights = f"{info.pretrained}: available offline"
+        else:
+            weights = f"{info.pretrained}: download, or --weights FILE"
+        row = {"name": info.name, "modes": info.modes(), "kind": info.kind, "source": info.source,
+               "weights": weights}
+        if parameters:
+            row["parameters"] = info.parameters()
+        rows.append(row)
+    return rows
+
+
 def get_backbone(name: str) -> BackboneInfo:
     if name not in BACKBONES:
         close = difflib.get_close_matches(name, BACKBONES, n=1)
