@@ -443,8 +443,12 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
     # provided by Slicer itself or its PyTorch extension: never pip-installed over
     PROVIDED_BY_SLICER = ["torch", "torchvision", "SimpleITK", "numpy"]
 
-    def __init__(self) -> None:
+    def __init__(self, jobFactory=None) -> None:
+        """``jobFactory(args, python=..., env=...)`` makes the child-process runner (default
+        ``MedTransferLib.runner.Job``); passed in, as in SlicerNNUnet, so the Logic runs and is
+        tested without Qt."""
         ScriptedLoadableModuleLogic.__init__(self)
+        self.jobFactory = jobFactory
 
     def ensureDependencies(self, askUser=True) -> bool:
         """Install what the engine needs on first use (never at import time).
@@ -459,7 +463,14 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         if importlib.util.find_spec("torch") is None:
             import PyTorchUtils
 
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askUser) is None:
+            backend = None   # PyTorchUtils picks the CUDA build that fits the GPU it finds
+            if askUser:
+                answer = slicer.util.confirmYesNoDisplay(
+                    _("MedTransfer needs PyTorch (a download of up to several GB). Install the GPU build "
+                      "that fits this computer (Yes), or the smaller CPU-only build (No)?"))
+                backend = None if answer else "cpu"
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=askUser, forceComputationBackend=backend) is None:
                 return False
         try:
             import slicer.pydeps as pydeps
@@ -580,7 +591,7 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         env = dict(os.environ)
         env["PYTHONPATH"] = libDir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         python = python or shutil.which("PythonSlicer") or sys.executable
-        return Job(args, python=python, env=env).start()
+        return (self.jobFactory or Job)(args, python=python, env=env).start()
 
     def trainInBackground(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True,
                           python=None, **config):
