@@ -1,0 +1,132 @@
+"""The module's Logic (the console API) run for real against slicer-core's MRML.
+
+MedTransfer.py imports three things only the Slicer application has — the scripted-module base
+classes, the parameter-node wrapper and the translation helper. They are replaced here by the
+smallest stand-ins that let the module import (base classes with no behaviour, an identity
+decorator); everything the Logic does — exporting nodes, the child-process runner, prediction
+into new nodes, tables, the learning curve, model summary/copy/export — runs on real MRML nodes
+and real processes. The widget (Qt) is checked statically in test_slicer_module_static.py.
+"""
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+import MedTransferLib as mt  # noqa: E402
+from MedTransferLib import slicer_bridge as sb  # noqa: E402
+from conftest import OBLIQUE, blob_volume  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+GEO = mt.Geometry((48, 40, 16), (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
+TINY = dict(backbone="resnet18", weights="none", strategy="finetune", epochs=1, steps_per_epoch=1,
+            batch_size=2, patch=64)
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """MedTransfer.py imported with stand-ins for the application-only modules, and
+    ``slicer.mrmlScene`` a real scene."""
+    class _Base:
+        def __init__(self, *args, **kw):
+            pass
+
+        def getParameterNode(self):
+            return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+
+    stand_ins = {
+        "slicer.ScriptedLoadableModule": {n: type(n, (_Base,), {}) for n in (
+            "ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+            "ScriptedLoadableModuleWidget")},
+        "slicer.parameterNodeWrapper": {"parameterNodeWrapper": lambda cls: cls,
+                                        "Choice": lambda values: None, "WithinRange": lambda lo, hi: None},
+        "slicer.i18n": {"tr": lambda text: text, "translate": lambda context, text: text},
+    }
+    for name, attrs in stand_ins.items():
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, mod)
+    scene = slicer.vtkMRMLScene()
+    sb.segmentations_logic(scene)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    spec = importlib.util.spec_from_file_location("MedTransfer_module", ROOT / "MedTransfer" / "MedTransfer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod.MedTransferLogic, "ensureDependencies", lambda self, askUser=True: True)
+    return mod
+
+
+def _labelled(scene, name="MR", seed=0):
+    image, label = blob_volume(seed=seed)
+    vol = sb.case_to_volume_node(scene, mt.Case(image, GEO), name)
+    sparse = label.copy()
+    sparse[1::2] = 0
+    labels = [mt.Label(1, "bright", (1.0, 0.5, 0.0)), mt.Label(2, "dim", (0.0, 0.5, 1.0))]
+    seg = sb.label_to_segmentation_node(scene, sparse, GEO, labels, f"{name} seg", reference_volume=vol)
+    return vol, seg
+
+
+def test_console_api_trains_in_background_predicts_evaluates_and_manages_the_model(module, tmp_path):
+    scene = slicer.mrmlScene
+    vol, seg = _labelled(scene)
+    before = sb.node_array(vol).copy()
+    made = []
+
+    def factory(args, python=None, env=None):   # the runner passed into the Logic
+        from MedTransferLib.runner import Job
+
+        made.append(args)
+        return Job(args, python=sys.executable, env=env)
+
+    logic = module.MedTransferLogic(jobFactory=factory)
+    pairs = logic.newTrainingList()
+    assert pairs.add_all(scene) == [] and pairs.segments() == (["bright", "dim"], {})
+    job = logic.trainInBackground(pairs.pairs(), ["bright", "dim"], str(tmp_path / "run"), **TINY)
+    assert made and made[0][:2] == ["train", "--datalist"] and "--steps-per-epoch" in made[0]
+    assert job.wait(timeout=300) == "finished", job.error
+    table, chart = logic.learningCurve(job.progress.history)
+    assert table.GetTable().GetNumberOfRows() == 1 and chart.GetNumberOfPlotSeriesNodes() >= 1
+
+    vol2, _ = _labelled(scene, "MR2", seed=1)
+    results = logic.predict([vol, vol2], job.result["package"], referenceSegmentation=seg)
+    assert len(results) == 2
+    (seg_out, volumes, metrics), (seg_out2, _, _) = results
+    assert sb.segment_names(seg_out) == ["bright", "dim"] and seg_out2.GetName() == "MR2 MedTransfer"
+    assert {"dice", "hd95_mm"} <= set(sb.table_node_rows(metrics)[0])
+    single = logic.predict(vol, job.result["package"])        # one node in → one tuple out
+    assert single[0].IsA("vtkMRMLSegmentationNode") and single[2] is None
+    assert np.array_equal(sb.node_array(vol), before)
+
+    text = logic.describeModel(job.result["package"])
+    assert "bright, dim" in text and logic.modelTask(job.result["package"]) == "segmentation"
+    saved = logic.saveModel(job.result["package"], str(tmp_path / "models"))
+    assert Path(saved).name == "run" and mt.ModelPackage.load(saved).manifest["fingerprint"]
+    paths = logic.exportModel(saved, str(tmp_path / "export"), formats=["torchscript"], askUser=False)
+    assert paths["torchscript"].is_file() and paths["labels"].is_file()
+    advice = logic.advise(pairs.pairs(), ["bright", "dim"], backbone="resnet18", weights=None)
+    assert advice.strategy == "finetune" and advice.reason   # no pretrained weights → finetune
+    assert [c["key"] for c in logic.deviceChoices()][0] == "auto"
+    assert "efficientnet-lite0" in [b["name"] for b in logic.backboneChoices()]
+
+
+def test_console_api_trains_a_classifier_in_background_and_fills_a_probability_table(module, tmp_path):
+    scene = slicer.mrmlScene
+    vols = []
+    for i in range(4):
+        image, _ = blob_volume(seed=i)
+        image = image * (1.0 if i % 2 else 0.3)        # two visibly different classes
+        vols.append(sb.case_to_volume_node(scene, mt.Case(image.astype(np.float32), GEO), f"V{i}"))
+    logic = module.MedTransferLogic()
+    job = logic.trainClassifierInBackground(vols, ["dark", "bright", "dark", "bright"], str(tmp_path / "cls"),
+                                            python=sys.executable, **{**TINY, "patch": 32})
+    assert job.wait(timeout=300) == "finished", job.error
+    assert logic.modelTask(job.result["package"]) == "classification"
+    table = logic.classify(vols, job.result["package"])
+    rows = sb.table_node_rows(table)
+    assert [r["case"] for r in rows] == ["V0", "V1", "V2", "V3"]
+    assert all(abs(r["p_bright"] + r["p_dark"] - 1) < 1e-5 for r in rows)
