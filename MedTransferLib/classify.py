@@ -344,6 +344,9 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     from dataclasses import replace
 
     config = replace(config) if config else TrainConfig()   # a copy: 'auto' is resolved in it
+    if config.histogram_standardise:
+        raise MedTransferError("--histogram-standardise is for segmentation models; classification uses "
+                               "per-image standardisation (and --adapt-bn at prediction)")
     config.check()
     reporter = reporter or Reporter(stream=None, bar=False)
     dl = data if isinstance(data, ClassDatalist) else load_class_datalist(data)
@@ -448,9 +451,9 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
                        "split": split_note, "versions": _versions(), "seed": config.seed},
     }
 
-    def evaluate_items(its):
+    def item_logits(its):
         model.eval()
-        probs, truth = [], []
+        out, truth = [], []
         with torch.inference_mode():
             for it in its:
                 if three_d:
@@ -461,9 +464,13 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
                 else:
                     logits = _volume_logits(model, images[it.case], contents[it.case], config.slices, size,
                                             prep, device)
-                probs.append(torch.softmax(logits.mean(0), 0).cpu().numpy())
+                out.append(logits.mean(0).cpu().numpy())
                 truth.append(it.label)
-        return classification_metrics(np.array(probs), np.array(truth), dl.classes)
+        return np.array(out), np.array(truth)
+
+    def evaluate_items(its):
+        logits, truth = item_logits(its)
+        return classification_metrics(torch.softmax(torch.from_numpy(logits), 1).numpy(), truth, dl.classes)
 
     def next_batch():
         x, y = batch()
@@ -484,10 +491,34 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
 
     history, metrics = fit(model, strategy, opt, config, device, next_batch, F.cross_entropy, reporter,
                            validate if val_items else None, "val_balanced_accuracy", None, adapt_inputs)
-    manifest = dict(manifest_base, history=history, metrics=metrics, complete=True)
+    manifest = dict(manifest_base, history=history, metrics=metrics, complete=True,
+                    calibration=_calibration(item_logits, val_items, len(dl.classes)))
     package = save_package(out / "model", model, manifest)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
     return TrainResult(package, metrics, history)
+
+
+def _calibration(item_logits, val_items, n_classes: int) -> dict:
+    """Temperature (fit on the validation logits) and the validation confusion P(ŷ | y), for
+    calibrated probabilities and prior-shift correction (shift.py). Training samples every class
+    equally often, so the network's own prior is uniform."""
+    cal = {"source_prior": [1.0 / n_classes] * n_classes, "temperature": 1.0}
+    if not val_items:
+        cal["note"] = "no validation cases: temperature 1, no confusion matrix (BBSE unavailable)"
+        return cal
+    from .shift import fit_temperature
+
+    logits, truth = item_logits(val_items)
+    t = fit_temperature(logits, truth)
+    pred = (logits / t).argmax(1)
+    conf = np.zeros((n_classes, n_classes))
+    for j in range(n_classes):
+        m = truth == j
+        if m.any():
+            conf[:, j] = np.bincount(pred[m], minlength=n_classes) / m.sum()
+    cal.update(temperature=t, confusion=conf.round(4).tolist(), validation_items=int(len(truth)),
+               validation_counts=np.bincount(truth, minlength=n_classes).tolist())
+    return cal
 
 
 def _volume_logits(model, image, slices, k, size, prep, device, batch: int = 16) -> torch.Tensor:
@@ -526,17 +557,18 @@ def predict_class(package, case: Case, device: str = "auto", slices=None, per_sl
         raise MedTransferError(f"model '{pkg.path}' was trained on {expected} image(s) per case; "
                                f"case '{case.case_id}' has {case.channels}")
     image = np.ascontiguousarray(to_slices_first(with_channels(prep.standardise(case.image)), pkg.axis))
+    t = float(pkg.manifest.get("calibration", {}).get("temperature", 1.0))   # calibrated probabilities
     if pkg.mode == "3d":
         logits = model(prep.to_backbone(square_resize(torch.from_numpy(image)[None], size).to(dev))).float()
     elif per_slice:
         chosen = np.asarray(slices) if slices is not None else np.arange(image.shape[1])
         logits = _volume_logits(model, image, chosen, pkg.slices, size, prep, dev)
-        return [_row(case.case_id, pkg.manifest["classes"], torch.softmax(lg, 0).cpu().numpy(), int(s))
+        return [_row(case.case_id, pkg.manifest["classes"], torch.softmax(lg / t, 0).cpu().numpy(), int(s))
                 for s, lg in zip(chosen, logits)]
     else:
         chosen = np.asarray(slices) if slices is not None else content_slices(image)
         logits = _volume_logits(model, image, chosen, pkg.slices, size, prep, dev)
-    return _row(case.case_id, pkg.manifest["classes"], torch.softmax(logits.mean(0), 0).cpu().numpy())
+    return _row(case.case_id, pkg.manifest["classes"], torch.softmax(logits.mean(0) / t, 0).cpu().numpy())
 
 
 def _row(case_id: str, classes, probs, slice_index: int | None = None) -> dict:

@@ -5,6 +5,7 @@ prints one JSON object per line on stdout."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import signal
 import sys
@@ -66,7 +67,7 @@ def cmd_train(a) -> int:
                   slices=a.slices, overlap=a.overlap, stem=a.stem,
                   epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr, patch=a.patch,
                   device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
-                  patience=a.patience)
+                  patience=a.patience, histogram_standardise=a.histogram_standardise)
     if a.axis is not None:
         config["axis"] = a.axis
     train(a.datalist, a.out, reporter=reporter, **config)
@@ -85,14 +86,39 @@ def cmd_predict(a) -> int:
     if not a.image or not a.out:
         raise MedTransferError("a segmentation model needs --image and --out")
 
+    adapt_cases = [read_case(p) for p in _image_paths(a.adapt_bn_on)] if a.adapt_bn_on else None
     pred = predict(pkg, read_case(_one_or_many(a.image)), device=a.device, batch_size=a.batch_size,
-                   overlap=a.overlap, adapt_bn=a.adapt_bn)
+                   overlap=a.overlap, adapt_bn=a.adapt_bn, adapt_cases=adapt_cases)
+    for w in pred.warnings:
+        print(f"medtransfer: warning: {w}", file=sys.stderr)
+    if pred.ood:
+        print(f"medtransfer: out-of-distribution score {pred.ood['score']:.3f}: {pred.ood['verdict']}"
+              + ("" if pred.ood["verdict"] == "in range" else " — check this prediction; --adapt-bn may help"),
+              file=sys.stderr)
     write_label(a.out, pred.label, pred.case.geometry)
     rows = pred.volumes()
     if a.table:
         write_csv(a.table, rows)
-    print(json.dumps({"event": "done", "segmentation": str(a.out), "volumes": rows}))
+    print(json.dumps({"event": "done", "segmentation": str(a.out), "volumes": rows, "warnings": pred.warnings,
+                      "ood": pred.ood}))
     return 0
+
+
+def _image_paths(items) -> list:
+    """Image files, expanding folders (every NIfTI/NRRD/MHA inside, sorted)."""
+    from pathlib import Path
+
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")))
+            if not found:
+                raise MedTransferError(f"folder '{p}' holds no .nii/.nii.gz/.nrrd/.mha images for --adapt-bn-on")
+            out += found
+        else:
+            out.append(p)
+    return out
 
 
 def _predict_classes(a, pkg) -> int:
@@ -116,9 +142,18 @@ def _predict_classes(a, pkg) -> int:
     for case, per_slice in cases:
         r = predict_class(pkg, case, device=str(device), per_slice=per_slice or a.per_slice, model=model)
         rows += r if isinstance(r, list) else [r]
+    report = None
+    if a.prior:
+        from .shift import prior_correction
+
+        rows, report = prior_correction(rows, pkg.manifest["classes"], pkg.manifest.get("calibration", {}), a.prior)
+        print(f"medtransfer: prior ({report['method']}): estimated "
+              + ", ".join(f"{c} {v:.3f}" for c, v in report["estimated_prior"].items())
+              + f" (training {', '.join(f'{c} {v:.2f}' for c, v in report['training_prior'].items())}); "
+              f"{report['decisions_changed']} of {report['cases']} decisions changed", file=sys.stderr)
     if a.table:
         write_csv(a.table, rows)
-    print(json.dumps({"event": "done", "predictions": rows if len(rows) <= 50 else len(rows)}))
+    print(json.dumps({"event": "done", "predictions": rows if len(rows) <= 50 else len(rows), "prior": report}))
     return 0
 
 
@@ -218,6 +253,63 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_audit(a) -> int:
+    """Concept shift made visible: agreement between annotations of one volume, or label
+    statistics per site across a datalist."""
+    from .fileutil import write_csv
+    from .shift import label_audit, site_audit
+
+    if a.datalist:
+        from .datalist import load_datalist
+
+        dl = load_datalist(a.datalist)
+        sites = [e.site for e in dl.training]
+        if not all(sites):
+            missing = [e.case_id for e in dl.training if not e.site]
+            raise MedTransferError(f"datalist '{a.datalist}': entries {missing[:5]} have no \"site\"; give each "
+                                   f"training entry a \"site\" to compare sites")
+        rows = site_audit(dl.load_cases(), sites, dl.labels)
+    else:
+        if not a.label or len(a.label) < 2:
+            raise MedTransferError("give two or more annotations of the same volume: --label A.nii.gz B.nii.gz "
+                                   "(or --datalist D with a \"site\" per entry)")
+        from .io import read_image
+
+        arrays, geometry = {}, None
+        for path in a.label:
+            arr, geo = read_image(path, "annotation")
+            if geometry is not None and geometry.matches(geo):
+                raise MedTransferError(f"annotation '{path}' is not on the grid of '{a.label[0]}' "
+                                       f"({'; '.join(geometry.matches(geo))}); resample it onto the same volume")
+            geometry = geometry or geo
+            name = Path(path).name.split(".")[0]
+            arrays[name if name not in arrays else f"{name}_{len(arrays)}"] = arr.astype(int)
+        labels = _audit_labels(a, arrays)
+        rows = label_audit(arrays, labels, geometry)
+    if a.out:
+        write_csv(a.out, rows)
+    for r in rows:
+        print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    return 0
+
+
+def _audit_labels(a, arrays):
+    import numpy as np
+
+    from .labels import Label, default_color
+
+    if a.labels:
+        from .datalist import load_datalist
+
+        return load_datalist(a.labels).labels
+    if a.model:
+        from .package import ModelPackage
+
+        return ModelPackage.load(a.model).labels
+    values = sorted({int(v) for arr in arrays.values() for v in np.unique(arr) if v not in (0, 255)})
+    return [Label(v, f"label_{v}", default_color(i)) for i, v in enumerate(values)]
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -267,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", default="auto", choices=["auto", "MR", "CT"])
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--histogram-standardise", action="store_true",
+                   help="MR: Nyúl histogram standardisation learnt from the training images")
     s.add_argument("--progress", default="auto", choices=["auto", "bar", "json"],
                    help="terminal bar on stderr (auto: when stderr is a terminal); JSON lines always on stdout")
     s.set_defaults(func=cmd_train)
@@ -295,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=16, help="slices per batch (3d: windows = this / 8)")
     s.add_argument("--overlap", type=float, default=None, help="3d: sliding-window overlap (default: the model's)")
+    s.add_argument("--adapt-bn-on", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="AdaBN on these unlabelled target-site images (files or folders) before predicting")
+    s.add_argument("--prior", help="classification over several cases: correct for a different class "
+                                   "prevalence: em | bbse | known:CLASS=P,...")
     s.add_argument("--adapt-bn", action="store_true",
                    help="AdaBN: re-estimate BatchNorm statistics on this image first (new scanner/site)")
     s.set_defaults(func=cmd_predict)
@@ -310,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slices", help="evaluate only these slice indices, e.g. '1-9,11-19'")
     s.add_argument("--axis", type=int, default=2, choices=[0, 1, 2])
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("audit", help="label audit: agreement between annotators, or label statistics per site")
+    s.add_argument("--label", nargs="+", help="two or more annotations (label maps) of the same volume")
+    s.add_argument("--datalist", help="compare sites: a datalist whose entries have a \"site\"")
+    s.add_argument("--labels", help="dataset.json whose 'labels' name the structures")
+    s.add_argument("--model", help="model folder whose labels name the structures")
+    s.add_argument("--out", help="CSV of the audit table")
+    s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("export", help="TorchScript, ONNX and labels.json of a model package, for use elsewhere")
     s.add_argument("--model", required=True)

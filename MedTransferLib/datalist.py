@@ -7,7 +7,8 @@ Format (paths relative to the datalist's folder)::
      "terminology": {"1": "Segmentation category and type - …"},  # optional, Slicer terminology
      "modality": "MR",                                       # optional: MR | CT
      "training": [{"image": "ch2.nii.gz", "label": "lab.nii.gz",
-                   "labelled_slices": [0, 10, 20], "slice_axis": 2}]}   # both optional
+                   "labelled_slices": [0, 10, 20], "slice_axis": 2,     # both optional
+                   "site": "hospital A"}]}                             # optional (label audit)
 
 ``labelled_slices`` marks sparse labelling: every other slice along ``slice_axis`` (voxel axis,
 0=i, 1=j, 2=k) is unlabelled. A label map may also hold 255 for "not labelled".
@@ -34,6 +35,7 @@ class Entry:
     labelled_slices: list[int] | None = None
     slice_axis: int = 2
     case_id: str = ""
+    site: str = ""             # optional: where the case (and its labels) came from (label audit)
 
 
 @dataclass
@@ -105,7 +107,7 @@ def _parse_entry(raw, root: Path, path, i: int, section: str, need_label: bool) 
     else:
         image = first = resolve(raw["image"], "image")
     return Entry(image, resolve(raw["label"], "label") if raw.get("label") else None, slices, axis,
-                 str(raw.get("id") or first.name.split(".")[0]))
+                 str(raw.get("id") or first.name.split(".")[0]), str(raw.get("site") or ""))
 
 
 def parse_modality(raw, path="datalist"):

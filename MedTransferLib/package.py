@@ -45,8 +45,10 @@ def array_fingerprint(*arrays) -> str:
     return h.hexdigest()
 
 
-def save_package(path, model: torch.nn.Module, manifest: dict) -> Path:
-    """Write weights + manifest into ``path`` atomically (a temp dir renamed into place)."""
+def save_package(path, model: torch.nn.Module, manifest: dict, extras: dict | None = None) -> Path:
+    """Write weights + manifest into ``path`` atomically (a temp dir renamed into place).
+    ``extras``: further tensor files (``{file name: {key: tensor}}``, safetensors, e.g. the
+    OOD reference statistics), checksummed in the manifest like the weights."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -55,8 +57,15 @@ def save_package(path, model: torch.nn.Module, manifest: dict) -> Path:
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
+        files = {}
+        for name, tensors in (extras or {}).items():
+            if "/" in name or "\\" in name or not name.endswith(".safetensors") or name == WEIGHTS:
+                raise ValueError(f"bad extra file name {name!r}")
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
+            files[name] = sha256_file(tmp / name)
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
-                        weights={"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)})
+                        weights={"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)},
+                        **({"files": files} if files else {}))
         manifest["fingerprint"] = fingerprint(manifest)
         write_json(tmp / MANIFEST, manifest)  # written last: no manifest = incomplete
         replace_dir(tmp, path)
@@ -127,6 +136,15 @@ class ModelPackage:
         if sha256_file(weights) != manifest.get("weights", {}).get("sha256"):
             raise MedTransferError(f"{where}: {WEIGHTS} does not match the manifest's checksum "
                                    f"(replaced or damaged); use the original package")
+        files = manifest.get("files", {})
+        if not isinstance(files, dict):
+            raise MedTransferError(f"{where}: {MANIFEST} has a garbled 'files' entry")
+        for name, digest in files.items():
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+                raise MedTransferError(f"{where}: {MANIFEST} names a file '{name}' outside the package; refused")
+            if not (path / name).is_file() or sha256_file(path / name) != digest:
+                raise MedTransferError(f"{where}: {name} is missing or does not match the manifest's "
+                                       f"checksum; copy the whole folder again")
         pkg = cls(path, manifest)
         try:
             pkg.labels, pkg.preprocessing, pkg.axis, pkg.slices  # noqa: B018 — validate now
@@ -155,6 +173,12 @@ class ModelPackage:
         from safetensors.torch import load_file
 
         return load_file(str(self.path / WEIGHTS))
+
+    def extra(self, name: str) -> dict[str, torch.Tensor]:
+        """A verified extra tensor file of the package (empty if the package has none)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path / name)) if name in self.manifest.get("files", {}) else {}
 
     def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         from .backbones.weights import load_strict
@@ -216,7 +240,7 @@ class ModelPackage:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
         try:
-            for name in (WEIGHTS, MANIFEST):
+            for name in (WEIGHTS, MANIFEST, *self.manifest.get("files", {})):
                 shutil.copy2(self.path / name, tmp / name)
             ModelPackage.load(tmp)   # the copy verifies before it goes in place
             replace_dir(tmp, dest)

@@ -3,7 +3,7 @@ in the input's exact geometry."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,19 +20,42 @@ class Prediction:
     label: np.ndarray          # (k, j, i) label values of the package's labels, 0 = background
     case: Case                 # the input case (its geometry is the output's)
     labels: list               # the package's Label list
+    warnings: list = field(default_factory=list)   # the input check's findings (shift.input_check)
+    ood: dict = field(default_factory=dict)        # {"score", "verdict"} (shift.ood_score)
+    training_fractions: dict = field(default_factory=dict)   # structure → training cases' fractions
 
     def volumes(self) -> list[dict]:
-        """Rows of per-structure volume in mL and voxel count."""
+        """Rows of per-structure volume in mL and voxel count, the structure's fraction of the
+        volume against the training cases' (prior shift: ``fraction_flag`` low/high/ok), and the
+        case's out-of-distribution score and verdict (covariate shift)."""
+        from .shift import fraction_flag
+
         vox_ml = self.case.geometry.voxel_volume_ml()
         counts = np.bincount(self.label.ravel(), minlength=max(lab.value for lab in self.labels) + 1)
-        return [{"case": self.case.case_id, "structure": lab.name, "value": lab.value,
-                 "voxels": int(counts[lab.value]), "volume_ml": float(counts[lab.value] * vox_ml)}
-                for lab in self.labels]
+        rows = []
+        for lab in self.labels:
+            frac = float(counts[lab.value]) / max(1, self.label.size)
+            ref = self.training_fractions.get(lab.name, [])
+            row = {"case": self.case.case_id, "structure": lab.name, "value": lab.value,
+                   "voxels": int(counts[lab.value]), "volume_ml": float(counts[lab.value] * vox_ml),
+                   "fraction": frac}
+            if ref:
+                row.update(training_fraction_min=min(ref), training_fraction_max=max(ref),
+                           fraction_flag=fraction_flag(frac, ref))
+            if self.ood:
+                row.update(ood_score=self.ood["score"], ood=self.ood["verdict"])
+            rows.append(row)
+        return rows
 
 
 def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
-            overlap: float | None = None, adapt_bn: bool = False) -> Prediction:
+            overlap: float | None = None, adapt_bn: bool = False, adapt_cases=None,
+            check: bool = True) -> Prediction:
     """Segment ``case`` with a model package (a path or a loaded :class:`ModelPackage`).
+
+    ``adapt_bn``: AdaBN on this case (or, with ``adapt_cases``, on those unlabelled target cases)
+    before predicting. ``check``: run the input check and the OOD score (see shift.py) and put
+    them on the prediction (``warnings``, ``ood``, and columns of :meth:`Prediction.volumes`).
 
     Example:
         >>> pred = predict("runs/demo/model", read_case("ch2.nii.gz"))  # doctest: +SKIP
@@ -54,15 +77,32 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     prep = pkg.preprocessing
     image = to_slices_first(prep.standardise(case.image), pkg.axis)
     image = np.ascontiguousarray(image)
-    if adapt_bn:
+    shift_ref = pkg.manifest.get("shift", {})
+    warnings, ood = [], {}
+    if check:
+        from .shift import input_check, ood_score, ood_verdict
+
+        warnings = input_check(case.image, prep, shift_ref.get("reference"), case.case_id)
+        stats = pkg.extra(shift_ref["ood"]["stats_file"]) if shift_ref.get("ood", {}).get("stats_file") else {}
+        if stats:   # before any AdaBN: how far the case is from the training data
+            score = ood_score(model, image, prep, pkg.mode, pkg.slices,
+                              pkg.manifest.get("inference", {}).get("patch"), dev, stats)
+            ood = {"score": round(score, 4), "verdict": ood_verdict(score, shift_ref["ood"])}
+    if adapt_bn or adapt_cases:
         # AdaBN at prediction: this volume's own BatchNorm statistics (a new scanner or site),
         # every weight as trained; the package on disk is not changed
         from .inference import bn_inputs_2d, bn_inputs_3d
         from .strategies import adapt_bn as _adapt
 
-        inputs = (bn_inputs_3d(image, pkg.manifest["inference"]["patch"], prep) if pkg.mode == "3d"
-                  else bn_inputs_2d(image, pkg.slices, prep))
-        if _adapt(model, (x.to(dev) for x in inputs)) == 0:
+        targets = [image] if not adapt_cases else [
+            np.ascontiguousarray(to_slices_first(prep.standardise(c.image), pkg.axis)) for c in adapt_cases]
+
+        def inputs():
+            for img in targets:
+                yield from (bn_inputs_3d(img, pkg.manifest["inference"]["patch"], prep) if pkg.mode == "3d"
+                            else bn_inputs_2d(img, pkg.slices, prep, max_slices=max(8, 64 // len(targets))))
+
+        if _adapt(model, (x.to(dev) for x in inputs())) == 0:
             raise MedTransferError(f"model '{pkg.path}' has no BatchNorm layers; --adapt-bn does not apply")
         model.eval()
     if pkg.mode == "3d":
@@ -75,4 +115,5 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     labels = pkg.labels
     lut = np.array([0] + [lab.value for lab in labels],
                    dtype=np.uint8 if max(lab.value for lab in labels) <= 255 else np.uint16)
-    return Prediction(from_slices_first(lut[classes], pkg.axis).copy(), case, labels)
+    return Prediction(from_slices_first(lut[classes], pkg.axis).copy(), case, labels, warnings, ood,
+                      shift_ref.get("fractions", {}))

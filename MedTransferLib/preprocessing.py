@@ -42,6 +42,9 @@ class Preprocessing:
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     target_mean: tuple[float, ...] = (0.0,)
     target_std: tuple[float, ...] = (1.0,)
+    # Nyúl histogram standardisation (MR, one image per case): the standard scale's landmarks at
+    # shift.HIST_PERCENTILES, learnt from the training images; empty = off
+    histogram_landmarks: tuple[float, ...] = ()
     version: int = 1
 
     def to_dict(self) -> dict:
@@ -86,6 +89,10 @@ class Preprocessing:
         # one float32 copy, then in place: a 512×512×600 CT must not need several temporaries
         # (and the caller's array is never modified)
         img = np.array(image, dtype=np.float32, copy=True)
+        if self.histogram_landmarks and self.modality == "MR":
+            from .shift import apply_landmarks
+
+            img = apply_landmarks(img, self.histogram_landmarks)
         if self.modality == "CT":
             lo, hi = self.ct_window
             centre, half = (lo + hi) / 2, (hi - lo) / 2

@@ -53,6 +53,7 @@ class TrainConfig:
     modality: str | tuple = "auto"     # MR, CT or auto; or one per image channel (T1+T2: MR, MR)
     device: str = "auto"
     seed: int = 0
+    histogram_standardise: bool = False  # MR: Nyúl landmarks learnt from the training images
 
     def check(self) -> None:
         if self.mode not in ("2.5d", "3d"):
@@ -217,6 +218,13 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     model, model_config = build_for_training(config, in_channels, num_classes)
     prep = make_preprocessing(config.modality, cases[0], model_config.pop("_pretrain_mean"),
                               model_config.pop("_pretrain_std"))
+    if config.histogram_standardise:
+        if prep.modality != "MR" or channels != 1:
+            raise MedTransferError("--histogram-standardise is for MR models with one image per case; "
+                                   f"these images are {prep.channel_modalities or prep.modality}")
+        from .shift import learn_landmarks
+
+        prep = replace(prep, histogram_landmarks=learn_landmarks([c.image for c in cases]))
     modality = prep.channel_modalities or prep.modality
     values = [lab.value for lab in labels]
     volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
@@ -317,8 +325,10 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
                            lambda hist, epoch, best: _checkpoint(out, model, manifest_base, hist, epoch, best),
                            adapt_inputs)
     best = metrics["best_val_dice"] if metrics["best_val_dice"] is not None else -1.0
+    manifest_base["shift"], stats = _shift_reference(model, cases, volumes, labels, prep, config,
+                                                     patch if three_d else None, device)
     package = _checkpoint(out, model, manifest_base, history, history[-1]["epoch"], best, final=True,
-                          extra=metrics)
+                          extra=metrics, extras={REFERENCE_STATS: stats} if stats else None)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
     return TrainResult(package, metrics, history)
 
@@ -376,8 +386,37 @@ def build_for_training(config: TrainConfig, in_channels: int, num_classes: int):
     return model, cfg
 
 
-def _checkpoint(out: Path, model, manifest_base, history, epoch, best, final=False, extra=None) -> Path:
+REFERENCE_STATS = "reference_stats.safetensors"
+
+
+def _shift_reference(model, cases, volumes, labels, prep, config, patch, device) -> tuple[dict, dict]:
+    """What prediction compares new cases with (shift.py): the training images' intensity
+    profiles, each structure's voxel fraction per case, the training set's activation statistics
+    (the OOD reference, returned as tensors for the package) and the OOD-score calibration from
+    contiguous chunks of the training volumes (the trained model, eval mode)."""
+    from .case import IGNORE
+    from .shift import (calibrate_ood, chunk_scores, class_fractions, intensity_profile, reference_stats,
+                        training_reference)
+
+    model.eval()
+    fractions = {lab.name: [] for lab in labels}
+    for c in cases:
+        for name, f in class_fractions(c.label, labels, ignore=IGNORE).items():
+            fractions[name].append(round(f, 6))
+    stats = reference_stats(model, [v.image for v in volumes], prep, config.mode, config.slices, patch, device)
+    scores = []
+    for v in volumes:
+        scores += chunk_scores(model, v.image, prep, config.mode, config.slices, patch, device, stats)
+    ood = calibrate_ood(scores)
+    if ood:
+        ood["stats_file"] = REFERENCE_STATS
+    return ({"reference": training_reference([intensity_profile(c.image, prep) for c in cases]),
+             "fractions": fractions, "ood": ood}, stats)
+
+
+def _checkpoint(out: Path, model, manifest_base, history, epoch, best, final=False, extra=None,
+                extras=None) -> Path:
     manifest = dict(manifest_base, history=history,
                     metrics={"best_val_dice": best if best >= 0 else None, "epoch": epoch, **(extra or {})},
                     complete=final)
-    return save_package(out / "model", model, manifest)
+    return save_package(out / "model", model, manifest, extras)

@@ -120,6 +120,9 @@ def test_slice_level_hippocampus_task_from_the_sample_data(colin, tmp_path):
                    epochs=3, steps_per_epoch=10, batch_size=8, patch=96, val_fraction=0.2, strategy="auto")
     manifest = json.loads((run.package / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["strategy"]["advice"]["labelled_items"] == 32 and manifest["strategy"]["strategy"] != "auto"
+    cal = manifest["calibration"]   # temperature and P(ŷ|y) from the held-out slices (prior shift)
+    assert cal["temperature"] > 0 and sum(cal["validation_counts"]) == cal["validation_items"] > 0
+    assert np.allclose(np.array(cal["confusion"]).sum(axis=0)[np.array(cal["validation_counts"]) > 0], 1, atol=1e-3)
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     others = [s for s in range(20, 140) if s not in labelled]

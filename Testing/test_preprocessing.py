@@ -47,7 +47,7 @@ def test_preprocessing_round_trips_through_the_manifest():
     img = np.linspace(-500, 500, 1000, dtype=np.float32).reshape(10, 10, 10)
     assert np.array_equal(prep.standardise(img), again.standardise(img))
     with pytest.raises(mt.MedTransferError, match="newer MedTransfer"):
-        Preprocessing.from_dict({**prep.to_dict(), "histogram_landmarks": [1, 2]})
+        Preprocessing.from_dict({**prep.to_dict(), "bias_field_correction": True})
 
 
 def test_constant_image_is_refused():
