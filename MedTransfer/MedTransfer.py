@@ -396,8 +396,16 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Created {table}").format(table=table.GetName())
                 return
             results = self.logic.predict(volumes, str(p.modelFolder), p.referenceSegmentation, device=p.device)
-            self.ui.statusLabel.text = _("Created {names}").format(
-                names=", ".join(seg.GetName() for seg, _table, _metrics in results))
+            notes = []
+            for seg, table, _metrics in results:
+                rows = self.logic.tableRows(table)
+                if rows and rows[0].get("ood") not in (None, "in range", "unknown"):
+                    notes.append(_("{name}: {verdict} (out-of-distribution score {score:.2f}) — check it").format(
+                        name=seg.GetName(), verdict=rows[0]["ood"], score=rows[0]["ood_score"]))
+                if table.GetAttribute("MedTransfer.Warnings"):
+                    notes.append(table.GetAttribute("MedTransfer.Warnings"))
+            self.ui.statusLabel.text = "\n".join([_("Created {names}").format(
+                names=", ".join(seg.GetName() for seg, _table, _metrics in results))] + notes)
 
     # -- models -------------------------------------------------------------------------------
     def _showManifest(self) -> None:
@@ -537,6 +545,12 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         return slicer_bridge.segment_names(segmentationNode)
 
     @staticmethod
+    def tableRows(tableNode):
+        from MedTransferLib import slicer_bridge
+
+        return slicer_bridge.table_node_rows(tableNode)
+
+    @staticmethod
     def backboneChoices():
         from MedTransferLib.backbones import catalogue
 
@@ -573,10 +587,15 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         results = [bridge.predict_to_nodes(n, package, referenceSegmentation, device) for n in nodes]
         return results[0] if single else results
 
-    def classify(self, volumeNodes, modelFolder, device="auto"):
+    def classify(self, volumeNodes, modelFolder, device="auto", prior=None):
         """Classify volumes with a classification model; returns a table node (a row per volume,
-        class probabilities in columns) placed with the first volume."""
-        return self._engine().classify_to_table(list(volumeNodes), modelFolder, device)
+        calibrated class probabilities in columns) placed with the first volume. ``prior`` ("em",
+        "bbse" or "known:a=0.1,b=0.9") corrects for these volumes' class prevalence."""
+        return self._engine().classify_to_table(list(volumeNodes), modelFolder, device, prior=prior)
+
+    def audit(self, volumeNode, segmentationNodes, segmentNames):
+        """Label audit: agreement table of two or more segmentations of ``volumeNode``."""
+        return self._engine().audit_to_table(volumeNode, list(segmentationNodes), list(segmentNames))
 
     def _startJob(self, datalist, outputFolder, python, config):
         import shutil

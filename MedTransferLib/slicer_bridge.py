@@ -354,6 +354,8 @@ def predict_to_nodes(volume_node, model, reference_segmentation=None, device: st
     seg = label_to_segmentation_node(scene, pred.label, case.geometry, pred.labels,
                                      f"{volume_node.GetName()} MedTransfer", reference_volume=volume_node)
     volumes = rows_to_table_node(scene, pred.volumes(), f"{volume_node.GetName()} volumes")
+    if pred.warnings:   # the input check's findings travel with the table (and the GUI shows them)
+        volumes.SetAttribute("MedTransfer.Warnings", "\n".join(pred.warnings))
     metrics = None
     if reference_segmentation is not None:
         names = set(segment_names(reference_segmentation))
@@ -368,9 +370,12 @@ def predict_to_nodes(volume_node, model, reference_segmentation=None, device: st
     return seg, volumes, metrics
 
 
-def classify_to_table(volume_nodes, model, device: str = "auto", name: str = "MedTransfer classes"):
+def classify_to_table(volume_nodes, model, device: str = "auto", name: str = "MedTransfer classes",
+                      prior: str | None = None):
     """Classify volume nodes with a classification package: one table node, a row per volume
-    (``case, predicted, p_<class>…``). The volumes are only read."""
+    (``case, predicted, p_<class>…``). ``prior`` (em, bbse, known:…) adjusts the probabilities
+    to these volumes' class prevalence (shift.prior_correction); the estimate is stored on the
+    table as the attribute ``MedTransfer.Prior``. The volumes are only read."""
     from .classify import predict_class
     from .package import ModelPackage
 
@@ -383,7 +388,16 @@ def classify_to_table(volume_nodes, model, device: str = "auto", name: str = "Me
     dev = resolve_device(device)
     net = pkg.build_model(dev)   # once for all volumes
     rows = [predict_class(pkg, volume_node_to_case(n, n.GetName()), device=str(dev), model=net) for n in nodes]
+    report = None
+    if prior:
+        from .shift import prior_correction
+
+        rows, report = prior_correction(rows, pkg.manifest["classes"], pkg.manifest.get("calibration", {}), prior)
     table = rows_to_table_node(nodes[0].GetScene(), rows, name)
+    if report:
+        import json
+
+        table.SetAttribute("MedTransfer.Prior", json.dumps(report))
     place_with_volume(nodes[0], [table])
     return table
 
@@ -647,3 +661,24 @@ class TrainingPairs:
                     row["labelled"] = f"— ({str(exc).split(';')[0]})"
             out.append(row)
         return out
+
+
+def audit_to_table(volume_node, segmentation_nodes, segment_names_: list[str], name: str = "MedTransfer label audit"):
+    """Concept shift made visible: agreement between two or more segmentations of the same
+    structures on one volume (Dice, volumes, volume difference, HD95, mean surface distance per
+    structure and pair; mean Dice per annotator) as a table node beside the volume. The
+    segmentations are matched by segment name and only read."""
+    from .shift import label_audit
+
+    segs = list(segmentation_nodes)
+    if len(segs) < 2:
+        raise MedTransferError("choose two or more segmentations of the same volume to compare")
+    labels = labels_from_segments(segs[0], segment_names_)
+    arrays = {}
+    for seg in segs:
+        key = seg.GetName() if seg.GetName() not in arrays else f"{seg.GetName()} ({seg.GetID()})"
+        arrays[key] = segmentation_to_label(seg, volume_node, labels).astype(int)
+    rows = label_audit(arrays, labels, node_geometry(volume_node))
+    table = rows_to_table_node(volume_node.GetScene(), rows, name)
+    place_with_volume(volume_node, [table])
+    return table

@@ -9,6 +9,7 @@ and real processes. The widget (Qt) is checked statically in test_slicer_module_
 """
 
 import importlib.util
+import json
 import sys
 import types
 from pathlib import Path
@@ -98,6 +99,7 @@ def test_console_api_trains_in_background_predicts_evaluates_and_manages_the_mod
     (seg_out, volumes, metrics), (seg_out2, _, _) = results
     assert sb.segment_names(seg_out) == ["bright", "dim"] and seg_out2.GetName() == "MR2 MedTransfer"
     assert {"dice", "hd95_mm"} <= set(sb.table_node_rows(metrics)[0])
+    assert {"ood_score", "ood", "fraction", "fraction_flag"} <= set(sb.table_node_rows(volumes)[0])
     single = logic.predict(vol, job.result["package"])        # one node in → one tuple out
     assert single[0].IsA("vtkMRMLSegmentationNode") and single[2] is None
     assert np.array_equal(sb.node_array(vol), before)
@@ -130,3 +132,9 @@ def test_console_api_trains_a_classifier_in_background_and_fills_a_probability_t
     rows = sb.table_node_rows(table)
     assert [r["case"] for r in rows] == ["V0", "V1", "V2", "V3"]
     assert all(abs(r["p_bright"] + r["p_dark"] - 1) < 1e-5 for r in rows)
+    shifted = logic.classify(vols, job.result["package"], prior="known:bright=0.99,dark=0.01")
+    report = json.loads(shifted.GetAttribute("MedTransfer.Prior"))
+    assert report["estimated_prior"] == {"bright": 0.99, "dark": 0.01}
+    p_before = [r["p_bright"] for r in rows]
+    p_after = [r["p_bright"] for r in sb.table_node_rows(shifted)]
+    assert all(a >= b - 1e-9 for a, b in zip(p_after, p_before)) and p_after != p_before

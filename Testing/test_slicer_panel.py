@@ -174,3 +174,21 @@ def test_device_choices_offer_auto_and_cpu_and_say_what_auto_is():
         assert "CPU" in choices[0]["label"] and choices[0]["resolves_to"] in ("cpu", "mps")
     else:
         assert any(k.startswith("cuda:") for k in keys) and "GB" in choices[1]["label"]
+
+
+def test_label_audit_of_two_segmentations_becomes_a_table_beside_the_volume(scene):
+    from MedTransferLib.shift import label_audit
+
+    vol, seg_a, label = _pair(scene, "MR", [(1, "bright"), (2, "dim")])
+    shifted = np.roll(label, 2, axis=2)          # a second reader, two voxels to the side
+    seg_b = sb.label_to_segmentation_node(scene, shifted, GEO, [mt.Label(1, "bright", (1, 0, 0)),
+                                                                 mt.Label(2, "dim", (0, 1, 0))], "reader 2")
+    table = sb.audit_to_table(vol, [seg_a, seg_b], ["bright", "dim"])
+    rows = sb.table_node_rows(table)
+    expected = label_audit({"a": label.astype(int), "b": shifted.astype(int)},
+                           [mt.Label(1, "bright", (1, 0, 0)), mt.Label(2, "dim", (0, 1, 0))], GEO)
+    assert [r["structure"] for r in rows[:2]] == ["bright", "dim"]
+    assert [r["dice"] for r in rows[:2]] == pytest.approx([e["dice"] for e in expected[:2]])
+    assert 0.3 < rows[0]["dice"] < 1.0
+    with pytest.raises(MedTransferError, match="two or more"):
+        sb.audit_to_table(vol, [seg_a], ["bright"])
