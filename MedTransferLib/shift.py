@@ -79,10 +79,12 @@ def training_reference(profiles: list[dict]) -> dict:
     return {"cases": len(profiles), "channels": ref}
 
 
-def input_check(image: np.ndarray, prep, reference: dict | None = None, case_id: str = "") -> list[str]:
+def input_check(image: np.ndarray, prep, reference: dict | None = None, case_id: str = "",
+                profile: dict | None = None) -> list[str]:
     """Warnings (with numbers and the fix) when a case's intensities are off: wrong modality
-    preset, an input far from what the backbone expects, a range far from the training set's."""
-    prof = intensity_profile(image, prep)
+    preset, an input far from what the backbone expects, a range far from the training set's.
+    ``profile``: the case's :func:`intensity_profile` when already computed."""
+    prof = profile or intensity_profile(image, prep)
     mods = prep.channel_modalities or (prep.modality,)
     warnings = []
     name = f"case '{case_id}'" if case_id else "this case"

@@ -225,6 +225,7 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         from .shift import learn_landmarks
 
         prep = replace(prep, histogram_landmarks=learn_landmarks([c.image for c in cases]))
+    _check_inputs(cases, prep, reporter)
     modality = prep.channel_modalities or prep.modality
     values = [lab.value for lab in labels]
     volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
@@ -387,6 +388,22 @@ def build_for_training(config: TrainConfig, in_channels: int, num_classes: int):
 
 
 REFERENCE_STATS = "reference_stats.safetensors"
+
+
+def _check_inputs(cases, prep, reporter) -> list[str]:
+    """The input check before training: each case against the preprocessing (modality preset,
+    the backbone's expected input) and against the other training cases; findings are notes."""
+    from .shift import input_check, intensity_profile, training_reference
+
+    profiles = [intensity_profile(c.image, prep) for c in cases]
+    found = []
+    for i, c in enumerate(cases):
+        others = profiles[:i] + profiles[i + 1:]
+        ref = training_reference(others) if others else None
+        for w in input_check(c.image, prep, ref, c.case_id, profiles[i]):
+            found.append(w)
+            reporter.emit("note", message=f"input check: {w}")
+    return found
 
 
 def _shift_reference(model, cases, volumes, labels, prep, config, patch, device) -> tuple[dict, dict]:

@@ -90,6 +90,17 @@ def test_classification_through_the_cli_with_a_csv(blob_classes, tmp_path):
                  str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert set(m) >= {"accuracy", "balanced_accuracy", "auc", "confusion"}
+    # prior shift: a known prevalence moves every probability towards the common class
+    shifted = tmp_path / "shifted.csv"
+    assert main(["predict", "--model", str(out), "--datalist", str(blob_classes), "--table", str(shifted),
+                 "--prior", "known:lesion=0.05,normal=0.95"]) == 0
+    with open(shifted, newline="", encoding="utf-8") as f:
+        after = list(csv.DictReader(f))
+    assert all(float(a["p_normal"]) >= float(b["p_normal"]) for a, b in zip(after, rows))
+    assert {"predicted_before"} <= set(after[0])
+    assert main(["predict", "--model", str(out), "--datalist", str(blob_classes), "--table", str(shifted),
+                 "--prior", "em"]) == 0
+    assert main(["predict", "--model", str(out), "--datalist", str(blob_classes), "--prior", "sideways"]) == 2
 
 
 def test_bad_classification_datalists_are_named(tmp_path):

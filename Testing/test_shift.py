@@ -191,3 +191,25 @@ def test_adabn_on_a_folder_of_target_cases_through_the_cli(trained, colin_crop, 
     assert main(["predict", "--model", str(trained.package), "--image", str(image), "--out", str(tmp_path / "c.nii.gz"),
                  "--adapt-bn-on", str(tmp_path / "empty")]) == 2
     assert not (tmp_path / "c.nii.gz").exists()
+
+
+def test_the_input_check_runs_before_training_and_names_the_odd_case(tmp_path):
+    from conftest import blob_volume, write_volume
+
+    from MedTransferLib.progress import Reporter
+
+    entries = []
+    for i in range(3):
+        image, label = blob_volume(seed=i)
+        if i == 2:
+            image = image * 40          # another scanner's scale
+        write_volume(tmp_path / f"i{i}.nii.gz", image)
+        write_volume(tmp_path / f"l{i}.nii.gz", label)
+        entries.append({"image": f"i{i}.nii.gz", "label": f"l{i}.nii.gz", "id": f"case{i}"})
+    (tmp_path / "d.json").write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "modality": "MR",
+                                                 "training": entries}))
+    events = []
+    mt.train(tmp_path / "d.json", tmp_path / "run", reporter=Reporter(sink=events.append, stream=None, bar=False),
+             backbone="resnet18", weights=None, strategy="finetune", epochs=1, steps_per_epoch=1, batch_size=2, patch=64)
+    notes = [e["message"] for e in events if e["event"] == "note" and e["message"].startswith("input check")]
+    assert notes and all("case2" in n for n in notes) and "raw intensity range" in notes[0]
