@@ -296,16 +296,23 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature scaling (Guo et al. 2017): the T minimising the validation NLL of
-    softmax(logits / T); a 1D search on log T (bounded, no optimiser state)."""
+    softmax(logits / T); a 1D search on log T in [0.25, 20] ([1, 20] when every validation item
+    is already right: there the NLL has no minimum and sharpening would only overfit)."""
     logits, y = np.asarray(logits, np.float64), np.asarray(y, int)
 
     def nll(t):
         p = _softmax(logits / t)
         return -float(np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1))))
 
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 121))
+    if (logits.argmax(1) == y).all():
+        # perfectly separated validation: the NLL keeps falling as T → 0, which would make the
+        # network arbitrarily overconfident on a few items; soften only (T ≥ 1)
+        lo_t = 1.0
+    else:
+        lo_t = 0.25
+    grid = np.exp(np.linspace(np.log(lo_t), np.log(20), 121))
     best = grid[int(np.argmin([nll(t) for t in grid]))]
-    lo, hi = best / 1.08, best * 1.08
+    lo, hi = max(lo_t, best / 1.08), best * 1.08
     for _ in range(40):   # golden-section refinement
         a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
         if nll(a) < nll(b):

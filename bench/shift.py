@@ -13,9 +13,9 @@ A. Covariate shift (segmentation). The demo model (Colin27, every 10th axial sli
    Also the OOD score/verdict and the number of input-check warnings for each shifted volume.
 
 B. Prior shift (classification). A slice-level classifier ("does this axial slice contain the
-   hippocampus?", 2.5D, trained on every 3rd slice of 20–139) is applied to target sets drawn
-   from the other slices with hippocampus prevalence 1 %, 10 % and 50 % (2000 draws with
-   replacement, 5 repeats). Accuracy and expected calibration error (15 bins) of the calibrated
+   hippocampus?", 2.5D, trained briefly on every 3rd slice of 20–139) is applied to target sets
+   drawn from the other slices of 20–139 with hippocampus prevalence 1 %, 10 % and 50 % (2000
+   draws with replacement, 5 repeats). Accuracy and expected calibration error (15 bins) of the calibrated
    (temperature-scaled) probabilities before and after EM prior correction, and the prior EM
    and BBSE estimate.
 
@@ -118,12 +118,14 @@ def part_b(out: Path, steps: int) -> list[dict]:
         "task": "classification", "classes": ["no hippocampus", "hippocampus"], "modality": "MR",
         "training": [{"image": str(folder / "ch2.nii.gz"), "slice_labels": {str(s): int(has[s]) for s in labelled}}]}))
     t0 = time.monotonic()
-    run = mt.train(out / "cls.json", out / "cls_run", epochs=max(1, steps // 20), steps_per_epoch=20, batch_size=8,
+    run = mt.train(out / "cls.json", out / "cls_run", epochs=max(1, steps // 10), steps_per_epoch=10, batch_size=8,
                    patch=96, val_fraction=0.2)
     train_s = time.monotonic() - t0
     pkg = mt.ModelPackage.load(run.package)
     cal = pkg.manifest["calibration"]
-    others = [s for s in range(case.image.shape[0]) if s not in labelled]
+    # judged on the unlabelled slices of the labelled range (20–139): slices far outside it are
+    # trivially negative and would only dilute the errors
+    others = [s for s in range(20, 140) if s not in labelled]
     rows_pred = predict_class(pkg, mt.read_case(folder / "ch2.nii.gz"), per_slice=True, slices=others)
     probs = np.array([[r["p_no hippocampus"], r["p_hippocampus"]] for r in rows_pred])
     truth = has[others]
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/demo/model", help="the demo's model (medtransfer demo --out runs/demo)")
     ap.add_argument("--out", default="runs/bench_shift")
-    ap.add_argument("--steps", type=int, default=80, help="classifier training steps (part B)")
+    ap.add_argument("--steps", type=int, default=20, help="classifier training steps (part B; few: an imperfect classifier)")
     ap.add_argument("--only", choices=["a", "b"])
     a = ap.parse_args(argv)
     out = Path(a.out)
