@@ -44,6 +44,8 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_calibration_error(
     before = shift.expected_calibration_error(shift._softmax(3.0 * logits), y)
     after = shift.expected_calibration_error(shift._softmax(3.0 * logits / t), y)
     assert after < before / 2
+    separated = np.array([[-5.0, 5.0], [4.0, -4.0], [-3.0, 6.0]])
+    assert shift.fit_temperature(separated, np.array([1, 0, 1])) >= 1.0   # never sharpened
 
 
 def test_prior_correction_on_prediction_rows_reports_the_prior_and_changed_decisions():
