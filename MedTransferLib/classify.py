@@ -491,11 +491,56 @@ def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
 
     history, metrics = fit(model, strategy, opt, config, device, next_batch, F.cross_entropy, reporter,
                            validate if val_items else None, "val_balanced_accuracy", None, adapt_inputs)
+    ood, stats = _ood_reference(model, images, contents, cubes, config.slices, size, prep, device)
     manifest = dict(manifest_base, history=history, metrics=metrics, complete=True,
-                    calibration=_calibration(item_logits, val_items, len(dl.classes)))
-    package = save_package(out / "model", model, manifest)
+                    calibration=_calibration(item_logits, val_items, len(dl.classes)), shift={"ood": ood})
+    package = save_package(out / "model", model, manifest, {REFERENCE_STATS: stats} if stats else None)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
     return TrainResult(package, metrics, history)
+
+
+REFERENCE_STATS = "reference_stats.safetensors"
+
+
+def _ood_inputs(image, content, k, size, cube, prep, device):
+    """What the OOD score of a classified volume measures: the classifier's own inputs — up to
+    24 content slabs (2.5D) or the resized volume (3D)."""
+    if cube is not None:
+        yield prep.to_backbone(cube[None].to(device))
+        return
+    chosen = content[:: max(1, len(content) // 24)]
+    for i in range(0, len(chosen), 8):
+        yield prep.to_backbone(slab_batch(image, chosen[i:i + 8], k, size).to(device))
+
+
+def _ood_reference(model, images, contents, cubes, k, size, prep, device) -> tuple[dict, dict]:
+    """The training volumes' activation statistics (the OOD reference) and the score calibration:
+    quarters of each volume's content slices (2.5D) or each training volume (3D)."""
+    from .shift import activation_stats, calibrate_ood, stats_distance
+
+    cubes = cubes or [None] * len(images)
+
+    def batches(idx):
+        for c in idx:
+            yield from _ood_inputs(images[c], contents[c], k, size, cubes[c], prep, device)
+
+    stats = activation_stats(model, batches(range(len(images))))
+    if not stats:
+        return {}, {}
+    scores = []
+    for c in range(len(images)):
+        if cubes[c] is not None:
+            scores.append(stats_distance(activation_stats(model, _ood_inputs(images[c], contents[c], k, size, cubes[c],
+                                                                             prep, device)), stats))
+            continue
+        for part in np.array_split(np.asarray(contents[c]), 4):
+            if len(part):
+                scores.append(stats_distance(activation_stats(
+                    model, _ood_inputs(images[c], part, k, size, None, prep, device)), stats))
+    ood = calibrate_ood(scores)
+    if ood:
+        ood["stats_file"] = REFERENCE_STATS
+    return ood, stats
 
 
 def _calibration(item_logits, val_items, n_classes: int) -> dict:
@@ -558,17 +603,33 @@ def predict_class(package, case: Case, device: str = "auto", slices=None, per_sl
                                f"case '{case.case_id}' has {case.channels}")
     image = np.ascontiguousarray(to_slices_first(with_channels(prep.standardise(case.image)), pkg.axis))
     t = float(pkg.manifest.get("calibration", {}).get("temperature", 1.0))   # calibrated probabilities
+    ood = _ood_of_case(pkg, model, image, size, dev)
     if pkg.mode == "3d":
         logits = model(prep.to_backbone(square_resize(torch.from_numpy(image)[None], size).to(dev))).float()
     elif per_slice:
         chosen = np.asarray(slices) if slices is not None else np.arange(image.shape[1])
         logits = _volume_logits(model, image, chosen, pkg.slices, size, prep, dev)
-        return [_row(case.case_id, pkg.manifest["classes"], torch.softmax(lg / t, 0).cpu().numpy(), int(s))
+        return [dict(_row(case.case_id, pkg.manifest["classes"], torch.softmax(lg / t, 0).cpu().numpy(), int(s)), **ood)
                 for s, lg in zip(chosen, logits)]
     else:
         chosen = np.asarray(slices) if slices is not None else content_slices(image)
         logits = _volume_logits(model, image, chosen, pkg.slices, size, prep, dev)
-    return _row(case.case_id, pkg.manifest["classes"], torch.softmax(logits.mean(0) / t, 0).cpu().numpy())
+    return dict(_row(case.case_id, pkg.manifest["classes"], torch.softmax(logits.mean(0) / t, 0).cpu().numpy()), **ood)
+
+
+def _ood_of_case(pkg, model, image, size, dev) -> dict:
+    """``{ood_score, ood}`` of a volume against the package's training reference ({} without one)."""
+    from .shift import activation_stats, ood_verdict, stats_distance
+
+    cal = pkg.manifest.get("shift", {}).get("ood") or {}
+    stats = pkg.extra(cal["stats_file"]) if cal.get("stats_file") else {}
+    if not stats:
+        return {}
+    cube = square_resize(torch.from_numpy(image)[None], size)[0] if pkg.mode == "3d" else None
+    content = content_slices(image) if cube is None else None
+    score = stats_distance(activation_stats(model, _ood_inputs(image, content, pkg.slices, size, cube,
+                                                               pkg.preprocessing, dev)), stats)
+    return {"ood_score": round(score, 4), "ood": ood_verdict(score, cal)}
 
 
 def _row(case_id: str, classes, probs, slice_index: int | None = None) -> dict:

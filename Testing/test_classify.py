@@ -62,6 +62,15 @@ def test_volume_classifier_trains_predicts_and_evaluates(blob_classes, tmp_path,
     rows = [predict_class(run.package, c) for c, _ in dl.load_cases(dl.test)]
     assert [r["case"] for r in rows] == ["v4", "v5"]
     assert all(abs(r["p_normal"] + r["p_lesion"] - 1) < 1e-5 for r in rows)
+    # covariate shift: each classified volume gets an OOD score against the training volumes;
+    # a training volume itself is in range, its voxel-scrambled copy scores higher
+    train_case = dl.load_cases(dl.training)[0][0]
+    own = predict_class(run.package, train_case)
+    scrambled = mt.Case(np.random.default_rng(0).permutation(train_case.image.ravel()).reshape(train_case.image.shape),
+                        train_case.geometry, None, "scrambled")
+    odd = predict_class(run.package, scrambled)
+    assert own["ood"] == "in range" and odd["ood_score"] > own["ood_score"]
+    assert all(np.isfinite(r["ood_score"]) for r in rows)
     metrics, matched = evaluate_table(rows, dl, "test")
     assert metrics["n"] == 2 and np.array(metrics["confusion"]).sum() == 2
     with pytest.raises(mt.MedTransferError, match="classification model"):
