@@ -332,6 +332,13 @@ def _split(items: list[_Item], entries, val_fraction: float, seed: int):
 
 def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     """Fine-tune a pretrained encoder + linear head on volume- or slice-level classes."""
+    from .rundir import run_directory
+
+    with run_directory(out):
+        return _train_classifier(data, out, config, reporter)
+
+
+def _train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
     from .backbones import source_kind
     from .device import resolve_device
     from .loop import Optimisation, Validation, fit

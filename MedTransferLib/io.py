@@ -157,7 +157,13 @@ def read_case(image, label=None, case_id: str | None = None, labelled_slices=Non
                                    f"({'; '.join(geo.matches(g))}); the images of one case (T1 + T2, "
                                    f"CT + PET) must share a grid: resample them onto the first "
                                    f"(Slicer: Resample Scalar/Vector/DWI Volume)")
-        channels.append(arr.astype(np.float32, copy=False))
+        with np.errstate(over="ignore"):
+            arr32 = arr.astype(np.float32, copy=False)
+        if arr32.dtype != arr.dtype and not np.isfinite(arr32).all():
+            raise MedTransferError(f"image '{path}' has values beyond the float32 range (±3.4e38; here "
+                                   f"{float(np.min(arr)):.3g} … {float(np.max(arr)):.3g}); rescale it to "
+                                   f"physical units (HU, or a normal MR range) before use")
+        channels.append(arr32)
     image = paths[0]
     case = Case(channels[0] if len(channels) == 1 else np.stack(channels), geo, None,
                 case_id or Path(str(image)).name.split(".")[0],

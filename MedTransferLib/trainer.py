@@ -4,6 +4,7 @@ early stopping on validation Dice, atomic checkpoints as model packages."""
 from __future__ import annotations
 
 import math
+import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -195,12 +196,21 @@ def make_preprocessing(modality, case: Case, pretrain_mean, pretrain_std) -> Pre
 
 def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,
           reporter: Reporter | None = None, axis_from_data: int = 2) -> TrainResult:
-    """Fine-tune a pretrained 2.5D segmentation network on ``cases``; write the model to ``out``.
+    """Fine-tune a pretrained segmentation network on ``cases``; write the model to ``out``
+    (checked, locked and labelled with its state: :mod:`rundir`).
 
     Example:
         >>> dl = load_datalist("dataset.json")                      # doctest: +SKIP
         >>> result = train(dl.load_cases(), dl.labels, "runs/a")    # doctest: +SKIP
     """
+    from .rundir import run_directory
+
+    with run_directory(out):
+        return _train(cases, labels, out, config, reporter, axis_from_data)
+
+
+def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,
+           reporter: Reporter | None = None, axis_from_data: int = 2) -> TrainResult:
     config = replace(config) if config else TrainConfig()   # a copy: 'auto' is resolved in it
     config.check()
     reporter = reporter or Reporter(stream=None, bar=False)
@@ -228,6 +238,7 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     _check_inputs(cases, prep, reporter)
     modality = prep.channel_modalities or prep.modality
     values = [lab.value for lab in labels]
+    _check_memory(cases, config)
     volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
     train_items, val_items, split_note = split_train_val(volumes, config.val_fraction, config.seed)
     if three_d:
@@ -388,6 +399,43 @@ def build_for_training(config: TrainConfig, in_channels: int, num_classes: int):
 
 
 REFERENCE_STATS = "reference_stats.safetensors"
+
+
+def available_memory_mb() -> float | None:
+    """Memory this process may still use: ``MEDTRANSFER_MEMORY_LIMIT_MB`` if set (a cap the user
+    chooses, e.g. on a shared workstation), else the system's available memory (Linux), else None."""
+    cap = os.environ.get("MEDTRANSFER_MEMORY_LIMIT_MB")
+    if cap:
+        try:
+            return float(cap)
+        except ValueError:
+            raise MedTransferError(f"MEDTRANSFER_MEMORY_LIMIT_MB={cap!r} is not a number of MB") from None
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(cases, config) -> None:
+    """Refuse before any work when the cached training arrays (float32 images + label maps) and
+    the largest batch cannot fit, naming the numbers and what to lower."""
+    avail = available_memory_mb()
+    if avail is None:
+        return
+    voxels = sum(int(np.prod(c.image.shape)) for c in cases)
+    label_voxels = sum(int(np.prod(c.label.shape)) for c in cases if c.label is not None)
+    cache_mb = (4 * voxels + label_voxels) / 2**20
+    patch = config.patch or (128 if config.mode == "3d" else 256)
+    batch = config.batch_size or 2
+    spatial = patch ** 3 if config.mode == "3d" else patch ** 2
+    # activations of encoder + decoder kept for backpropagation: ~200 floats per input value
+    batch_mb = batch * cases[0].channels * (1 if config.mode == "3d" else config.slices) * spatial * 4 * 200 / 2**20
+    need = cache_mb * 1.5 + batch_mb       # standardisation makes one transient copy per case
+    if need > avail:
+        raise MedTransferError(
+            f"training needs about {need:.0f} MB ({cache_mb:.0f} MB of cached volumes for {len(cases)} case(s), "
+            f"{batch_mb:.0f} MB for a batch of {batch} at patch {patch}) but only {avail:.0f} MB are available; "
+            f"use fewer or cropped volumes, a smaller --batch-size or --patch, or --mode 2.5d")
 
 
 def _check_inputs(cases, prep, reporter) -> list[str]:
