@@ -22,10 +22,12 @@ from .trainer import TrainConfig, TrainResult  # noqa: E402
 from .trainer import train as train_cases  # noqa: E402
 
 
-def train(data, out, labels=None, reporter=None, **config) -> TrainResult:
+def train(data, out, labels=None, reporter=None, resume: bool = False, **config) -> TrainResult:
     """Train on a datalist path, a :class:`Datalist`, or a list of :class:`Case` (with ``labels``).
 
     Keyword arguments are :class:`TrainConfig` fields (``backbone``, ``strategy``, ``epochs``...).
+    ``resume=True`` continues an interrupted run in ``out`` from its last complete epoch (same
+    data and settings; bit-identical to an uninterrupted run on CPU).
 
     Example:
         >>> run = train("dataset.json", "runs/a", strategy="frozen", epochs=2)  # doctest: +SKIP
@@ -35,7 +37,7 @@ def train(data, out, labels=None, reporter=None, **config) -> TrainResult:
         from .classify import ClassDatalist, is_classification, train_classifier
 
         if isinstance(data, ClassDatalist) or (not isinstance(data, Datalist) and is_classification(data)):
-            return train_classifier(data, out, TrainConfig(**config), reporter)
+            return train_classifier(data, out, TrainConfig(**config), reporter, resume)
         dl = data if isinstance(data, Datalist) else load_datalist(data)
         labels = labels or dl.labels
         axis = dl.training[0].slice_axis
@@ -44,7 +46,7 @@ def train(data, out, labels=None, reporter=None, **config) -> TrainResult:
         data = dl.load_cases()
     if labels is None:
         raise MedTransferError("train() on a list of cases needs labels=[Label(...), ...]")
-    return train_cases(list(data), list(labels), out, TrainConfig(**config), reporter, axis)
+    return train_cases(list(data), list(labels), out, TrainConfig(**config), reporter, axis, resume)
 
 
 __all__ = ["Case", "Geometry", "IGNORE", "Datalist", "load_datalist", "MedTransferError", "read_case",

@@ -330,18 +330,24 @@ def _split(items: list[_Item], entries, val_fraction: float, seed: int):
             f"validation: one case, so {len(val)} of {len(items)} labelled slices are held out")
 
 
-def train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
+def train_classifier(data, out, config=None, reporter=None, resume: bool = False) -> "TrainResult":
     """Fine-tune a pretrained encoder + linear head on volume- or slice-level classes."""
     from .rundir import run_directory
 
+    import shutil
+
+    from .loop import STATE_DIR
+
     with run_directory(out):
-        return _train_classifier(data, out, config, reporter)
+        result = _train_classifier(data, out, config, reporter, resume)
+    shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
+    return result
 
 
-def _train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
+def _train_classifier(data, out, config=None, reporter=None, resume: bool = False) -> "TrainResult":
     from .backbones import source_kind
     from .device import resolve_device
-    from .loop import Optimisation, Validation, fit
+    from .loop import STATE_DIR, Optimisation, Validation, fit
     from .package import array_fingerprint, save_package
     from .trainer import make_preprocessing
     from .progress import Reporter
@@ -497,7 +503,8 @@ def _train_classifier(data, out, config=None, reporter=None) -> "TrainResult":
                     yield prep.to_backbone(slab_batch(images[c], contents[c][i:i + 8], config.slices, size))
 
     history, metrics = fit(model, strategy, opt, config, device, next_batch, F.cross_entropy, reporter,
-                           validate if val_items else None, "val_balanced_accuracy", None, adapt_inputs)
+                           validate if val_items else None, "val_balanced_accuracy", None, adapt_inputs,
+                           state_dir=out / STATE_DIR, rngs=[rng], resume=resume)
     ood, stats = _ood_reference(model, images, contents, cubes, config.slices, size, prep, device)
     manifest = dict(manifest_base, history=history, metrics=metrics, complete=True,
                     calibration=_calibration(item_logits, val_items, len(dl.classes)), shift={"ood": ood})

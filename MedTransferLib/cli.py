@@ -70,6 +70,26 @@ def cmd_train(a) -> int:
                   patience=a.patience, histogram_standardise=a.histogram_standardise)
     if a.axis is not None:
         config["axis"] = a.axis
+    from .fileutil import write_json
+
+    if a.resume:   # the interrupted run's own datalist and settings, not today's defaults
+        import json as _json
+
+        args_file = Path(a.resume) / "train_args.json"
+        try:
+            saved = _json.loads(args_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise MedTransferError(f"'{a.resume}' is not a run folder that can be resumed (no readable "
+                                   f"{args_file.name}); give the --out folder of an interrupted 'train'") from None
+        train(saved["datalist"], a.resume, reporter=reporter, resume=True, **saved["config"])
+        return 0
+    if not a.datalist or not a.out:
+        raise MedTransferError("train needs --datalist and --out (or --resume RUN_DIR)")
+    from .rundir import check_writable, ensure_free
+
+    check_writable(Path(a.out))
+    ensure_free(a.out)
+    write_json(Path(a.out) / "train_args.json", {"datalist": str(Path(a.datalist).resolve()), "config": config})
     train(a.datalist, a.out, reporter=reporter, **config)
     return 0
 
@@ -332,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_backbones)
 
     s = sub.add_parser("train", help="fine-tune a pretrained network on a datalist")
-    s.add_argument("--datalist", required=True, help="dataset.json (MSD/MONAI format)")
-    s.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
+    s.add_argument("--datalist", help="dataset.json (MSD/MONAI format)")
+    s.add_argument("--out", help="run directory; the model goes to OUT/model")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (killed, cancelled, "
+                                                        "crashed) from its last complete epoch")
     s.add_argument("--backbone", default="efficientnet-lite0")
     s.add_argument("--weights", default="pretrained",
                    help="'pretrained' (default: the backbone's own ImageNet/MedicalNet weights), "

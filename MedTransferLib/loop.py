@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -54,20 +55,87 @@ class Optimisation:
             self.groups.append(g)
 
 
+STATE_DIR = "train_state"
+
+
+def save_state(folder, model, opt: Optimisation, rngs, loop: dict, best_state) -> None:
+    """Everything needed to continue a run exactly (written atomically after each epoch): the
+    model, the best weights so far, AdamW's moments, the schedule, torch's and the samplers'
+    random states and the loop counters. Tensors in safetensors, the rest in JSON — no pickle."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from .fileutil import replace_dir, write_json
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        if best_state is not None:
+            tensors.update({f"best.{k}": v.contiguous() for k, v in best_state.items()})
+        osd = opt.optimizer.state_dict()
+        for idx, st in osd["state"].items():
+            for key, v in st.items():
+                tensors[f"opt.{idx}.{key}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "tensors.safetensors"))
+        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in osd["param_groups"]]
+        write_json(tmp / "state.json", {
+            **loop, "optimizer_groups": groups, "has_best": best_state is not None,
+            "schedule": {"last_epoch": opt.schedule.last_epoch, "step_count": opt.schedule._step_count,
+                         "base_lrs": list(opt.schedule.base_lrs)},
+            "numpy_rngs": [g.bit_generator.state for g in rngs]})
+        replace_dir(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_state(folder) -> tuple[dict, dict]:
+    import json
+
+    from safetensors.torch import load_file
+
+    from .errors import MedTransferError
+
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        old = folder.with_name(folder.name + ".old")   # a crash between the two renames
+        folder = old if (old / "state.json").is_file() else folder
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / "tensors.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise MedTransferError(f"no resumable training state in '{folder.parent}' ({exc}); the run ended "
+                               f"before its first epoch or finished — train again without --resume") from None
+    return state, tensors
+
+
 def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable, loss_fn: Callable,
         reporter, validate: Callable[[], Validation] | None = None, metric: str = "val_score",
         on_best: Callable[[list, int, float], None] | None = None,
-        adapt_inputs: Callable | None = None) -> tuple[list, dict]:
+        adapt_inputs: Callable | None = None, state_dir=None, rngs=(), resume: bool = False) -> tuple[list, dict]:
     """Train ``config.epochs × config.steps_per_epoch`` steps; returns ``(history, metrics)``.
 
     ``next_batch()`` gives ``(x, y)`` on the CPU, ready for the network; ``validate()`` scores
     the model after each epoch; ``on_best(history, epoch, score)`` runs at each improvement
     (e.g. to write a checkpoint); ``adapt_inputs()`` yields label-free input batches for a
     strategy that re-estimates BatchNorm statistics first (AdaBN).
+
+    ``state_dir``: after every epoch the full training state goes there (:func:`save_state`);
+    ``rngs`` are the caller's numpy generators (sampling, augmentation) saved with it.
+    ``resume``: continue from that state — on CPU the result is bit-identical to an
+    uninterrupted run with the same seed.
     """
     from .strategies import _stages, adapt_bn
 
-    if strategy.adapt_bn_first:
+    saved = load_state(state_dir) if resume else None
+    if saved is not None:
+        pass   # AdaBN (if any) ran before the first epoch; its statistics are in the saved model
+    elif strategy.adapt_bn_first:
         if adapt_inputs is None:
             raise ValueError("this strategy re-estimates BatchNorm statistics first: give adapt_inputs")
         n = adapt_bn(model, (x.to(device) for x in adapt_inputs()), _stages(model))
@@ -79,7 +147,33 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
     best, best_state, stale, history, step = -math.inf, None, 0, [], 0
     t_start = time.monotonic()
     stopped_early = False
-    for epoch in range(1, config.epochs + 1):
+    first = 1
+    if saved is not None:
+        state, tensors = saved
+        for e in range(1, state["epoch"] + 1):   # the same parameter groups, in the same order
+            joining = strategy.on_epoch(e, model)
+            if joining:
+                opt.add_groups(joining)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if state["has_best"]:
+            best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        opt_state = {}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = v
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_groups"]})
+        schedule.last_epoch = state["schedule"]["last_epoch"]
+        schedule._step_count = state["schedule"]["step_count"]
+        schedule.base_lrs = list(state["schedule"]["base_lrs"])
+        torch.set_rng_state(tensors["rng.torch"])
+        for g, st in zip(rngs, state["numpy_rngs"]):
+            g.bit_generator.state = st
+        history, step, stale = state["history"], state["step"], state["stale"]
+        best = -math.inf if state["best"] is None else state["best"]
+        first = state["epoch"] + 1
+        reporter.emit("note", message=f"resumed after epoch {state['epoch']} (step {step} of {total})")
+    for epoch in range(first, config.epochs + 1):
         joining = strategy.on_epoch(epoch, model)
         if joining:
             opt.add_groups(joining)
@@ -122,6 +216,9 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
             else:
                 stale += 1
         history.append(record)
+        if state_dir is not None:
+            save_state(state_dir, model, opt, rngs, {"epoch": epoch, "step": step, "stale": stale, "history": history,
+                                                      "best": None if best == -math.inf else best}, best_state)
         elapsed = time.monotonic() - t_start
         reporter.emit("epoch", epoch=epoch, epochs=config.epochs, train_loss=record["train_loss"],
                       **{metric: record.get(metric)}, eta_s=round(elapsed / step * (total - step), 1))

@@ -83,6 +83,21 @@ def _acquire(out: Path) -> Path:
     raise MedTransferError(f"could not lock run folder '{out}'; choose another --out")
 
 
+def ensure_free(out) -> None:
+    """Refuse now if a live run holds ``out`` (before anything is written into it)."""
+    lock = Path(out) / LOCK
+    if not lock.exists():
+        return
+    try:
+        host, pid = lock.read_text(encoding="utf-8").split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return
+    if host != socket.gethostname() or _alive(pid):
+        raise MedTransferError(f"run folder '{out}' is in use by process {pid} on {host}; wait for it to finish "
+                               f"or choose another --out (if no run is active, delete {lock})")
+
+
 def read_state(out) -> dict | None:
     import json
 

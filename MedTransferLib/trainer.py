@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .device import resolve_device
 from .errors import MedTransferError
 from .inference import bn_inputs_2d, bn_inputs_3d, dice_per_class, predict_slices, predict_volume_3d
 from .labels import Label
-from .loop import Optimisation, Validation, fit
+from .loop import STATE_DIR, Optimisation, Validation, fit
 from .model import DECODER_CHANNELS, DECODER_CHANNELS_3D, SegmentationNet
 from .package import array_fingerprint, save_package
 from .preprocessing import Preprocessing, detect_modality
@@ -195,7 +196,7 @@ def make_preprocessing(modality, case: Case, pretrain_mean, pretrain_std) -> Pre
 
 
 def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,
-          reporter: Reporter | None = None, axis_from_data: int = 2) -> TrainResult:
+          reporter: Reporter | None = None, axis_from_data: int = 2, resume: bool = False) -> TrainResult:
     """Fine-tune a pretrained segmentation network on ``cases``; write the model to ``out``
     (checked, locked and labelled with its state: :mod:`rundir`).
 
@@ -206,11 +207,13 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     from .rundir import run_directory
 
     with run_directory(out):
-        return _train(cases, labels, out, config, reporter, axis_from_data)
+        result = _train(cases, labels, out, config, reporter, axis_from_data, resume)
+    shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # finished: the package is the result
+    return result
 
 
 def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,
-           reporter: Reporter | None = None, axis_from_data: int = 2) -> TrainResult:
+           reporter: Reporter | None = None, axis_from_data: int = 2, resume: bool = False) -> TrainResult:
     config = replace(config) if config else TrainConfig()   # a copy: 'auto' is resolved in it
     config.check()
     reporter = reporter or Reporter(stream=None, bar=False)
@@ -335,7 +338,7 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
     history, metrics = fit(model, strategy, opt, config, device, next_batch, loss_function(), reporter,
                            validate if val_items else None, "val_dice",
                            lambda hist, epoch, best: _checkpoint(out, model, manifest_base, hist, epoch, best),
-                           adapt_inputs)
+                           adapt_inputs, state_dir=out / STATE_DIR, rngs=[rng, sampler.rng], resume=resume)
     best = metrics["best_val_dice"] if metrics["best_val_dice"] is not None else -1.0
     manifest_base["shift"], stats = _shift_reference(model, cases, volumes, labels, prep, config,
                                                      patch if three_d else None, device)

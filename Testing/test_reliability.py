@@ -293,3 +293,31 @@ def test_same_data_config_and_seed_on_cpu_give_bit_identical_weights_and_predict
     assert digest(a.package / "model.safetensors") == digest(b.package / "model.safetensors")
     case = mt.read_case(blob_datalist.parent / "img1.nii.gz")
     assert np.array_equal(mt.predict(a.package, case).label, mt.predict(b.package, case).label)
+
+
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_result(blob_datalist, tmp_path):
+    import signal
+    import time
+
+    from MedTransferLib.runner import Job
+
+    args = ["--datalist", str(blob_datalist), "--backbone", "efficientnet-lite0", "--strategy",
+            "gradual+discriminative", "--epochs", "4", "--steps-per-epoch", "3", "--batch-size", "2", "--patch", "64",
+            "--patience", "100"]
+    whole = Job(["train", "--out", str(tmp_path / "whole"), *args]).start()
+    assert whole.wait(timeout=300) == "finished", whole.error
+    cut = Job(["train", "--out", str(tmp_path / "cut"), *args]).start()
+    while not any(e["event"] == "epoch" for e in cut.events) and cut.state == "running":
+        cut.poll()
+        time.sleep(0.02)
+    os.kill(cut._proc.pid, signal.SIGKILL)          # no chance to clean up
+    cut.wait(timeout=60)
+    assert read_state(tmp_path / "cut")["state"] == "running"     # it never got to say otherwise
+    mt.ModelPackage.load(tmp_path / "cut")                          # the previous checkpoint loads
+    resumed = Job(["train", "--resume", str(tmp_path / "cut")]).start()
+    assert resumed.wait(timeout=300) == "finished", resumed.error
+    assert any("resumed after epoch" in e.get("message", "") for e in resumed.events)
+    assert digest(tmp_path / "cut" / "model" / "model.safetensors") == digest(tmp_path / "whole" / "model" / "model.safetensors")
+    assert read_state(tmp_path / "cut")["state"] == "finished" and not (tmp_path / "cut" / "train_state").exists()
+    with pytest.raises(MedTransferError, match="train again without --resume"):
+        mt.train(blob_datalist, tmp_path / "cut", resume=True, **TINY)
