@@ -128,8 +128,9 @@ def load_class_datalist(path) -> ClassDatalist:
             if not names or not all(isinstance(n, str) and n for n in names):
                 raise MedTransferError(f"datalist '{path}': {where} needs an 'image' path (or a list "
                                        f"of co-registered images); {_FIX}")
-            paths = [Path(n).expanduser() for n in names]
-            paths = [q if q.is_absolute() else root / q for q in paths]
+            from .datalist import resolve_within
+
+            paths = [resolve_within(n, root, f"{path}: {section}[{i}].image") for n in names]
             image = paths if isinstance(raw_image, list) else paths[0]
             label = slices = None
             if raw.get("slice_labels") is not None:
@@ -174,8 +175,9 @@ def _load_csv(path: Path) -> ClassDatalist:
         raise MedTransferError(f"CSV '{path}' has a single class; classification needs two or more")
     by_image: dict[str, ClassEntry] = {}
     for i, r in enumerate(rows):
-        img = Path(r["image"]).expanduser()
-        img = img if img.is_absolute() else path.parent / img
+        from .datalist import resolve_within
+
+        img = resolve_within(r["image"], path.parent, f"{path}: row {r.get('image')}")
         cls = _class_index(int(raw_labels[i]) if numeric else raw_labels[i], classes, f"row {i + 2}", path)
         e = by_image.setdefault(str(img), ClassEntry(img, None, None, 2, img.name.split(".")[0]))
         if r.get("slice", "").strip():
@@ -338,8 +340,11 @@ def train_classifier(data, out, config=None, reporter=None, resume: bool = False
 
     from .loop import STATE_DIR
 
+    from .trainer import TrainConfig, retry_out_of_memory
+
     with run_directory(out):
-        result = _train_classifier(data, out, config, reporter, resume)
+        result = retry_out_of_memory(lambda cfg, again: _train_classifier(data, out, cfg, reporter, resume and not again),
+                                     config or TrainConfig(), out, reporter)
     shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
     return result
 

@@ -67,7 +67,7 @@ def cmd_train(a) -> int:
                   slices=a.slices, overlap=a.overlap, stem=a.stem,
                   epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr, patch=a.patch,
                   device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
-                  patience=a.patience, histogram_standardise=a.histogram_standardise)
+                  patience=a.patience, histogram_standardise=a.histogram_standardise, oom_retry=a.oom_retry)
     if a.axis is not None:
         config["axis"] = a.axis
     from .fileutil import write_json
@@ -381,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", default="auto", choices=["auto", "MR", "CT"])
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--oom-retry", action="store_true",
+                   help="if a batch does not fit in (GPU) memory, start again with half the batch")
     s.add_argument("--histogram-standardise", action="store_true",
                    help="MR: Nyúl histogram standardisation learnt from the training images")
     s.add_argument("--progress", default="auto", choices=["auto", "bar", "json"],

@@ -89,8 +89,7 @@ def _parse_entry(raw, root: Path, path, i: int, section: str, need_label: bool) 
     def resolve(p, key):
         if not isinstance(p, str) or not p:
             raise _err(path, f"{where}.{key} must be a path string")
-        q = Path(p).expanduser()
-        return q if q.is_absolute() else root / q
+        return resolve_within(p, root, f"{path}: {where}.{key}")
 
     axis = raw.get("slice_axis", 2)
     if axis not in (0, 1, 2):
@@ -108,6 +107,19 @@ def _parse_entry(raw, root: Path, path, i: int, section: str, need_label: bool) 
         image = first = resolve(raw["image"], "image")
     return Entry(image, resolve(raw["label"], "label") if raw.get("label") else None, slices, axis,
                  str(raw.get("id") or first.name.split(".")[0]), str(raw.get("site") or ""))
+
+
+def resolve_within(p, root: Path, where: str) -> Path:
+    """A datalist path: absolute paths are taken as written (the user typed them); relative ones
+    must stay inside the datalist's folder — a datalist from elsewhere cannot reach ``../../``."""
+    q = Path(p).expanduser()
+    if q.is_absolute():
+        return q
+    resolved = (root / q).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise MedTransferError(f"{where}: '{p}' points outside the datalist's folder; move the file "
+                               f"under {root} or write its absolute path")
+    return root / q
 
 
 def parse_modality(raw, path="datalist"):

@@ -188,11 +188,20 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
             y = y.to(device, non_blocking=True)
             if device.type == "cuda" and x.ndim in (4, 5):
                 x = x.contiguous(memory_format=fmt)
-            with autocast(device):
-                out = model(x)
-            loss = loss_fn(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            try:
+                with autocast(device):
+                    out = model(x)
+                loss = loss_fn(out.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            except torch.OutOfMemoryError:
+                from .errors import OutOfMemory
+
+                out = loss = None
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()   # leave the GPU usable (Slicer, the next run)
+                raise OutOfMemory(len(x), tuple(x.shape), str(device)) from None
             scaler.step(optimizer)
             scaler.update()
             schedule.step()

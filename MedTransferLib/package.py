@@ -108,6 +108,10 @@ class ModelPackage:
         path = Path(path)
         if (path / "model" / MANIFEST).is_file() and not (path / MANIFEST).exists():
             path = path / "model"  # a run directory: its model is in model/
+        elif (path / "model.old" / MANIFEST).is_file() and not (path / MANIFEST).exists():
+            path = path / "model.old"   # a crash between replace_dir's two renames: the previous one
+        elif not path.exists() and (path.with_name(path.name + ".old") / MANIFEST).is_file():
+            path = path.with_name(path.name + ".old")
         where = f"model '{path}'"
         if not path.is_dir():
             raise MedTransferError(f"{where} does not exist; give the folder written by "

@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     histogram_standardise: bool = False  # MR: Nyúl landmarks learnt from the training images
+    oom_retry: bool = False            # on an out-of-memory batch, start again with half the batch
 
     def check(self) -> None:
         if self.mode not in ("2.5d", "3d"):
@@ -207,9 +208,32 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
     from .rundir import run_directory
 
     with run_directory(out):
-        result = _train(cases, labels, out, config, reporter, axis_from_data, resume)
+        result = retry_out_of_memory(lambda cfg, again: _train(cases, labels, out, cfg, reporter, axis_from_data,
+                                                               resume and not again),
+                                     config or TrainConfig(), out, reporter)
     shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # finished: the package is the result
     return result
+
+
+def retry_out_of_memory(run, config: TrainConfig, out, reporter):
+    """Run ``run(config, retried)``; on an out-of-memory batch, with ``config.oom_retry``, start
+    again with half the batch (down to 1), saying so; otherwise the error names what to lower."""
+    from .errors import OutOfMemory
+
+    retried = False
+    while True:
+        try:
+            return run(config, retried)
+        except OutOfMemory as exc:
+            if not config.oom_retry or exc.batch <= 1:
+                raise
+            half = max(1, exc.batch // 2)
+            if reporter is not None:
+                reporter.emit("note", message=f"out of memory at batch {exc.batch}: starting again with "
+                                              f"--batch-size {half} (--oom-retry)")
+            shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # another batch size: a new run
+            config = replace(config, batch_size=half)
+            retried = True
 
 
 def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,

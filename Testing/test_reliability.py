@@ -321,3 +321,61 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_result(blob_datalist
     assert read_state(tmp_path / "cut")["state"] == "finished" and not (tmp_path / "cut" / "train_state").exists()
     with pytest.raises(MedTransferError, match="train again without --resume"):
         mt.train(blob_datalist, tmp_path / "cut", resume=True, **TINY)
+
+
+def test_out_of_memory_names_what_to_lower_and_oom_retry_halves_the_batch(blob_datalist, tmp_path, monkeypatch):
+    """No GPU here: a convolution that runs out of memory above 2 images per batch stands in for
+    CUDA's allocator (torch.OutOfMemoryError is what torch raises on CUDA and MPS)."""
+    import torch.nn.functional as F
+
+    from MedTransferLib.errors import OutOfMemory
+    from MedTransferLib.progress import Reporter
+
+    real = F.conv2d
+
+    def conv2d(x, *args, **kw):
+        if x.shape[0] > 2 and torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(F, "conv2d", conv2d)
+    with pytest.raises(OutOfMemory, match=r"batch of 8 .*--batch-size \(e\.g\. 4\).*--oom-retry"):
+        mt.train(blob_datalist, tmp_path / "a", **{**TINY, "batch_size": 8})
+    assert read_state(tmp_path / "a")["state"] == "failed"
+    events = []
+    run = mt.train(blob_datalist, tmp_path / "b", reporter=Reporter(sink=events.append, stream=None, bar=False),
+                   **{**TINY, "batch_size": 8}, oom_retry=True)
+    notes = [e["message"] for e in events if e["event"] == "note" and "out of memory" in e["message"]]
+    assert [n.split("--batch-size ")[1].split()[0] for n in notes] == ["4", "2"]
+    assert mt.ModelPackage.load(run.package).manifest["training"]["batch_size"] == 2
+
+
+def test_datalist_paths_cannot_climb_out_of_their_folder_unless_written_absolute(tmp_path):
+    image, label = blob_volume()
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    write_volume(outside / "img.nii.gz", image)
+    write_volume(outside / "lab.nii.gz", label)
+    inside = tmp_path / "data"
+    inside.mkdir()
+    for entry, ok in (({"image": "../secret/img.nii.gz", "label": "../secret/lab.nii.gz"}, False),
+                      ({"image": str(outside / "img.nii.gz"), "label": str(outside / "lab.nii.gz")}, True)):
+        (inside / "dataset.json").write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": [entry]}))
+        if ok:
+            assert mt.load_datalist(inside / "dataset.json").training[0].image == outside / "img.nii.gz"
+        else:
+            with pytest.raises(MedTransferError, match="outside the datalist's folder"):
+                mt.load_datalist(inside / "dataset.json")
+    (inside / "cls.csv").write_text("image,label\n../secret/img.nii.gz,a\n../secret/lab.nii.gz,b\n")
+    from MedTransferLib.classify import load_class_datalist
+
+    with pytest.raises(MedTransferError, match="outside the datalist's folder"):
+        load_class_datalist(inside / "cls.csv")
+
+
+def test_a_crash_between_the_two_renames_of_a_checkpoint_leaves_the_previous_one_usable(blob_datalist, tmp_path):
+    run = mt.train(blob_datalist, tmp_path / "run", **TINY)
+    os.replace(run.package, run.package.with_name("model.old"))     # as if killed right after the first rename
+    pkg = mt.ModelPackage.load(tmp_path / "run")
+    assert pkg.path.name == "model.old"
+    assert mt.ModelPackage.load(run.package).path.name == "model.old"

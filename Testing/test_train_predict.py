@@ -43,7 +43,7 @@ def test_training_reports_progress_and_writes_a_complete_package(trained):
     assert manifest["provenance"]["seed"] == 0 and manifest["provenance"]["versions"]["torch"]
     assert len(manifest["provenance"]["inputs"][0]["fingerprint"]) == 64
     assert "held out" in manifest["provenance"]["split"]
-    assert sorted(p.name for p in out.iterdir()) == ["model"]  # no temp dirs left behind
+    assert sorted(p.name for p in out.iterdir()) == ["model", "run.json"]  # no temp dirs, no lock, no state left
     assert not any(p.suffix == ".pkl" or p.suffix == ".pt" for p in run.package.iterdir())
 
 
