@@ -626,6 +626,20 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         datalist = bridge.export_training_data(pairs, list(segmentNames), os.path.join(outputFolder, "data"), unpainted)
         return self._startJob(datalist, outputFolder, python, config)
 
+    def resumeInBackground(self, outputFolder, python=None):
+        """Continue an interrupted (cancelled, crashed) training in ``outputFolder`` from its last
+        complete epoch, in a child process; returns the runner.Job."""
+        import shutil
+
+        import MedTransferLib
+        from MedTransferLib.runner import Job
+
+        libDir = os.path.dirname(os.path.dirname(MedTransferLib.__file__))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = libDir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        python = python or shutil.which("PythonSlicer") or sys.executable
+        return (self.jobFactory or Job)(["train", "--resume", str(outputFolder)], python=python, env=env).start()
+
     def trainClassifierInBackground(self, volumeNodes, classes, outputFolder, python=None, **config):
         """Start classification training (one class name per volume) in a child process."""
         datalist = self._engine().export_classification_data(volumeNodes, classes, os.path.join(outputFolder, "data"))

@@ -102,8 +102,14 @@ def volume_node_to_case(node, case_id: str | None = None) -> Case:
     arr = node_array(node)
     if not np.isfinite(arr).all():
         raise MedTransferError(f"volume '{node.GetName()}' has NaN/Inf voxels; fix them first")
-    return Case(arr.astype(np.float32), node_geometry(node), None, case_id or node.GetName(),
-                {"node_id": node.GetID()})
+    with np.errstate(over="ignore"):
+        arr32 = arr.astype(np.float32)
+    if not np.isfinite(arr32).all():
+        raise MedTransferError(f"volume '{node.GetName()}' has values beyond the float32 range "
+                               f"({float(arr.min()):.3g} … {float(arr.max()):.3g}); rescale it first")
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise MedTransferError(f"volume '{node.GetName()}' is not a 3D volume (shape {arr.shape})")
+    return Case(arr32, node_geometry(node), None, case_id or node.GetName(), {"node_id": node.GetID()})
 
 
 def _set_array(node, array: np.ndarray, geometry: Geometry) -> None:

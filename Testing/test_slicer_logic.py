@@ -138,3 +138,23 @@ def test_console_api_trains_a_classifier_in_background_and_fills_a_probability_t
     p_before = [r["p_bright"] for r in rows]
     p_after = [r["p_bright"] for r in sb.table_node_rows(shifted)]
     assert all(a >= b - 1e-9 for a, b in zip(p_after, p_before)) and p_after != p_before
+
+
+def test_console_api_resumes_a_cancelled_training(module, tmp_path):
+    import time
+
+    from MedTransferLib.rundir import read_state
+
+    vol, seg = _labelled(slicer.mrmlScene)
+    logic = module.MedTransferLogic()
+    job = logic.trainInBackground([(vol, seg)], ["bright", "dim"], str(tmp_path / "run"), python=sys.executable,
+                                  **{**TINY, "epochs": 30, "steps_per_epoch": 2, "patience": 100})
+    while not any(e["event"] == "epoch" for e in job.events) and job.state == "running":
+        job.poll()
+        time.sleep(0.05)
+    job.cancel()
+    assert job.wait(timeout=60) == "cancelled" and read_state(tmp_path / "run")["state"] == "cancelled"
+    again = logic.resumeInBackground(str(tmp_path / "run"), python=sys.executable)
+    assert again.wait(timeout=300) == "finished", again.error
+    assert any("resumed after epoch" in e.get("message", "") for e in again.events)
+    assert read_state(tmp_path / "run")["state"] == "finished"

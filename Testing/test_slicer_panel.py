@@ -192,3 +192,28 @@ def test_label_audit_of_two_segmentations_becomes_a_table_beside_the_volume(scen
     assert 0.3 < rows[0]["dice"] < 1.0
     with pytest.raises(MedTransferError, match="two or more"):
         sb.audit_to_table(vol, [seg_a], ["bright"])
+
+
+def test_bad_volume_nodes_are_named(scene):
+    from vtk.util import numpy_support
+
+    import vtk
+
+    vol = sb.case_to_volume_node(scene, mt.Case(np.ones((4, 5, 6), np.float64) * 1e300, _geo_small()), "huge")
+    with pytest.raises(MedTransferError, match="beyond the float32 range"):
+        sb.volume_node_to_case(vol)
+    rgb = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    img = vtk.vtkImageData()
+    img.SetDimensions(6, 5, 4)
+    arr = numpy_support.numpy_to_vtk(np.zeros((120, 3), np.uint8), deep=True)
+    img.GetPointData().SetScalars(arr)
+    rgb.SetAndObserveImageData(img)
+    with pytest.raises(MedTransferError, match="components per voxel"):
+        sb.volume_node_to_case(rgb)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(MedTransferError, match="no image data"):
+        sb.volume_node_to_case(empty)
+
+
+def _geo_small():
+    return mt.Geometry((6, 5, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
