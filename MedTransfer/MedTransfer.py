@@ -598,14 +598,18 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
         return self._engine().audit_to_table(volumeNode, list(segmentationNodes), list(segmentNames))
 
     def _startJob(self, datalist, outputFolder, python, config):
+        args = ["train", "--datalist", str(datalist), "--out", str(outputFolder)]
+        for key, value in config.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return self._runCli(args, python)
+
+    def _runCli(self, args, python=None):
+        """The CLI in a child process (Slicer's PythonSlicer), with MedTransferLib importable."""
         import shutil
 
         import MedTransferLib
         from MedTransferLib.runner import Job
 
-        args = ["train", "--datalist", str(datalist), "--out", str(outputFolder)]
-        for key, value in config.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
         libDir = os.path.dirname(os.path.dirname(MedTransferLib.__file__))
         env = dict(os.environ)
         env["PYTHONPATH"] = libDir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -629,16 +633,8 @@ class MedTransferLogic(ScriptedLoadableModuleLogic):
     def resumeInBackground(self, outputFolder, python=None):
         """Continue an interrupted (cancelled, crashed) training in ``outputFolder`` from its last
         complete epoch, in a child process; returns the runner.Job."""
-        import shutil
-
-        import MedTransferLib
-        from MedTransferLib.runner import Job
-
-        libDir = os.path.dirname(os.path.dirname(MedTransferLib.__file__))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = libDir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        python = python or shutil.which("PythonSlicer") or sys.executable
-        return (self.jobFactory or Job)(["train", "--resume", str(outputFolder)], python=python, env=env).start()
+        self._engine()
+        return self._runCli(["train", "--resume", str(outputFolder)], python)
 
     def trainClassifierInBackground(self, volumeNodes, classes, outputFolder, python=None, **config):
         """Start classification training (one class name per volume) in a child process."""
