@@ -172,8 +172,10 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onNodeRemoved(self, caller, event) -> None:
         if self._pairs is not None and len(self._pairs):
+            before = len(self._pairs)
             self._pairs.prune(slicer.mrmlScene)
-            self._refreshPairs()
+            if len(self._pairs) != before:   # only when a listed node went (counting is not free)
+                self._refreshPairs()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -253,7 +255,9 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.segmentsStatusLabel.text = "\n".join(problems)
 
     def onUnpaintedToggled(self, checked) -> None:
-        self._refreshPairs()   # labelled-slice counts depend on it
+        # labelled-slice counts depend on it; use the signal's value (this slot may run before
+        # the parameter node's own binding has stored it)
+        self._refreshTable(unpainted="ignore" if checked else "background")
 
     def onPairCellChanged(self, row, column) -> None:
         if column == 3 and not self._updating and 0 <= row < len(self._pairs):
@@ -269,7 +273,7 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if it.checkState() == 2:   # Qt.Checked
                 names.append(it.text())
         self._parameterNode.segmentsToLearn = names
-        self._refreshPairs()
+        self._refreshTable()   # not the list itself: this runs inside the list's own signal
 
     def _refreshPairs(self) -> None:
         """Redraw the training list, the segments every case has (mismatches named) and the
@@ -289,8 +293,29 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
                 item.setCheckState(qt.Qt.Checked if name in wanted else qt.Qt.Unchecked)
                 self.ui.segmentsListWidget.addItem(item)
+        finally:
+            self._updating = False
+        self._refreshTable(wanted)
+        self.ui.segmentsStatusLabel.text = "\n".join(
+            _("{seg} lacks {names}; rename segments so every case uses the same names").format(
+                seg=seg, names=", ".join(names)) for seg, names in missing.items())
+        if p is not None and p.segmentsToLearn != wanted:
+            p.segmentsToLearn = wanted   # triggers _updateGUI
+        else:
+            self._updateGUI()
+
+    def _refreshTable(self, wanted=None, unpainted=None) -> None:
+        """Redraw the training list's rows: names, labelled slices / slices, class."""
+        import qt
+
+        p = self._parameterNode
+        if wanted is None:
+            wanted = list(p.segmentsToLearn) if p is not None else []
+        if unpainted is None:
             unpainted = "ignore" if (p is None or p.unpaintedSlicesUnlabelled) else "background"
-            rows = self._pairs.table(wanted, unpainted)
+        rows = self._pairs.table(wanted, unpainted)
+        self._updating = True
+        try:
             table = self.ui.pairsTableWidget
             table.setRowCount(len(rows))
             for r, row in enumerate(rows):
@@ -301,13 +326,6 @@ class MedTransferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     table.setItem(r, c, item)
         finally:
             self._updating = False
-        self.ui.segmentsStatusLabel.text = "\n".join(
-            _("{seg} lacks {names}; rename segments so every case uses the same names").format(
-                seg=seg, names=", ".join(names)) for seg, names in missing.items())
-        if p is not None and p.segmentsToLearn != wanted:
-            p.segmentsToLearn = wanted   # triggers _updateGUI
-        else:
-            self._updateGUI()
 
     # -- model --------------------------------------------------------------------------------
     def onAdviseButton(self) -> None:
