@@ -334,18 +334,17 @@ def _split(items: list[_Item], entries, val_fraction: float, seed: int):
 
 def train_classifier(data, out, config=None, reporter=None, resume: bool = False) -> "TrainResult":
     """Fine-tune a pretrained encoder + linear head on volume- or slice-level classes."""
-    from .rundir import run_directory
-
     import shutil
 
+    from . import distributed
     from .loop import STATE_DIR
+    from .trainer import TrainConfig, main_process_run, retry_out_of_memory
 
-    from .trainer import TrainConfig, retry_out_of_memory
-
-    with run_directory(out):
+    with main_process_run(out, resume):
         result = retry_out_of_memory(lambda cfg, again: _train_classifier(data, out, cfg, reporter, resume and not again),
                                      config or TrainConfig(), out, reporter)
-    shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
+    if distributed.is_main():
+        shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
     return result
 
 
@@ -366,7 +365,10 @@ def _train_classifier(data, out, config=None, reporter=None, resume: bool = Fals
         raise MedTransferError("--histogram-standardise is for segmentation models; classification uses "
                                "per-image standardisation (and --adapt-bn at prediction)")
     config.check()
-    reporter = reporter or Reporter(stream=None, bar=False)
+    from . import distributed
+
+    main = distributed.is_main()
+    reporter = reporter if (reporter and main) else Reporter(stream=None, bar=False)   # rank 0 speaks
     dl = data if isinstance(data, ClassDatalist) else load_class_datalist(data)
     if source_kind(config.backbone) != "encoder":
         raise MedTransferError(f"{config.backbone} is a segmentation network; classification needs "
@@ -374,7 +376,7 @@ def _train_classifier(data, out, config=None, reporter=None, resume: bool = Fals
     out = Path(out)
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed + distributed.rank())   # each process its own batches
     three_d = config.mode == "3d"
     pairs = dl.load_cases()
     cases, entries = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -509,12 +511,16 @@ def _train_classifier(data, out, config=None, reporter=None, resume: bool = Fals
 
     history, metrics = fit(model, strategy, opt, config, device, next_batch, F.cross_entropy, reporter,
                            validate if val_items else None, "val_balanced_accuracy", None, adapt_inputs,
-                           state_dir=out / STATE_DIR, rngs=[rng], resume=resume)
+                           state_dir=out / STATE_DIR if main else None, rngs=[rng], resume=resume)
+    if not main:   # rank 0 writes the package; the others hold the same model
+        distributed.barrier()
+        return TrainResult(out / "model", metrics, history)
     ood, stats = _ood_reference(model, images, contents, cubes, config.slices, size, prep, device)
     manifest = dict(manifest_base, history=history, metrics=metrics, complete=True,
                     calibration=_calibration(item_logits, val_items, len(dl.classes)), shift={"ood": ood})
     package = save_package(out / "model", model, manifest, {REFERENCE_STATS: stats} if stats else None)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
+    distributed.barrier()
     return TrainResult(package, metrics, history)
 
 

@@ -85,11 +85,14 @@ def cmd_train(a) -> int:
         return 0
     if not a.datalist or not a.out:
         raise MedTransferError("train needs --datalist and --out (or --resume RUN_DIR)")
+    import os
+
     from .rundir import check_writable, ensure_free
 
-    check_writable(Path(a.out))
-    ensure_free(a.out)
-    write_json(Path(a.out) / "train_args.json", {"datalist": str(Path(a.datalist).resolve()), "config": config})
+    if os.environ.get("RANK", "0") == "0":   # under torchrun only rank 0 writes into the folder
+        check_writable(Path(a.out))
+        ensure_free(a.out)
+        write_json(Path(a.out) / "train_args.json", {"datalist": str(Path(a.datalist).resolve()), "config": config})
     train(a.datalist, a.out, reporter=reporter, **config)
     return 0
 

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .device import autocast
 
 
@@ -194,6 +195,7 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
                 loss = loss_fn(out.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                distributed.average_gradients(model)    # torchrun: every process, the same step
             except torch.OutOfMemoryError:
                 from .errors import OutOfMemory
 
@@ -205,6 +207,7 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
+            distributed.average_buffers(model)
             step += 1
             losses.append(float(loss.detach()))
             elapsed = time.monotonic() - t_start

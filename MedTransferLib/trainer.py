@@ -22,6 +22,7 @@ from .device import resolve_device
 from .errors import MedTransferError
 from .inference import bn_inputs_2d, bn_inputs_3d, dice_per_class, predict_slices, predict_volume_3d
 from .labels import Label
+from . import distributed
 from .loop import STATE_DIR, Optimisation, Validation, fit
 from .model import DECODER_CHANNELS, DECODER_CHANNELS_3D, SegmentationNet
 from .package import array_fingerprint, save_package
@@ -205,14 +206,27 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         >>> dl = load_datalist("dataset.json")                      # doctest: +SKIP
         >>> result = train(dl.load_cases(), dl.labels, "runs/a")    # doctest: +SKIP
     """
-    from .rundir import run_directory
-
-    with run_directory(out):
+    with main_process_run(out, resume):
         result = retry_out_of_memory(lambda cfg, again: _train(cases, labels, out, cfg, reporter, axis_from_data,
                                                                resume and not again),
                                      config or TrainConfig(), out, reporter)
-    shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # finished: the package is the result
+    if distributed.is_main():
+        shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # finished: the package is the result
     return result
+
+
+def main_process_run(out, resume: bool):
+    """Join torchrun's process group if there is one; rank 0 checks, locks and labels the run
+    folder (rundir), the other ranks leave it to rank 0."""
+    import contextlib
+
+    from .rundir import run_directory
+
+    distributed.init()
+    if distributed.active() and resume:
+        raise MedTransferError("--resume continues a run with one process; resuming a torchrun run "
+                               "(several samplers' states) is not supported — start it again")
+    return run_directory(out) if distributed.is_main() else contextlib.nullcontext()
 
 
 def retry_out_of_memory(run, config: TrainConfig, out, reporter):
@@ -240,13 +254,15 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
            reporter: Reporter | None = None, axis_from_data: int = 2, resume: bool = False) -> TrainResult:
     config = replace(config) if config else TrainConfig()   # a copy: 'auto' is resolved in it
     config.check()
-    reporter = reporter or Reporter(stream=None, bar=False)
+    main = distributed.is_main()
+    reporter = reporter if (reporter and main) else Reporter(stream=None, bar=False)   # rank 0 speaks
     out = Path(out)
     axis = axis_from_data if config.axis is None else config.axis
     _check_labels(cases, labels, axis)
-    seed_everything(config.seed)
+    seed_everything(config.seed)   # the same initial network on every process
     device = resolve_device(config.device)
-    rng = np.random.default_rng(config.seed)
+    rank = distributed.rank()
+    rng = np.random.default_rng(config.seed + rank)   # each process its own batches
 
     three_d = config.mode == "3d"
     num_classes = len(labels) + 1
@@ -279,11 +295,11 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
             raise MedTransferError(f"--batch-size {batch_size} with a {patch[0]}-voxel patch leaves one "
                                    f"value per channel at the encoder's deepest level (BatchNorm cannot "
                                    f"train on that); use --batch-size 2 or a larger --patch")
-        sampler = PatchSampler3D(volumes, train_items, num_classes, patch, seed=config.seed)
+        sampler = PatchSampler3D(volumes, train_items, num_classes, patch, seed=config.seed + rank)
     else:
         patch = config.patch or auto_patch(volumes, train_items)
         batch_size = config.batch_size or max(2, round(16 * (128 / patch) ** 2))
-        sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch, seed=config.seed)
+        sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch, seed=config.seed + rank)
 
     model = model.to(device)
     if device.type == "cuda":
@@ -361,14 +377,20 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
 
     history, metrics = fit(model, strategy, opt, config, device, next_batch, loss_function(), reporter,
                            validate if val_items else None, "val_dice",
-                           lambda hist, epoch, best: _checkpoint(out, model, manifest_base, hist, epoch, best),
-                           adapt_inputs, state_dir=out / STATE_DIR, rngs=[rng, sampler.rng], resume=resume)
+                           (lambda hist, epoch, best: _checkpoint(out, model, manifest_base, hist, epoch, best))
+                           if main else None,
+                           adapt_inputs, state_dir=out / STATE_DIR if main else None, rngs=[rng, sampler.rng],
+                           resume=resume)
     best = metrics["best_val_dice"] if metrics["best_val_dice"] is not None else -1.0
+    if not main:   # rank 0 writes the package; the others hold the same model and are done
+        distributed.barrier()
+        return TrainResult(out / "model", metrics, history)
     manifest_base["shift"], stats = _shift_reference(model, cases, volumes, labels, prep, config,
                                                      patch if three_d else None, device)
     package = _checkpoint(out, model, manifest_base, history, history[-1]["epoch"], best, final=True,
                           extra=metrics, extras={REFERENCE_STATS: stats} if stats else None)
     reporter.emit("done", package=str(package), message=f"model written to {package}", **metrics)
+    distributed.barrier()
     return TrainResult(package, metrics, history)
 
 
