@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .device import autocast
+from .device import autocast, memory_format
 
 
 @dataclass
@@ -143,7 +143,7 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
         reporter.emit("note", message=f"AdaBN: re-estimated the running statistics of {n} encoder "
                                       f"BatchNorm layers on the training images (no labels used)")
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    fmt = torch.channels_last_3d if getattr(model, "spatial_dims", 2) == 3 else torch.channels_last
+    fmt = memory_format(device, getattr(model, "spatial_dims", 2))
     optimizer, schedule, total = opt.optimizer, opt.schedule, opt.total
     best, best_state, stale, history, step = -math.inf, None, 0, [], 0
     t_start = time.monotonic()
@@ -187,7 +187,7 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
             x, y = next_batch()
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            if device.type == "cuda" and x.ndim in (4, 5):
+            if fmt is not None and x.ndim == (5 if fmt is torch.channels_last_3d else 4):
                 x = x.contiguous(memory_format=fmt)
             try:
                 with autocast(device):

@@ -18,7 +18,7 @@ from .backbones import build_encoder, build_network, get_backbone, is_source, so
 from .case import IGNORE, Case
 from .dataset import SlabSampler, Volume, augment, largest_extent, split_train_val
 from .dataset3d import PatchSampler3D, auto_patch_3d
-from .device import resolve_device
+from .device import memory_format, resolve_device
 from .errors import MedTransferError
 from .inference import bn_inputs_2d, bn_inputs_3d, dice_per_class, predict_slices, predict_volume_3d
 from .labels import Label
@@ -302,8 +302,9 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
         sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch, seed=config.seed + rank)
 
     model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
+    fmt = memory_format(device, 3 if three_d else 2)
+    if fmt is not None:
+        model = model.to(memory_format=fmt)
     advice = None
     if config.strategy == "auto":
         from .advisor import advise
