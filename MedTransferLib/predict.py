@@ -74,9 +74,9 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
                                f"case '{case.case_id}' has {case.channels}: give the same images in the same order")
     dev = resolve_device(device)
     model = pkg.build_model(dev)
-    fmt = memory_format(dev, 3 if pkg.mode == "3d" else 2)
-    if fmt is not None:   # channels-last: 1.6× faster 2.5D prediction on CPU (bench/NOTES.md)
-        model = model.to(memory_format=fmt)
+    fmt = memory_format(dev, 2) if pkg.mode == "2.5d" else None
+    if fmt is not None:   # channels-last: 1.6× faster 2.5D prediction on CPU; not for 3D, where
+        model = model.to(memory_format=fmt)   # MONAI's sliding window made it slower (bench/NOTES.md)
     prep = pkg.preprocessing
     image = to_slices_first(prep.standardise(case.image), pkg.axis)
     image = np.ascontiguousarray(image)
