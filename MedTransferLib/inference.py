@@ -24,8 +24,14 @@ def predict_slices(model: torch.nn.Module, image: np.ndarray, k: int, prep: Prep
     slices = list(range(n)) if slices is None else list(slices)
     ph, pw = padded_size(h, w)
     pad = (0, pw - w, 0, ph - h)
-    out = []
+    # ``batch_size`` slices of 256² at most: a 512² CT slice holds 4× the activations, so 4× fewer
+    # slices per batch keep the peak memory of a whole-CT prediction bounded (bench/NOTES.md)
+    batch_size = max(1, min(batch_size, batch_size * 256 * 256 // (ph * pw)))
     model.eval()
+    if probabilities:
+        probs = []
+    else:
+        out = np.empty((len(slices), h, w), np.uint8)   # filled in place: no list to concatenate
     for i in range(0, len(slices), batch_size):
         x = torch.from_numpy(gather_slabs(image, slices[i:i + batch_size], k)).to(device)
         x = F.pad(x, pad, mode="replicate")
@@ -33,10 +39,12 @@ def predict_slices(model: torch.nn.Module, image: np.ndarray, k: int, prep: Prep
         with autocast(device):
             logits = model(x)[..., :h, :w].float()
         if probabilities:
-            out.append(torch.softmax(logits, 1).cpu().numpy())
+            probs.append(torch.softmax(logits, 1).cpu().numpy())
         else:
-            out.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, h, w), np.uint8)
+            out[i:i + len(x)] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    if probabilities:
+        return np.concatenate(probs) if probs else np.zeros((0, 0, h, w), np.float32)
+    return out
 
 
 def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore: int = 255) -> list[float]:

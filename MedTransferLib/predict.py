@@ -48,6 +48,17 @@ class Prediction:
         return rows
 
 
+def _map_classes(classes: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Class indices → label values. In place and a block of slices at a time: indexing with the
+    whole uint8 volume would first copy it as 8-byte indices (400 MB for a 512×512×200 CT)."""
+    if lut.dtype == classes.dtype and np.array_equal(lut, np.arange(lut.size)):
+        return classes                      # values 1..N: nothing to map
+    out = classes if lut.dtype == classes.dtype else np.empty(classes.shape, lut.dtype)
+    for i in range(0, classes.shape[0], 16):
+        out[i:i + 16] = lut[classes[i:i + 16]]
+    return out
+
+
 def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
             overlap: float | None = None, adapt_bn: bool = False, adapt_cases=None,
             check: bool = True) -> Prediction:
@@ -118,5 +129,6 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     labels = pkg.labels
     lut = np.array([0] + [lab.value for lab in labels],
                    dtype=np.uint8 if max(lab.value for lab in labels) <= 255 else np.uint16)
-    return Prediction(from_slices_first(lut[classes], pkg.axis).copy(), case, labels, warnings, ood,
+    label = np.ascontiguousarray(from_slices_first(_map_classes(classes, lut), pkg.axis))
+    return Prediction(label, case, labels, warnings, ood,
                       shift_ref.get("fractions", {}))
