@@ -460,10 +460,22 @@ def available_memory_mb() -> float | None:
             return float(cap)
         except ValueError:
             raise MedTransferError(f"MEDTRANSFER_MEMORY_LIMIT_MB={cap!r} is not a number of MB") from None
+    # Linux: MemAvailable (free memory plus what the page cache would give back — "free" alone
+    # is near zero on any machine that has read files), within a cgroup's limit if there is one
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (ValueError, OSError, AttributeError):
-        return None
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None   # not Linux: no reliable figure, no check
+    avail = next((int(line.split()[1]) / 1024 for line in meminfo.splitlines()
+                  if line.startswith("MemAvailable:")), None)
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max" and avail is not None:
+            avail = min(avail, (int(limit) - used) / 2**20)
+    except (OSError, ValueError):
+        pass
+    return avail
 
 
 def _check_memory(cases, config) -> None:

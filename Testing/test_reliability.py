@@ -113,6 +113,18 @@ def test_uint16_extremes_are_standardised_not_overflowed(tmp_path):
     assert np.isfinite(run.history[-1]["train_loss"])
 
 
+def test_available_memory_is_what_the_system_can_give_not_only_free_pages(monkeypatch):
+    from MedTransferLib.trainer import available_memory_mb
+
+    monkeypatch.delenv("MEDTRANSFER_MEMORY_LIMIT_MB", raising=False)
+    avail = available_memory_mb()
+    if Path("/proc/meminfo").exists():
+        meminfo = Path("/proc/meminfo").read_text()
+        mem_available = next(int(ln.split()[1]) / 1024 for ln in meminfo.splitlines() if ln.startswith("MemAvailable:"))
+        assert 0 < avail <= mem_available + 1      # MemAvailable (or a smaller cgroup limit), not MemFree
+        assert avail > 0.5 * mem_available or Path("/sys/fs/cgroup/memory.max").exists()
+
+
 def test_a_volume_larger_than_memory_allows_is_refused_before_any_work(tmp_path, monkeypatch):
     image, label = blob_volume()
     dl = _datalist(tmp_path / "data", image, label)
