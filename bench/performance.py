@@ -8,6 +8,8 @@ measurements taken minutes apart, because these machines are noisy.
    Spacingd, ScaleIntensityRanged, RandCropByPosNegLabeld → ``DataLoader`` → the same network,
    the same loss (MedTransfer's), AdamW at the same rate, the same batch (2 patches of 64³).
    Steady state: patches per second over the steps after ``--warmup``.
+   The same for 2.5D: 16 crops of 128×128×3 (three adjacent slices → 3 channels) through the
+   EfficientNet-Lite0 U-Net, slices per second.
 2. Prediction time per volume: ``medtransfer``'s chunked sliding window vs
    ``monai.inferers.sliding_window_inference`` on the whole volume with the same network,
    window, overlap and Gaussian blending; the two label maps are compared voxel by voxel.
@@ -92,6 +94,61 @@ def monai_tutorial_training(image: Path, label: Path, num_classes: int, steps: i
     return {"patches_per_s": steps * BATCH / steady, "s_per_step": steady / steps, "total_s": time.perf_counter() - t0}
 
 
+def medtransfer_training_25d(datalist, out: Path, steps: int, warmup: int) -> dict:
+    times = []
+
+    def sink(event):
+        if event.get("event") == "step":
+            times.append(time.perf_counter())
+
+    mt.train(datalist, out, reporter=Reporter(sink=sink, stream=None, bar=False), mode="2.5d",
+             backbone="efficientnet-lite0", strategy="finetune", epochs=1, steps_per_epoch=warmup + steps,
+             batch_size=16, patch=128, val_fraction=0, lr=LR)
+    steady = times[-1] - times[warmup - 1]
+    return {"slices_per_s": steps * 16 / steady, "s_per_step": steady / steps}
+
+
+def monai_tutorial_training_25d(image: Path, label: Path, num_classes: int, steps: int, warmup: int) -> dict:
+    """The same loop for 2.5D: 128×128×3 crops (three adjacent axial slices) turned into 3 channels,
+    the centre slice's labels as target; the same Lite0 U-Net, loss, AdamW and batch of 16."""
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld,
+                                  ScaleIntensityRanged, Spacingd)
+
+    from MedTransferLib.backbones import build_encoder
+    from MedTransferLib.model import SegmentationNet
+    from MedTransferLib.trainer import loss_function
+
+    arr = mt.read_case(image).image
+    lo, hi = (float(v) for v in np.percentile(arr, (0.5, 99.5)))
+    transforms = Compose([
+        LoadImaged(keys=["image", "label"]),
+        EnsureChannelFirstd(keys=["image", "label"]),
+        Spacingd(keys=["image", "label"], pixdim=(1.0, 1.0, 1.0), mode=("bilinear", "nearest")),
+        ScaleIntensityRanged(keys=["image"], a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True),
+        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(128, 128, 3),
+                               pos=1, neg=1, num_samples=16, image_key="image", image_threshold=0),
+    ])
+    ds = Dataset([{"image": str(image), "label": str(label)}] * (warmup + steps), transform=transforms)
+    loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    net = SegmentationNet(build_encoder("efficientnet-lite0", "pretrained", 3, 2, "mean"), num_classes, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    loss_fn = loss_function()
+    net.train()
+    times = []
+    for batch in loader:
+        x = batch["image"][:, 0].permute(0, 3, 1, 2).float().contiguous()     # (16, 3, 128, 128)
+        y = batch["label"][:, 0, :, :, 1].long()                              # centre slice
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter())
+    steady = times[-1] - times[warmup - 1]
+    return {"slices_per_s": steps * 16 / steady, "s_per_step": steady / steps}
+
+
 def prediction(package: str, image: Path) -> dict:
     from monai.inferers import sliding_window_inference
 
@@ -142,6 +199,13 @@ def main(argv=None) -> int:
     results["medtransfer"] = medtransfer_training(data, out / "mt_run", a.steps, a.warmup)
     print(json.dumps({"medtransfer": results["medtransfer"]}), flush=True)
     results["training_ratio"] = results["medtransfer"]["patches_per_s"] / results["monai_tutorial"]["patches_per_s"]
+    results["monai_tutorial_2.5d"] = monai_tutorial_training_25d(image, label, num_classes, a.steps, a.warmup)
+    shutil.rmtree(out / "mt_run_25d", ignore_errors=True)
+    results["medtransfer_2.5d"] = medtransfer_training_25d(data, out / "mt_run_25d", a.steps, a.warmup)
+    results["training_ratio_2.5d"] = (results["medtransfer_2.5d"]["slices_per_s"]
+                                      / results["monai_tutorial_2.5d"]["slices_per_s"])
+    print(json.dumps({k: results[k] for k in ("monai_tutorial_2.5d", "medtransfer_2.5d", "training_ratio_2.5d")}),
+          flush=True)
     results["prediction"] = prediction(results["medtransfer"]["package"], image)
     print(json.dumps({"training_ratio": results["training_ratio"], "prediction": results["prediction"]}), flush=True)
     (out / "performance.json").write_text(json.dumps(results, indent=1))
