@@ -94,9 +94,11 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     shift_ref = pkg.manifest.get("shift", {})
     warnings, ood = [], {}
     if check:
-        from .shift import input_check, ood_score, ood_verdict
+        from .shift import input_check, intensity_profile, ood_score, ood_verdict
 
-        warnings = input_check(case.image, prep, shift_ref.get("reference"), case.case_id)
+        # the profile reuses the standardised volume prediction already made (no second copy)
+        profile = intensity_profile(case.image, prep, from_slices_first(image, pkg.axis))
+        warnings = input_check(case.image, prep, shift_ref.get("reference"), case.case_id, profile)
         stats = pkg.extra(shift_ref["ood"]["stats_file"]) if shift_ref.get("ood", {}).get("stats_file") else {}
         if stats:   # before any AdaBN: how far the case is from the training data
             score = ood_score(model, image, prep, pkg.mode, pkg.slices,

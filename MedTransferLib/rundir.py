@@ -59,6 +59,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _holder(lock: Path) -> tuple[str, int]:
+    """(host, pid) written in a lock file; ("", -1) if it cannot be read."""
+    try:
+        host, pid = lock.read_text(encoding="utf-8").split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return "", -1
+
+
 def _acquire(out: Path) -> Path:
     lock = out / LOCK
     me = f"{socket.gethostname()} {os.getpid()}"
@@ -66,11 +75,7 @@ def _acquire(out: Path) -> Path:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                host, pid = lock.read_text(encoding="utf-8").split()
-                pid = int(pid)
-            except (OSError, ValueError):
-                host, pid = "", -1
+            host, pid = _holder(lock)
             if host == socket.gethostname() and pid > 0 and not _alive(pid):
                 lock.unlink(missing_ok=True)   # stale: its process is gone
                 continue
@@ -88,10 +93,8 @@ def ensure_free(out) -> None:
     lock = Path(out) / LOCK
     if not lock.exists():
         return
-    try:
-        host, pid = lock.read_text(encoding="utf-8").split()
-        pid = int(pid)
-    except (OSError, ValueError):
+    host, pid = _holder(lock)
+    if pid < 0:
         return
     if host != socket.gethostname() or _alive(pid):
         raise MedTransferError(f"run folder '{out}' is in use by process {pid} on {host}; wait for it to finish "

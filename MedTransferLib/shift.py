@@ -42,14 +42,15 @@ def _sample(image: np.ndarray) -> np.ndarray:
     return np.asarray(image[:: max(1, image.shape[0] // 48)], dtype=np.float32)
 
 
-def intensity_profile(image: np.ndarray, prep) -> dict:
+def intensity_profile(image: np.ndarray, prep, standardised: np.ndarray | None = None) -> dict:
     """Raw percentiles, the detected modality, and the statistics after the model's
-    preprocessing (standardised, then mapped to the backbone's expected input)."""
+    preprocessing (standardised, then mapped to the backbone's expected input).
+    ``standardised``: ``prep.standardise(image)`` (same layout) when the caller already has it."""
     from .preprocessing import detect_modality
 
     channels = [image] if image.ndim == 3 else list(image)
     out = {"channels": []}
-    std = prep.standardise(image)
+    std = prep.standardise(image) if standardised is None else standardised
     std_channels = [std] if std.ndim == 3 else list(std)
     for c, (raw, st) in enumerate(zip(channels, std_channels)):
         s, t = _sample(raw), _sample(st)

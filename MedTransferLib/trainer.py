@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .backbones import build_encoder, build_network, get_backbone, is_source, source_kind
 from .case import IGNORE, Case
-from .dataset import SlabSampler, Volume, augment, largest_extent, split_train_val
+from .dataset import SlabSampler, Volume, augment, from_slices_first, largest_extent, split_train_val
 from .dataset3d import PatchSampler3D, auto_patch_3d
 from .device import memory_format, resolve_device
 from .errors import MedTransferError
@@ -278,11 +278,11 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
         from .shift import learn_landmarks
 
         prep = replace(prep, histogram_landmarks=learn_landmarks([c.image for c in cases]))
-    _check_inputs(cases, prep, reporter)
     modality = prep.channel_modalities or prep.modality
     values = [lab.value for lab in labels]
     _check_memory(cases, config)
     volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
+    profiles = _check_inputs(cases, volumes, prep, axis, reporter)
     train_items, val_items, split_note = split_train_val(volumes, config.val_fraction, config.seed)
     if three_d:
         patch = ((config.patch,) * 3 if config.patch else
@@ -386,7 +386,7 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
     if not main:   # rank 0 writes the package; the others hold the same model and are done
         distributed.barrier()
         return TrainResult(out / "model", metrics, history)
-    manifest_base["shift"], stats = _shift_reference(model, cases, volumes, labels, prep, config,
+    manifest_base["shift"], stats = _shift_reference(model, cases, volumes, profiles, labels, prep, config,
                                                      patch if three_d else None, device)
     package = _checkpoint(out, model, manifest_base, history, history[-1]["epoch"], best, final=True,
                           extra=metrics, extras={REFERENCE_STATS: stats} if stats else None)
@@ -500,30 +500,29 @@ def _check_memory(cases, config) -> None:
             f"use fewer or cropped volumes, a smaller --batch-size or --patch, or --mode 2.5d")
 
 
-def _check_inputs(cases, prep, reporter) -> list[str]:
+def _check_inputs(cases, volumes, prep, axis, reporter) -> list[dict]:
     """The input check before training: each case against the preprocessing (modality preset,
-    the backbone's expected input) and against the other training cases; findings are notes."""
+    the backbone's expected input) and against the other training cases; findings are notes.
+    Works on the cached, already standardised volumes; returns each case's intensity profile."""
     from .shift import input_check, intensity_profile, training_reference
 
-    profiles = [intensity_profile(c.image, prep) for c in cases]
-    found = []
+    profiles = [intensity_profile(c.image, prep, from_slices_first(v.image if c.image.ndim == 4 else v.image[0], axis))
+                for c, v in zip(cases, volumes)]
     for i, c in enumerate(cases):
         others = profiles[:i] + profiles[i + 1:]
         ref = training_reference(others) if others else None
         for w in input_check(c.image, prep, ref, c.case_id, profiles[i]):
-            found.append(w)
             reporter.emit("note", message=f"input check: {w}")
-    return found
+    return profiles
 
 
-def _shift_reference(model, cases, volumes, labels, prep, config, patch, device) -> tuple[dict, dict]:
+def _shift_reference(model, cases, volumes, profiles, labels, prep, config, patch, device) -> tuple[dict, dict]:
     """What prediction compares new cases with (shift.py): the training images' intensity
     profiles, each structure's voxel fraction per case, the training set's activation statistics
     (the OOD reference, returned as tensors for the package) and the OOD-score calibration from
     contiguous chunks of the training volumes (the trained model, eval mode)."""
     from .case import IGNORE
-    from .shift import (calibrate_ood, chunk_scores, class_fractions, intensity_profile, reference_stats,
-                        training_reference)
+    from .shift import calibrate_ood, chunk_scores, class_fractions, reference_stats, training_reference
 
     model.eval()
     fractions = {lab.name: [] for lab in labels}
@@ -537,7 +536,7 @@ def _shift_reference(model, cases, volumes, labels, prep, config, patch, device)
     ood = calibrate_ood(scores)
     if ood:
         ood["stats_file"] = REFERENCE_STATS
-    return ({"reference": training_reference([intensity_profile(c.image, prep) for c in cases]),
+    return ({"reference": training_reference(profiles),
              "fractions": fractions, "ood": ood}, stats)
 
 

@@ -38,7 +38,9 @@ from MedTransferLib.progress import Reporter  # noqa: E402
 PATCH, BATCH, LR = 64, 2, 2e-3
 
 
-def medtransfer_training(datalist, out: Path, steps: int, warmup: int) -> dict:
+def medtransfer_rate(datalist, out: Path, steps: int, warmup: int, batch: int, **train_kw) -> dict:
+    """``medtransfer train`` for warm-up + timed steps; items (patches or slices) per second from
+    the step events' arrival times."""
     times = []
 
     def sink(event):
@@ -46,22 +48,21 @@ def medtransfer_training(datalist, out: Path, steps: int, warmup: int) -> dict:
             times.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    run = mt.train(datalist, out, reporter=Reporter(sink=sink, stream=None, bar=False), mode="3d", backbone="unet",
-                   weights=None, strategy="finetune", epochs=1, steps_per_epoch=warmup + steps, batch_size=BATCH,
-                   patch=PATCH, val_fraction=0, lr=LR)
-    total = time.perf_counter() - t0
+    run = mt.train(datalist, out, reporter=Reporter(sink=sink, stream=None, bar=False), strategy="finetune",
+                   epochs=1, steps_per_epoch=warmup + steps, batch_size=batch, val_fraction=0, lr=LR, **train_kw)
     steady = times[-1] - times[warmup - 1]
-    return {"patches_per_s": steps * BATCH / steady, "s_per_step": steady / steps, "total_s": total,
-            "package": str(run.package)}
+    return {"items_per_s": steps * batch / steady, "s_per_step": steady / steps,
+            "total_s": time.perf_counter() - t0, "package": str(run.package)}
 
 
-def monai_tutorial_training(image: Path, label: Path, num_classes: int, steps: int, warmup: int) -> dict:
-    """The loop as MONAI's tutorials write it (uncached Dataset, transforms per sample)."""
+def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, steps: int, warmup: int) -> dict:
+    """The loop as MONAI's tutorials write it: an uncached Dataset whose transforms load,
+    resample, rescale and crop ``batch`` samples of size ``crop`` per step; ``to_xy`` turns a
+    batch into the network's input and target; MedTransfer's loss, AdamW."""
     from monai.data import DataLoader, Dataset
     from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld,
                                   ScaleIntensityRanged, Spacingd)
 
-    from MedTransferLib.backbones.monai3d import build_unet
     from MedTransferLib.trainer import loss_function
 
     arr = mt.read_case(image).image
@@ -71,82 +72,46 @@ def monai_tutorial_training(image: Path, label: Path, num_classes: int, steps: i
         EnsureChannelFirstd(keys=["image", "label"]),
         Spacingd(keys=["image", "label"], pixdim=(1.0, 1.0, 1.0), mode=("bilinear", "nearest")),
         ScaleIntensityRanged(keys=["image"], a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True),
-        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(PATCH,) * 3,
-                               pos=1, neg=1, num_samples=BATCH, image_key="image", image_threshold=0),
+        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=crop,
+                               pos=1, neg=1, num_samples=batch, image_key="image", image_threshold=0),
     ])
     ds = Dataset([{"image": str(image), "label": str(label)}] * (warmup + steps), transform=transforms)
     loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=0)
-    torch.manual_seed(0)
-    net = build_unet(1, num_classes)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     loss_fn = loss_function()
     net.train()
     times = []
     t0 = time.perf_counter()
-    for batch in loader:
-        x, y = batch["image"].float(), batch["label"][:, 0].long()
+    for b in loader:
+        x, y = to_xy(b)
         loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         times.append(time.perf_counter())
     steady = times[-1] - times[warmup - 1]
-    return {"patches_per_s": steps * BATCH / steady, "s_per_step": steady / steps, "total_s": time.perf_counter() - t0}
+    return {"items_per_s": steps * batch / steady, "s_per_step": steady / steps, "total_s": time.perf_counter() - t0}
 
 
-def medtransfer_training_25d(datalist, out: Path, steps: int, warmup: int) -> dict:
-    times = []
+def monai_tutorial_3d(image, label, num_classes, steps, warmup) -> dict:
+    from MedTransferLib.backbones.monai3d import build_unet
 
-    def sink(event):
-        if event.get("event") == "step":
-            times.append(time.perf_counter())
-
-    mt.train(datalist, out, reporter=Reporter(sink=sink, stream=None, bar=False), mode="2.5d",
-             backbone="efficientnet-lite0", strategy="finetune", epochs=1, steps_per_epoch=warmup + steps,
-             batch_size=16, patch=128, val_fraction=0, lr=LR)
-    steady = times[-1] - times[warmup - 1]
-    return {"slices_per_s": steps * 16 / steady, "s_per_step": steady / steps}
+    torch.manual_seed(0)
+    return monai_tutorial_rate(image, label, build_unet(1, num_classes), (PATCH,) * 3, BATCH,
+                               lambda b: (b["image"].float(), b["label"][:, 0].long()), steps, warmup)
 
 
-def monai_tutorial_training_25d(image: Path, label: Path, num_classes: int, steps: int, warmup: int) -> dict:
-    """The same loop for 2.5D: 128×128×3 crops (three adjacent axial slices) turned into 3 channels,
-    the centre slice's labels as target; the same Lite0 U-Net, loss, AdamW and batch of 16."""
-    from monai.data import DataLoader, Dataset
-    from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld,
-                                  ScaleIntensityRanged, Spacingd)
-
+def monai_tutorial_25d(image, label, num_classes, steps, warmup) -> dict:
+    """128×128×3 crops (three adjacent axial slices) become 3 channels, the centre slice's labels
+    the target; the same Lite0 U-Net as MedTransfer's 2.5D default, batch 16."""
     from MedTransferLib.backbones import build_encoder
     from MedTransferLib.model import SegmentationNet
-    from MedTransferLib.trainer import loss_function
 
-    arr = mt.read_case(image).image
-    lo, hi = (float(v) for v in np.percentile(arr, (0.5, 99.5)))
-    transforms = Compose([
-        LoadImaged(keys=["image", "label"]),
-        EnsureChannelFirstd(keys=["image", "label"]),
-        Spacingd(keys=["image", "label"], pixdim=(1.0, 1.0, 1.0), mode=("bilinear", "nearest")),
-        ScaleIntensityRanged(keys=["image"], a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True),
-        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(128, 128, 3),
-                               pos=1, neg=1, num_samples=16, image_key="image", image_threshold=0),
-    ])
-    ds = Dataset([{"image": str(image), "label": str(label)}] * (warmup + steps), transform=transforms)
-    loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=0)
     torch.manual_seed(0)
     net = SegmentationNet(build_encoder("efficientnet-lite0", "pretrained", 3, 2, "mean"), num_classes, 3)
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
-    loss_fn = loss_function()
-    net.train()
-    times = []
-    for batch in loader:
-        x = batch["image"][:, 0].permute(0, 3, 1, 2).float().contiguous()     # (16, 3, 128, 128)
-        y = batch["label"][:, 0, :, :, 1].long()                              # centre slice
-        loss = loss_fn(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter())
-    steady = times[-1] - times[warmup - 1]
-    return {"slices_per_s": steps * 16 / steady, "s_per_step": steady / steps}
+    return monai_tutorial_rate(image, label, net, (128, 128, 3), 16,
+                               lambda b: (b["image"][:, 0].permute(0, 3, 1, 2).float().contiguous(),
+                                          b["label"][:, 0, :, :, 1].long()), steps, warmup)
 
 
 def prediction(package: str, image: Path) -> dict:
@@ -191,23 +156,20 @@ def main(argv=None) -> int:
     image, label = data.parent / "ch2.nii.gz", data.parent / "deep_grey_matter.nii.gz"
     num_classes = len(mt.load_datalist(data).labels) + 1
     results = {"machine": f"{torch.get_num_threads()} threads", "steps": a.steps, "warmup": a.warmup}
-    results["monai_tutorial"] = monai_tutorial_training(image, label, num_classes, a.steps, a.warmup)
-    print(json.dumps({"monai_tutorial": results["monai_tutorial"]}), flush=True)
     import shutil
 
-    shutil.rmtree(out / "mt_run", ignore_errors=True)
-    results["medtransfer"] = medtransfer_training(data, out / "mt_run", a.steps, a.warmup)
-    print(json.dumps({"medtransfer": results["medtransfer"]}), flush=True)
-    results["training_ratio"] = results["medtransfer"]["patches_per_s"] / results["monai_tutorial"]["patches_per_s"]
-    results["monai_tutorial_2.5d"] = monai_tutorial_training_25d(image, label, num_classes, a.steps, a.warmup)
-    shutil.rmtree(out / "mt_run_25d", ignore_errors=True)
-    results["medtransfer_2.5d"] = medtransfer_training_25d(data, out / "mt_run_25d", a.steps, a.warmup)
-    results["training_ratio_2.5d"] = (results["medtransfer_2.5d"]["slices_per_s"]
-                                      / results["monai_tutorial_2.5d"]["slices_per_s"])
-    print(json.dumps({k: results[k] for k in ("monai_tutorial_2.5d", "medtransfer_2.5d", "training_ratio_2.5d")}),
-          flush=True)
-    results["prediction"] = prediction(results["medtransfer"]["package"], image)
-    print(json.dumps({"training_ratio": results["training_ratio"], "prediction": results["prediction"]}), flush=True)
+    for mode in ("3d", "2.5d"):
+        tutorial = (monai_tutorial_3d if mode == "3d" else monai_tutorial_25d)(image, label, num_classes,
+                                                                             a.steps, a.warmup)
+        shutil.rmtree(out / f"mt_run_{mode}", ignore_errors=True)
+        ours = medtransfer_rate(data, out / f"mt_run_{mode}", a.steps, a.warmup,
+                                **(dict(batch=BATCH, mode="3d", backbone="unet", weights=None, patch=PATCH)
+                                   if mode == "3d" else dict(batch=16, mode="2.5d", patch=128)))
+        results[mode] = {"monai_tutorial": tutorial, "medtransfer": ours,
+                         "training_ratio": ours["items_per_s"] / tutorial["items_per_s"]}
+        print(json.dumps({mode: results[mode]}), flush=True)
+    results["prediction"] = prediction(results["3d"]["medtransfer"]["package"], image)
+    print(json.dumps({"prediction": results["prediction"]}), flush=True)
     (out / "performance.json").write_text(json.dumps(results, indent=1))
     return 0
 
