@@ -59,55 +59,125 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignor
     return scores
 
 
-def chunking(shape, num_classes: int, patch_depth: int, budget_bytes: float) -> tuple[int, int]:
-    """``(slices per chunk, context slices on each side)`` so that a chunk's blended float scores,
-    weight map and input (``num_classes + 2`` floats per voxel) stay within ``budget_bytes``."""
-    _, h, w = shape
-    per_slice = (num_classes + 2) * h * w * 4
-    margin = patch_depth // 4
-    chunk = max(patch_depth // 2, int(budget_bytes // per_slice) - 2 * margin)
-    return chunk, margin
+class Slabs:
+    """A standardised ``(C, D, H, W)`` volume that 3D prediction reads a block of slices at a
+    time: from an array, or through ``read(z0, z1)`` that standardises those slices of the raw
+    image on demand (:meth:`Preprocessing.apply`), so that no standardised copy of a large CT
+    is held while its scores are (bench/NOTES.md, memory)."""
+
+    def __init__(self, shape, read):
+        self.shape = tuple(int(n) for n in shape)
+        self.read = read
+
+    @classmethod
+    def of(cls, image) -> "Slabs":
+        if isinstance(image, cls):
+            return image
+        image = with_channels(image)
+        return cls(image.shape, lambda a, b: image[:, a:b])
+
+
+def _windows(size, roi, overlap: float):
+    """MONAI's sliding-window grid for a volume of ``size``: the size after its symmetric padding
+    to at least ``roi``, the padding before, and the window slices in MONAI's order (first axis
+    slowest). The interval is MONAI's ``_get_scan_interval`` (private there, so restated)."""
+    from monai.data.utils import dense_patch_slices
+
+    padded = tuple(max(s, r) for s, r in zip(size, roi))
+    before = tuple((p - s) // 2 for s, p in zip(size, padded))
+    interval = tuple(r if r == p else max(1, int(r * (1 - overlap))) for r, p in zip(roi, padded))
+    return padded, before, dense_patch_slices(padded, roi, interval)
 
 
 @torch.inference_mode()
-def predict_volume_3d(model: torch.nn.Module, image: np.ndarray, prep: Preprocessing,
+def predict_volume_3d(model: torch.nn.Module, image, prep: Preprocessing,
                       device: torch.device, patch, num_classes: int, overlap: float = 0.25,
-                      batch_size: int = 2, memory_budget_gb: float = 1.0,
-                      probabilities: bool = False) -> np.ndarray:
-    """Class indices ``(D, H, W)`` for a standardised ``(D, H, W)`` or ``(C, D, H, W)`` volume,
-    by MONAI's sliding window with Gaussian blending.
+                      batch_size: int = 2, probabilities: bool = False) -> np.ndarray:
+    """Class indices ``(D, H, W)`` for a standardised ``(D, H, W)`` or ``(C, D, H, W)`` volume
+    (or :class:`Slabs`): MONAI's sliding window with Gaussian blending — the same windows, weights,
+    batches and sums as ``monai.inferers.sliding_window_inference``, hence the same labels.
 
-    Memory stays bounded on large CT: the volume goes through in chunks of slices, each with a
-    quarter patch of context on both sides (so a chunk's edge voxels are still blended from
-    several windows); only one chunk's float scores exist at any time, and the result is a uint8
-    label map. A 512×512×600 CT with 8 structures needs about 1 GiB for scores. With ``probabilities=True`` returns float32
-    ``(C, D, H, W)`` instead (no chunking benefit: meant for small volumes).
+    Why not that function itself: it holds float scores for every voxel and class (a 512×512×600
+    CT with 8 structures: 5.6 GB). Here windows are visited in MONAI's order (first axis slowest)
+    and the scores live in a buffer one window deep; the slices no later window reaches are
+    divided by their weight sum, reduced to class indices and dropped. Memory: (classes + 1)
+    floats for ``patch[0]`` slices, plus the uint8 result. With ``probabilities=True`` returns
+    float32 softmax ``(C, D, H, W)`` (MONAI's function, whole volume: meant for small volumes).
     """
-    from monai.inferers import sliding_window_inference
+    from monai.data.utils import compute_importance_map
 
     model.eval()
-    image = with_channels(image)
-    d = image.shape[1]
-    pd = int(patch[0])
-    chunk, margin = chunking(image.shape[1:], num_classes, pd, memory_budget_gb * 2**30)
-    if probabilities:
-        chunk = d
-    out = np.zeros(image.shape[1:], np.uint8) if not probabilities else None
 
     def run(x):
         with autocast(device):
             return model(prep.to_backbone(x)).float()
 
-    for z0 in range(0, d, chunk):
-        a, b = max(0, z0 - margin), min(d, z0 + chunk + margin)
-        x = torch.from_numpy(np.ascontiguousarray(image[:, a:b]))[None]
-        scores = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch), sw_batch_size=batch_size,
-                                          predictor=run, overlap=overlap, mode="gaussian",
-                                          padding_mode="replicate", sw_device=device, device="cpu")
-        if probabilities:
-            return torch.softmax(scores[0], 0).numpy()
-        labels = scores[0].argmax(0).to(torch.uint8).numpy()
-        out[z0:min(d, z0 + chunk)] = labels[z0 - a:z0 - a + min(chunk, d - z0)]
+    roi = tuple(int(p) for p in patch)
+    if probabilities:
+        from monai.inferers import sliding_window_inference
+
+        x = torch.from_numpy(np.ascontiguousarray(with_channels(image)))[None]
+        scores = sliding_window_inference(x, roi_size=roi, sw_batch_size=batch_size, predictor=run,
+                                          overlap=overlap, mode="gaussian", padding_mode="replicate",
+                                          sw_device=device, device="cpu")
+        return torch.softmax(scores[0], 0).numpy()
+    slabs = Slabs.of(image)
+    _, d, h, w = slabs.shape
+    padded, before, windows = _windows((d, h, w), roi, overlap)
+    weight = compute_importance_map(roi, mode="gaussian", device=device, dtype=torch.float32)[None]
+    depth = roi[0]
+    scores = torch.zeros((num_classes, depth) + padded[1:], dtype=torch.float32, device=device)
+    count = torch.zeros((1, depth) + padded[1:], dtype=torch.float32, device=device)
+    out = np.empty((d, h, w), np.uint8)
+    base = 0                       # padded slice held in the buffer's first plane
+    rows = [np.clip(np.arange(p) - b, 0, n - 1) for p, b, n in zip(padded, before, (d, h, w))]
+    held = (0, 0, None)            # the input slices read last: (first, end, array)
+
+    def read(z0, z1):
+        """Padded slices z0..z1 of the standardised input; replicate padding is index clamping."""
+        nonlocal held
+        if not (held[0] <= z0 and z1 <= held[1]):
+            held = (0, 0, None)          # the old block goes before the new one is made
+            src = rows[0][z0:z1]
+            block = with_channels(np.asarray(slabs.read(int(src[0]), int(src[-1]) + 1), np.float32))
+            block = block[:, src - src[0]] if (src != np.arange(src[0], src[0] + len(src))).any() else block
+            if padded[1:] != (h, w):
+                block = block[:, :, rows[1]][:, :, :, rows[2]]
+            held = (z0, z1, np.ascontiguousarray(block))
+        return held[2][:, z0 - held[0]:z1 - held[0]]
+
+    def emit(upto):
+        """Padded slices base..upto are final: weighted mean → class index → ``out``."""
+        for z in range(base, upto, 8):
+            e = min(upto, z + 8)
+            lo, hi = max(z, before[0]), min(e, before[0] + d)
+            if lo >= hi:
+                continue
+            s = (scores[:, lo - base:hi - base] / count[:, lo - base:hi - base]).argmax(0)
+            out[lo - before[0]:hi - before[0]] = s[:, before[1]:before[1] + h, before[2]:before[2] + w] \
+                .to(torch.uint8).cpu().numpy()
+
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i:i + batch_size]
+        z0, z1 = batch[0][0].start, max(win[0].stop for win in batch)
+        x = read(z0, z1)
+        x = torch.from_numpy(np.stack([x[:, win[0].start - z0:win[0].stop - z0, win[1], win[2]] for win in batch]))
+        pred = run(x.to(device))
+        pred *= weight[None]
+        for win, p in zip(batch, pred):
+            if win[0].start > base:          # no later window reaches the slices before it
+                emit(win[0].start)
+                shift = win[0].start - base
+                for j in range(depth - shift):   # plane by plane, front first: no temporary copy
+                    scores[:, j] = scores[:, j + shift]
+                    count[:, j] = count[:, j + shift]
+                scores[:, depth - shift:] = 0
+                count[:, depth - shift:] = 0
+                base = win[0].start
+            at = (slice(None), slice(win[0].start - base, win[0].stop - base), win[1], win[2])
+            scores[at] += p
+            count[at] += weight
+    emit(padded[0])
     return out
 
 

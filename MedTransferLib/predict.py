@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .case import Case
-from .dataset import from_slices_first, to_slices_first
+from .dataset import from_slices_first, to_slices_first, with_channels
 from .device import memory_format, resolve_device
 from .errors import MedTransferError
-from .inference import predict_slices, predict_volume_3d
+from .inference import Slabs, predict_slices, predict_volume_3d
 from .package import ModelPackage
 
 
@@ -89,8 +89,8 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     if fmt is not None:   # channels-last: 1.6× faster 2.5D prediction on CPU; not for 3D, where
         model = model.to(memory_format=fmt)   # MONAI's sliding window made it slower (bench/NOTES.md)
     prep = pkg.preprocessing
-    image = to_slices_first(prep.standardise(case.image), pkg.axis)
-    image = np.ascontiguousarray(image)
+    fitted: list = []
+    image = np.ascontiguousarray(to_slices_first(prep.standardise(case.image, fitted), pkg.axis))
     shift_ref = pkg.manifest.get("shift", {})
     warnings, ood = [], {}
     if check:
@@ -121,11 +121,21 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
         if _adapt(model, (x.to(dev) for x in inputs())) == 0:
             raise MedTransferError(f"model '{pkg.path}' has no BatchNorm layers; --adapt-bn does not apply")
         model.eval()
+        del targets
     if pkg.mode == "3d":
+        # the standardised copy goes now: the sliding window reads the raw image a block of slices
+        # at a time, standardised with the parameters fitted above (identical values), so its
+        # score buffer never sits beside a whole standardised volume (bench/NOTES.md, memory)
+        raw = to_slices_first(case.image, pkg.axis)
+        lead = (slice(None),) * (raw.ndim - 3)
+        slabs = Slabs(with_channels(image).shape, lambda a, b: prep.apply(raw[lead + (slice(a, b),)], fitted))
+        del image
         inf = pkg.manifest.get("inference", {})
-        classes = predict_volume_3d(model, image, prep, dev, inf["patch"], len(pkg.labels) + 1,
+        classes = predict_volume_3d(model, slabs, prep, dev, inf["patch"], len(pkg.labels) + 1,
                                     overlap=inf.get("overlap", 0.25) if overlap is None else overlap,
-                                    batch_size=max(1, batch_size // 8))
+                                    # windows one at a time on the CPU: as fast as two (bench/NOTES.md)
+                                    # and half the activations of 96³ windows
+                                    batch_size=max(1, batch_size // 8) if dev.type != "cpu" else 1)
     else:
         classes = predict_slices(model, image, pkg.slices, prep, dev, batch_size=batch_size)
     labels = pkg.labels

@@ -74,25 +74,66 @@ class Preprocessing:
             raise MedTransferError(f"the model was trained on one image per case, this case has {channels}")
         return (self.modality,)
 
-    def standardise(self, image: np.ndarray) -> np.ndarray:
+    def standardise(self, image: np.ndarray, params: list | None = None) -> np.ndarray:
         """Step 1: modality preset → float32 volume with roughly zero mean and unit spread.
-        A ``(C, k, j, i)`` image is standardised channel by channel, each with its modality."""
+        A ``(C, k, j, i)`` image is standardised channel by channel, each with its modality.
+
+        ``params``: a list that receives what was fitted on this image (one dict per channel:
+        percentiles, mean/std, histogram landmarks), with which :meth:`apply` standardises any
+        block of slices of the same image exactly as here — 3D prediction streams a large
+        volume that way instead of holding a standardised copy of it."""
         if image.ndim == 4:
             mods = self.modalities(image.shape[0])
-            return np.stack([Preprocessing(modality=m, ct_window=self.ct_window,
-                                           mr_percentiles=self.mr_percentiles)._standardise(ch)
-                             for m, ch in zip(mods, image)])
+            return np.stack([self._channel(m)._standardise(ch, params) for m, ch in zip(mods, image)])
         self.modalities(1)
-        return self._standardise(image)
+        return self._standardise(image, params)
 
-    def _standardise(self, image: np.ndarray) -> np.ndarray:
+    def apply(self, block: np.ndarray, params: list) -> np.ndarray:
+        """Standardise ``block`` (slices of the image ``params`` was fitted on, same layout:
+        ``(s, j, i)`` or ``(C, s, j, i)``) with those fitted parameters: bit-identical to the
+        same slices of :meth:`standardise`'s result."""
+        if block.ndim == 4:
+            mods = self.modalities(block.shape[0])
+            return np.stack([self._channel(m)._apply(np.array(ch, dtype=np.float32), p)
+                             for m, ch, p in zip(mods, block, params)])
+        return self._apply(np.array(block, dtype=np.float32), params[0])
+
+    def _channel(self, modality: str) -> "Preprocessing":
+        return Preprocessing(modality=modality, ct_window=self.ct_window, mr_percentiles=self.mr_percentiles)
+
+    def _standardise(self, image: np.ndarray, params: list | None = None) -> np.ndarray:
         # one float32 copy, then in place: a 512×512×600 CT must not need several temporaries
         # (and the caller's array is never modified)
         img = np.array(image, dtype=np.float32, copy=True)
+        fitted: dict = {}
         if self.histogram_landmarks and self.modality == "MR":
-            from .shift import apply_landmarks
+            from .shift import _landmarks
 
-            img = apply_landmarks(img, self.histogram_landmarks)
+            fitted["landmarks"] = _landmarks(img)
+        if self.modality == "MR":
+            img = self._landmarked(img, fitted)
+            sample = img[:: max(1, img.shape[0] // 64)]
+            lo, hi = (float(v) for v in np.percentile(sample, self.mr_percentiles))
+            np.clip(img, lo, hi, out=img)
+            mean, std = float(img.mean()), float(img.std())
+            if std < 1e-6 * max(1.0, abs(hi)):
+                raise MedTransferError("image is constant (no contrast after clipping); check that the "
+                                       "right volume was chosen")
+            fitted.update(lo=lo, hi=hi, mean=mean, std=std)
+        if params is not None:
+            params.append(fitted)
+        return self._apply(img, fitted, landmarked=self.modality == "MR")
+
+    def _landmarked(self, img: np.ndarray, fitted: dict) -> np.ndarray:
+        if "landmarks" not in fitted:
+            return img
+        from .shift import apply_landmarks
+
+        return apply_landmarks(img, self.histogram_landmarks, fitted["landmarks"])
+
+    def _apply(self, img: np.ndarray, fitted: dict, landmarked: bool = False) -> np.ndarray:
+        """In place on the float32 ``img``; the same operations in the same order for a whole
+        image and for any block of it."""
         if self.modality == "CT":
             lo, hi = self.ct_window
             centre, half = (lo + hi) / 2, (hi - lo) / 2
@@ -100,15 +141,11 @@ class Preprocessing:
             img -= centre
             img /= half
             return img
-        sample = img[:: max(1, img.shape[0] // 64)]
-        lo, hi = np.percentile(sample, self.mr_percentiles)
-        np.clip(img, lo, hi, out=img)
-        mean, std = float(img.mean()), float(img.std())
-        if std < 1e-6 * max(1.0, abs(float(hi))):
-            raise MedTransferError("image is constant (no contrast after clipping); check that the "
-                                   "right volume was chosen")
-        img -= mean
-        img /= std
+        if not landmarked:
+            img = self._landmarked(img, fitted)
+            np.clip(img, fitted["lo"], fitted["hi"], out=img)
+        img -= fitted["mean"]
+        img /= fitted["std"]
         return img
 
     def to_backbone(self, slab: np.ndarray | "torch.Tensor", channel_axis: int = 1):  # noqa: F821

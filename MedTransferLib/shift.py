@@ -273,9 +273,10 @@ def learn_landmarks(images) -> tuple[float, ...]:
     return tuple(round(float(v), 4) for v in np.mean(scaled, axis=0))
 
 
-def apply_landmarks(image: np.ndarray, standard: tuple[float, ...]) -> np.ndarray:
-    """Piecewise-linear map of the image's landmarks onto the standard scale (linear beyond)."""
-    lm = _landmarks(image)
+def apply_landmarks(image: np.ndarray, standard: tuple[float, ...], landmarks=None) -> np.ndarray:
+    """Piecewise-linear map of the image's landmarks onto the standard scale (linear beyond).
+    ``landmarks``: the image's own, already measured (when ``image`` is a block of it)."""
+    lm = _landmarks(image) if landmarks is None else np.asarray(landmarks, np.float64)
     lm = np.maximum.accumulate(lm + np.arange(lm.size) * 1e-6)   # strictly increasing
     std = np.asarray(standard, np.float64)
     out = np.interp(image, lm, std).astype(np.float32)

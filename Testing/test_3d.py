@@ -70,21 +70,60 @@ def test_3d_patches_learn_only_from_training_slices():
     assert (targets == 1).any() and (targets == 2).any()
 
 
-def test_sliding_window_in_chunks_matches_whole_volume_and_bounds_memory(run3d, colin_crop):
-    from MedTransferLib.inference import chunking, predict_volume_3d
+def _monai_labels(model, image, prep, patch, overlap=0.25):
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    with torch.inference_mode():
+        scores = sliding_window_inference(x, roi_size=tuple(patch), sw_batch_size=2, overlap=overlap,
+                                          predictor=lambda t: model(prep.to_backbone(t)).float(),
+                                          mode="gaussian", padding_mode="replicate")
+    return scores[0].argmax(0).numpy()
+
+
+@pytest.mark.parametrize("crop", [np.s_[:, :, :], np.s_[:40, 5:50, :]])   # whole; thinner than a window
+def test_streamed_sliding_window_gives_monai_labels_from_a_buffer_one_window_deep(run3d, colin_crop, crop):
+    from MedTransferLib.inference import Slabs, predict_volume_3d
 
     run, _ = run3d
     pkg = ModelPackage.load(run.package)
-    model = pkg.build_model()
+    model = pkg.build_model().eval()
     prep = pkg.preprocessing
-    image = prep.standardise(mt.read_case(colin_crop["image"]).image)
+    raw = mt.read_case(colin_crop["image"]).image[crop]
+    fitted = []
+    image = prep.standardise(raw, fitted)
     patch = pkg.manifest["inference"]["patch"]
-    whole = predict_volume_3d(model, image, prep, torch.device("cpu"), patch, 9, memory_budget_gb=10)
-    chunked = predict_volume_3d(model, image, prep, torch.device("cpu"), patch, 9, memory_budget_gb=1e-4)
-    assert (whole == chunked).mean() > 0.98
-    # a 512×512×600 CT's chunk (with its context) stays near the 1 GiB budget, not 600 slices' worth
-    chunk, margin = chunking((600, 512, 512), 9, 96, 2**30)
-    assert 40 <= chunk < 600 and (chunk + 2 * margin) * 11 * 512 * 512 * 4 <= 1.2 * 2**30
+    reads = []
+
+    def read(a, b):                   # lazily standardised blocks of the raw image
+        reads.append((a, b))
+        return prep.apply(raw[a:b], fitted)
+
+    ours = predict_volume_3d(model, Slabs((1,) + image.shape, read), prep, torch.device("cpu"), patch, 9)
+    assert ours.dtype == np.uint8 and ours.shape == image.shape
+    np.testing.assert_array_equal(ours, _monai_labels(model, image, prep, patch))
+    # never more input than a batch of windows spans, and every slice read
+    assert max(b - a for a, b in reads) <= patch[0] + int(patch[0] * 0.75)
+    assert min(a for a, _ in reads) == 0 and max(b for _, b in reads) == image.shape[0]
+
+
+def test_blocks_of_a_standardised_image_equal_the_whole(colin_crop):
+    from MedTransferLib.preprocessing import Preprocessing
+    from MedTransferLib.shift import learn_landmarks
+
+    raw = mt.read_case(colin_crop["image"]).image
+    for prep in (Preprocessing("MR"), Preprocessing("CT"),
+                 Preprocessing("MR", histogram_landmarks=learn_landmarks([raw, raw[:, ::-1] * 1.3]))):
+        fitted = []
+        whole = prep.standardise(raw, fitted)
+        assert len(fitted) == 1
+        np.testing.assert_array_equal(prep.apply(raw[7:19], fitted), whole[7:19])
+    two = np.stack([raw, raw * 2.0])
+    prep = Preprocessing("MR", channel_modalities=("MR", "MR"))
+    fitted = []
+    whole = prep.standardise(two, fitted)
+    assert len(fitted) == 2
+    np.testing.assert_array_equal(prep.apply(two[:, 3:9], fitted), whole[:, 3:9])
 
 
 def test_a_trained_package_starts_the_next_task_in_2_5d_and_3d(blob_datalist, tmp_path):

@@ -7,11 +7,12 @@ process, so every peak RSS is that process's own.
 - ``predict``: 2.5D prediction of a 512×512×600 CT-sized volume with a Lite0 model: the peak RSS
   increase over the process before predicting (model loaded, input in memory), against the input
   in float32 (target ≤ 3×).
+- ``predict`` (3D): the same for a 3D MONAI-UNet package with 8 structures (96³ window).
 - ``scaling``: time to build the training set + one epoch of 20 steps for 1, 2, 4 and 8 copies of
   a case, and for one case of depth 75, 150, 300, 600 slices; the fitted exponent of
   time ∝ size^b (b ≈ 1 is linear).
 
-Usage: .venv/bin/python bench/memory_scaling.py [--only build|predict|scaling]
+Usage: .venv/bin/python bench/memory_scaling.py [--only build|predict|predict3d|scaling]
 """
 
 from __future__ import annotations
@@ -104,6 +105,28 @@ def child_predict(depth: int, package: str) -> dict:
             "labelled_voxels": int((pred.label > 0).sum())}
 
 
+def package_3d(run: Path, structures: int = 8) -> Path:
+    """A 3D MONAI-UNet package with ``structures`` foreground classes and a 96³ window, trained
+    for one step on a small synthetic volume: the weights do not change the memory of prediction
+    (input, one chunk's blended scores, output), the number of classes does."""
+    import numpy as np
+
+    import MedTransferLib as mt
+
+    if (run / "model").exists():
+        return run / "model"
+    rng = np.random.default_rng(0)
+    case = synthetic_ct(96, size=128)
+    case.label = np.zeros(case.image.shape, np.uint8)
+    for v in range(1, structures + 1):
+        z, y, x = rng.integers(12, 84, 3)
+        case.label[z - 6:z + 6, y - 6:y + 6, x - 6:x + 6] = v
+    mt.train([case], run, labels=[mt.Label(v, f"s{v}", (0.5, 0.5, 0.5)) for v in range(1, structures + 1)],
+             mode="3d", backbone="unet", weights=None, epochs=1, steps_per_epoch=1, batch_size=1, patch=96,
+             val_fraction=0)
+    return run / "model"
+
+
 def child_scaling(cases: int, depth: int, out: str) -> dict:
     import MedTransferLib as mt
 
@@ -133,7 +156,7 @@ def fit_exponent(xs, ys) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["build", "predict", "scaling"])
+    ap.add_argument("--only", choices=["build", "predict", "predict3d", "scaling"])
     ap.add_argument("--out", default="runs/bench_memory")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -152,6 +175,9 @@ def main(argv=None) -> int:
                      steps_per_epoch=1, batch_size=2, patch=128, val_fraction=0)
         results["predict"] = run_child("predict", 600, str(pkg_dir / "model"))
         print(json.dumps({"predict": results["predict"]}), flush=True)
+    if a.only in (None, "predict3d"):
+        results["predict_3d"] = run_child("predict", 600, str(package_3d(out / "unet3d_run")))
+        print(json.dumps({"predict_3d": results["predict_3d"]}), flush=True)
     if a.only in (None, "scaling"):
         by_cases = [run_child("scaling", n, 100, str(out / f"s_c{n}")) for n in (1, 2, 4, 8)]
         by_depth = [run_child("scaling", 1, d, str(out / f"s_d{d}")) for d in (75, 150, 300, 600)]
