@@ -60,10 +60,10 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignor
 
 
 class Slabs:
-    """A standardised ``(C, D, H, W)`` volume that 3D prediction reads a block of slices at a
-    time: from an array, or through ``read(z0, z1)`` that standardises those slices of the raw
-    image on demand (:meth:`Preprocessing.apply`), so that no standardised copy of a large CT
-    is held while its scores are (bench/NOTES.md, memory)."""
+    """A standardised ``(C, D, H, W)`` volume that 3D prediction reads a window at a time: from
+    an array, or through ``read(zs, ys, xs)`` (slices of the three axes) that standardises just
+    that block of the raw image (:meth:`Preprocessing.apply`), so that no standardised copy of a
+    large CT is held beside the scores (bench/NOTES.md, change 3)."""
 
     def __init__(self, shape, read):
         self.shape = tuple(int(n) for n in shape)
@@ -74,7 +74,7 @@ class Slabs:
         if isinstance(image, cls):
             return image
         image = with_channels(image)
-        return cls(image.shape, lambda a, b: image[:, a:b])
+        return cls(image.shape, lambda zs, ys, xs: image[:, zs, ys, xs])
 
 
 def _windows(size, roi, overlap: float):
@@ -100,8 +100,9 @@ def predict_volume_3d(model: torch.nn.Module, image, prep: Preprocessing,
     Why not that function itself: it holds float scores for every voxel and class (a 512×512×600
     CT with 8 structures: 5.6 GB). Here windows are visited in MONAI's order (first axis slowest)
     and the scores live in a buffer one window deep; the slices no later window reaches are
-    divided by their weight sum, reduced to class indices and dropped. Memory: (classes + 1)
-    floats for ``patch[0]`` slices, plus the uint8 result. With ``probabilities=True`` returns
+    divided by their weight sum, reduced to class indices and dropped; each window's input is
+    read (and, from :class:`Slabs`, standardised) on its own. Memory: one float per class for
+    ``patch[0]`` slices, plus the uint8 result. With ``probabilities=True`` returns
     float32 softmax ``(C, D, H, W)`` (MONAI's function, whole volume: meant for small volumes).
     """
     from monai.data.utils import compute_importance_map
@@ -127,42 +128,42 @@ def predict_volume_3d(model: torch.nn.Module, image, prep: Preprocessing,
     weight = compute_importance_map(roi, mode="gaussian", device=device, dtype=torch.float32)[None]
     depth = roi[0]
     scores = torch.zeros((num_classes, depth) + padded[1:], dtype=torch.float32, device=device)
-    count = torch.zeros((1, depth) + padded[1:], dtype=torch.float32, device=device)
     out = np.empty((d, h, w), np.uint8)
     base = 0                       # padded slice held in the buffer's first plane
+    # replicate padding is index clamping: padded position → voxel of the volume, per axis
     rows = [np.clip(np.arange(p) - b, 0, n - 1) for p, b, n in zip(padded, before, (d, h, w))]
-    held = (0, 0, None)            # the input slices read last: (first, end, array)
+    z_starts = np.array([win[0].start for win in windows])
 
-    def read(z0, z1):
-        """Padded slices z0..z1 of the standardised input; replicate padding is index clamping."""
-        nonlocal held
-        if not (held[0] <= z0 and z1 <= held[1]):
-            held = (0, 0, None)          # the old block goes before the new one is made
-            src = rows[0][z0:z1]
-            block = with_channels(np.asarray(slabs.read(int(src[0]), int(src[-1]) + 1), np.float32))
-            block = block[:, src - src[0]] if (src != np.arange(src[0], src[0] + len(src))).any() else block
-            if padded[1:] != (h, w):
-                block = block[:, :, rows[1]][:, :, :, rows[2]]
-            held = (z0, z1, np.ascontiguousarray(block))
-        return held[2][:, z0 - held[0]:z1 - held[0]]
+    def read(win) -> np.ndarray:
+        """One window of the standardised input, read (and standardised) on its own."""
+        src = [r[s] for r, s in zip(rows, win)]
+        block = np.asarray(slabs.read(*(slice(int(i[0]), int(i[-1]) + 1) for i in src)), np.float32)
+        block = with_channels(block)
+        for axis, i in enumerate(src, start=1):
+            if (np.diff(i) != 1).any():                  # a padded edge: repeat the border voxel
+                block = np.take(block, i - i[0], axis=axis)
+        return block
 
     def emit(upto):
-        """Padded slices base..upto are final: weighted mean → class index → ``out``."""
+        """Padded slices base..upto are final: weighted mean → class index → ``out``. The weight
+        sums are added up here, window by window in MONAI's order (its count map, bit for bit),
+        for 8 slices at a time instead of being held for the whole buffer."""
         for z in range(base, upto, 8):
-            e = min(upto, z + 8)
-            lo, hi = max(z, before[0]), min(e, before[0] + d)
+            lo, hi = max(z, before[0]), min(upto, z + 8, before[0] + d)
             if lo >= hi:
                 continue
-            s = (scores[:, lo - base:hi - base] / count[:, lo - base:hi - base]).argmax(0)
+            count = torch.zeros((1, hi - lo) + padded[1:], dtype=torch.float32, device=device)
+            for k in np.nonzero((z_starts < hi) & (z_starts + depth > lo))[0]:
+                zs, ys, xs = windows[k]
+                a, b = max(lo, zs.start), min(hi, zs.stop)
+                count[:, a - lo:b - lo, ys, xs] += weight[:, a - zs.start:b - zs.start]
+            s = (scores[:, lo - base:hi - base] / count).argmax(0)
             out[lo - before[0]:hi - before[0]] = s[:, before[1]:before[1] + h, before[2]:before[2] + w] \
                 .to(torch.uint8).cpu().numpy()
 
     for i in range(0, len(windows), batch_size):
         batch = windows[i:i + batch_size]
-        z0, z1 = batch[0][0].start, max(win[0].stop for win in batch)
-        x = read(z0, z1)
-        x = torch.from_numpy(np.stack([x[:, win[0].start - z0:win[0].stop - z0, win[1], win[2]] for win in batch]))
-        pred = run(x.to(device))
+        pred = run(torch.from_numpy(np.stack([read(win) for win in batch])).to(device))
         pred *= weight[None]
         for win, p in zip(batch, pred):
             if win[0].start > base:          # no later window reaches the slices before it
@@ -170,13 +171,9 @@ def predict_volume_3d(model: torch.nn.Module, image, prep: Preprocessing,
                 shift = win[0].start - base
                 for j in range(depth - shift):   # plane by plane, front first: no temporary copy
                     scores[:, j] = scores[:, j + shift]
-                    count[:, j] = count[:, j + shift]
                 scores[:, depth - shift:] = 0
-                count[:, depth - shift:] = 0
                 base = win[0].start
-            at = (slice(None), slice(win[0].start - base, win[0].stop - base), win[1], win[2])
-            scores[at] += p
-            count[at] += weight
+            scores[(slice(None), slice(win[0].start - base, win[0].stop - base), win[1], win[2])] += p
     emit(padded[0])
     return out
 

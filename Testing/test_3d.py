@@ -95,16 +95,17 @@ def test_streamed_sliding_window_gives_monai_labels_from_a_buffer_one_window_dee
     patch = pkg.manifest["inference"]["patch"]
     reads = []
 
-    def read(a, b):                   # lazily standardised blocks of the raw image
-        reads.append((a, b))
-        return prep.apply(raw[a:b], fitted)
+    def read(zs, ys, xs):             # lazily standardised blocks of the raw image
+        reads.append((zs, ys, xs))
+        return prep.apply(raw[zs, ys, xs], fitted)
 
     ours = predict_volume_3d(model, Slabs((1,) + image.shape, read), prep, torch.device("cpu"), patch, 9)
     assert ours.dtype == np.uint8 and ours.shape == image.shape
     np.testing.assert_array_equal(ours, _monai_labels(model, image, prep, patch))
-    # never more input than a batch of windows spans, and every slice read
-    assert max(b - a for a, b in reads) <= patch[0] + int(patch[0] * 0.75)
-    assert min(a for a, _ in reads) == 0 and max(b for _, b in reads) == image.shape[0]
+    # never more input than one window, and every voxel read
+    assert all(s.stop - s.start <= p for block in reads for s, p in zip(block, patch))
+    for axis in range(3):
+        assert min(b[axis].start for b in reads) == 0 and max(b[axis].stop for b in reads) == image.shape[axis]
 
 
 def test_blocks_of_a_standardised_image_equal_the_whole(colin_crop):
