@@ -33,6 +33,8 @@ def prepare(folder: Path) -> None:
                         size=g.size, spacing=g.spacing, origin=g.origin, direction=g.direction)
     (folder / "labels.json").write_text(json.dumps([lab.to_dict() for lab in dl.labels]))
     shutil.copyfile(_lite0_imagenet_file(), folder / "lite0.pth")
+    for name in ("ch2.nii.gz", "deep_grey_matter.nii.gz"):   # for the MONAI loop of gpu_check.sh
+        shutil.copyfile(Path(mt.sample_data()).parent / name, folder / name)
 
 
 def check(folder: Path, epochs: int) -> None:

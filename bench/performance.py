@@ -16,7 +16,14 @@ measurements taken minutes apart, because these machines are noisy.
 
 Data: Colin27 T1 (181×217×181, 1 mm) with the 8 AAL deep grey-matter structures.
 
+3. The same prediction on a 512×512×300 CT-sized synthetic volume, for scale (``--ct-depth``).
+
+With ``--ceiling``, each training comparison also runs the pure-compute ceiling: the same network
+on random tensors already on the device (``ceiling_rate``). On a GPU (``--device cuda``, run by
+bench/gpu_check.sh) both sides use autocast and the tutorial loop 4 loader processes.
+
 Usage: .venv/bin/python bench/performance.py [--steps 30] [--warmup 5] [--out runs/bench_perf]
+       [--device cpu|cuda] [--data FOLDER] [--ceiling] [--ct-depth 300]
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ from MedTransferLib.progress import Reporter  # noqa: E402
 PATCH, BATCH, LR = 64, 2, 2e-3
 
 
-def medtransfer_rate(datalist, out: Path, steps: int, warmup: int, batch: int, **train_kw) -> dict:
-    """``medtransfer train`` for warm-up + timed steps; items (patches or slices) per second from
-    the step events' arrival times."""
+def medtransfer_rate(data, out: Path, steps: int, warmup: int, batch: int, **train_kw) -> dict:
+    """``medtransfer train`` (a datalist, or cases with ``labels=``) for warm-up + timed steps;
+    items (patches or slices) per second from the step events' arrival times (each step ends
+    with the loss read back, so on a GPU the time includes the step's kernels)."""
     times = []
 
     def sink(event):
@@ -48,17 +56,20 @@ def medtransfer_rate(datalist, out: Path, steps: int, warmup: int, batch: int, *
             times.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    run = mt.train(datalist, out, reporter=Reporter(sink=sink, stream=None, bar=False), strategy="finetune",
+    run = mt.train(data, out, reporter=Reporter(sink=sink, stream=None, bar=False), strategy="finetune",
                    epochs=1, steps_per_epoch=warmup + steps, batch_size=batch, val_fraction=0, lr=LR, **train_kw)
     steady = times[-1] - times[warmup - 1]
     return {"items_per_s": steps * batch / steady, "s_per_step": steady / steps,
             "total_s": time.perf_counter() - t0, "package": str(run.package)}
 
 
-def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, steps: int, warmup: int) -> dict:
+def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, steps: int, warmup: int,
+                        device: str = "cpu", workers: int = 0) -> dict:
     """The loop as MONAI's tutorials write it: an uncached Dataset whose transforms load,
     resample, rescale and crop ``batch`` samples of size ``crop`` per step; ``to_xy`` turns a
-    batch into the network's input and target; MedTransfer's loss, AdamW."""
+    batch into the network's input and target; MedTransfer's loss, AdamW. On a GPU as the
+    tutorials' fast-training variant does: ``workers`` loader processes, autocast (bf16 where
+    the card has it, else fp16 with a GradScaler), ``loss.item()`` each step."""
     from monai.data import DataLoader, Dataset
     from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld,
                                   ScaleIntensityRanged, Spacingd)
@@ -76,71 +87,162 @@ def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, 
                                pos=1, neg=1, num_samples=batch, image_key="image", image_threshold=0),
     ])
     ds = Dataset([{"image": str(image), "label": str(label)}] * (warmup + steps), transform=transforms)
-    loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=0)
+    loader = DataLoader(ds, batch_size=1, shuffle=True, num_workers=workers)
+    dev = torch.device(device)
+    net = net.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     loss_fn = loss_function()
+    amp = dev.type == "cuda"
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
     net.train()
     times = []
     t0 = time.perf_counter()
     for b in loader:
         x, y = to_xy(b)
-        loss = loss_fn(net(x), y)
+        x, y = x.to(dev), y.to(dev)
+        with torch.autocast(dev.type, dtype=dtype, enabled=amp):
+            out = net(x)
+        loss = loss_fn(out.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss.item()
         times.append(time.perf_counter())
     steady = times[-1] - times[warmup - 1]
     return {"items_per_s": steps * batch / steady, "s_per_step": steady / steps, "total_s": time.perf_counter() - t0}
 
 
-def monai_tutorial_3d(image, label, num_classes, steps, warmup) -> dict:
+def net_3d(num_classes):
     from MedTransferLib.backbones.monai3d import build_unet
 
     torch.manual_seed(0)
-    return monai_tutorial_rate(image, label, build_unet(1, num_classes), (PATCH,) * 3, BATCH,
-                               lambda b: (b["image"].float(), b["label"][:, 0].long()), steps, warmup)
+    return build_unet(1, num_classes)
 
 
-def monai_tutorial_25d(image, label, num_classes, steps, warmup) -> dict:
-    """128×128×3 crops (three adjacent axial slices) become 3 channels, the centre slice's labels
-    the target; the same Lite0 U-Net as MedTransfer's 2.5D default, batch 16."""
+def net_25d(num_classes, weights):
     from MedTransferLib.backbones import build_encoder
     from MedTransferLib.model import SegmentationNet
 
     torch.manual_seed(0)
-    net = SegmentationNet(build_encoder("efficientnet-lite0", "pretrained", 3, 2, "mean"), num_classes, 3)
-    return monai_tutorial_rate(image, label, net, (128, 128, 3), 16,
+    return SegmentationNet(build_encoder("efficientnet-lite0", weights, 3, 2, "mean"), num_classes, 3)
+
+
+def monai_tutorial_3d(image, label, num_classes, steps, warmup, **kw) -> dict:
+    return monai_tutorial_rate(image, label, net_3d(num_classes), (PATCH,) * 3, BATCH,
+                               lambda b: (b["image"].float(), b["label"][:, 0].long()), steps, warmup, **kw)
+
+
+def monai_tutorial_25d(image, label, num_classes, steps, warmup, weights="pretrained", **kw) -> dict:
+    """128×128×3 crops (three adjacent axial slices) become 3 channels, the centre slice's labels
+    the target; the same Lite0 U-Net as MedTransfer's 2.5D default, batch 16."""
+    return monai_tutorial_rate(image, label, net_25d(num_classes, weights), (128, 128, 3), 16,
                                lambda b: (b["image"][:, 0].permute(0, 3, 1, 2).float().contiguous(),
-                                          b["label"][:, 0, :, :, 1].long()), steps, warmup)
+                                          b["label"][:, 0, :, :, 1].long()), steps, warmup, **kw)
 
 
-def prediction(package: str, image: Path) -> dict:
+def ceiling_rate(net, x_shape, num_classes: int, steps: int, warmup: int, device: str) -> dict:
+    """The pure-compute ceiling: the same network, loss, optimizer and batch on random tensors
+    already on the device — no data loading, no augmentation; autocast and channels-last as
+    MedTransfer uses them there."""
+    from MedTransferLib.device import autocast, memory_format
+    from MedTransferLib.trainer import loss_function
+
+    dev = torch.device(device)
+    net = net.to(dev)
+    fmt = memory_format(dev, len(x_shape) - 2)
+    if fmt is not None:
+        net = net.to(memory_format=fmt)
+    x = torch.randn(x_shape, device=dev)
+    x = x.contiguous(memory_format=fmt) if fmt is not None else x
+    y = torch.randint(0, num_classes, (x_shape[0],) + tuple(x_shape[2:]), device=dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    loss_fn = loss_function()
+    net.train()
+    times = []
+    for _ in range(warmup + steps):
+        with autocast(dev):
+            out = net(x)
+        loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+        times.append(time.perf_counter())
+    steady = times[-1] - times[warmup - 1]
+    return {"items_per_s": steps * x_shape[0] / steady, "s_per_step": steady / steps}
+
+
+def prediction(package: str, case, device: str = "cpu") -> dict:
+    """MedTransfer's ``predict`` vs ``sliding_window_inference`` on the whole volume with the same
+    network, window, overlap, Gaussian blending and windows per batch (what ``predict`` uses
+    there), on ``device`` for both."""
     from monai.inferers import sliding_window_inference
 
-    from MedTransferLib.dataset import to_slices_first
+    from MedTransferLib.dataset import from_slices_first, to_slices_first
+    from MedTransferLib.device import autocast
+    from MedTransferLib.predict import _window_batch
 
     pkg = mt.ModelPackage.load(package)
-    case = mt.read_case(image)
+    dev = torch.device(device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     t0 = time.perf_counter()
-    ours = mt.predict(pkg, case, check=False).label
+    ours = mt.predict(pkg, case, device=device, check=False).label
+    sync()
     ours_s = time.perf_counter() - t0
-    net = pkg.build_model()
+    t0 = time.perf_counter()   # both sides from the loaded package to labels: building the network counts
+    net = pkg.build_model(dev)
     prep = pkg.preprocessing
     inf = pkg.manifest["inference"]
-    t0 = time.perf_counter()
+
+    def run(x):
+        with autocast(dev):
+            return net(prep.to_backbone(x)).float()
+
     x = torch.from_numpy(np.ascontiguousarray(to_slices_first(prep.standardise(case.image), pkg.axis)))[None, None]
     with torch.inference_mode():
-        scores = sliding_window_inference(prep.to_backbone(x), roi_size=tuple(inf["patch"]), sw_batch_size=2,
-                                          predictor=net, overlap=inf["overlap"], mode="gaussian",
-                                          padding_mode="replicate")
+        scores = sliding_window_inference(x, roi_size=tuple(inf["patch"]), sw_batch_size=_window_batch(dev, inf["patch"], 16),
+                                          predictor=run, overlap=inf["overlap"], mode="gaussian",
+                                          padding_mode="replicate", sw_device=dev, device="cpu")
     cls = scores[0].argmax(0).numpy()
+    del scores
     lut = np.array([0] + [lab.value for lab in pkg.labels], np.uint8)
-    from MedTransferLib.dataset import from_slices_first
-
     theirs = from_slices_first(lut[cls], pkg.axis)
     monai_s = time.perf_counter() - t0
-    return {"medtransfer_s": ours_s, "monai_s": monai_s, "speed_ratio": monai_s / ours_s,
-            "identical_voxels": float((ours == theirs).mean())}
+    return {"shape": list(case.image.shape), "medtransfer_s": ours_s, "monai_s": monai_s,
+            "speed_ratio": monai_s / ours_s, "identical_voxels": float((ours == theirs).mean())}
+
+
+def synthetic_ct(depth: int = 300):
+    """A 512×512×``depth`` CT-sized volume (body ellipse, noise) as float32, for prediction at scale."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from memory_scaling import synthetic_ct as make
+
+    case = make(depth)
+    case.label = None
+    case.image = case.image.astype(np.float32)
+    return case
+
+
+def sample(data_dir: str | None):
+    """(NIfTI image, NIfTI label, cases, labels) of the sample task: from the sample-data cache
+    (SimpleITK reads it), or from a folder prepared by ``bench/gpu_check.sh --prepare`` (a .npz
+    of the same volume, for a machine without SimpleITK)."""
+    if data_dir is None:
+        data = Path(mt.sample_data())
+        dl = mt.load_datalist(data)
+        return data.parent / "ch2.nii.gz", data.parent / "deep_grey_matter.nii.gz", dl.load_cases(), dl.labels
+    folder = Path(data_dir)
+    d = np.load(folder / "colin27.npz")
+    geo = mt.Geometry(tuple(int(x) for x in d["size"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
+    labels = [mt.Label.from_dict(x) for x in json.loads((folder / "labels.json").read_text(encoding="utf-8"))]
+    case = mt.Case(d["image"].astype(np.float32), geo, d["label"], "colin27")
+    return folder / "ch2.nii.gz", folder / "deep_grey_matter.nii.gz", [case], labels
 
 
 def main(argv=None) -> int:
@@ -148,30 +250,72 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default="runs/bench_perf")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu_check.sh)")
+    ap.add_argument("--data", help="a folder made by bench/gpu_check.sh --prepare (default: the sample data)")
+    ap.add_argument("--ceiling", action="store_true", help="also the pure-compute ceiling of each network")
+    ap.add_argument("--ct-depth", type=int, default=300, help="slices of the 512×512 CT-sized volume (0: none)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
-    data = Path(mt.sample_data())
-    image, label = data.parent / "ch2.nii.gz", data.parent / "deep_grey_matter.nii.gz"
-    num_classes = len(mt.load_datalist(data).labels) + 1
-    results = {"machine": f"{torch.get_num_threads()} threads", "steps": a.steps, "warmup": a.warmup}
+    gpu = a.device != "cpu"
+    if not gpu:
+        torch.set_num_threads(2)
+    image, label, cases, labels = sample(a.data)
+    num_classes = len(labels) + 1
+    # on a GPU machine the Lite0 ImageNet file may be absent: the same network from random weights
+    # costs the same per step
+    weights = None if gpu else "pretrained"
+    results = {"device": torch.cuda.get_device_name(0) if gpu else f"CPU, {torch.get_num_threads()} threads",
+               "torch": torch.__version__, "steps": a.steps, "warmup": a.warmup}
     import shutil
 
     for mode in ("3d", "2.5d"):
-        tutorial = (monai_tutorial_3d if mode == "3d" else monai_tutorial_25d)(image, label, num_classes,
-                                                                             a.steps, a.warmup)
+        tutorial = (monai_tutorial_3d(image, label, num_classes, a.steps, a.warmup, device=a.device,
+                                      workers=4 if gpu else 0) if mode == "3d" else
+                    monai_tutorial_25d(image, label, num_classes, a.steps, a.warmup, weights=weights,
+                                       device=a.device, workers=4 if gpu else 0))
         shutil.rmtree(out / f"mt_run_{mode}", ignore_errors=True)
-        ours = medtransfer_rate(data, out / f"mt_run_{mode}", a.steps, a.warmup,
+        ours = medtransfer_rate(cases, out / f"mt_run_{mode}", a.steps, a.warmup, labels=labels, device=a.device,
                                 **(dict(batch=BATCH, mode="3d", backbone="unet", weights=None, patch=PATCH)
-                                   if mode == "3d" else dict(batch=16, mode="2.5d", patch=128)))
+                                   if mode == "3d" else dict(batch=16, mode="2.5d", patch=128, weights=weights)))
         results[mode] = {"monai_tutorial": tutorial, "medtransfer": ours,
                          "training_ratio": ours["items_per_s"] / tutorial["items_per_s"]}
+        if a.ceiling:
+            net, shape = ((net_3d(num_classes), (BATCH, 1) + (PATCH,) * 3) if mode == "3d" else
+                          (net_25d(num_classes, weights), (16, 3, 128, 128)))
+            results[mode]["ceiling"] = ceiling_rate(net, shape, num_classes, a.steps, a.warmup, a.device)
+            results[mode]["fraction_of_ceiling"] = ours["items_per_s"] / results[mode]["ceiling"]["items_per_s"]
         print(json.dumps({mode: results[mode]}), flush=True)
-    results["prediction"] = prediction(results["3d"]["medtransfer"]["package"], image)
+    package = results["3d"]["medtransfer"]["package"]
+    results["prediction"] = prediction(package, cases[0], a.device)
     print(json.dumps({"prediction": results["prediction"]}), flush=True)
+    if a.ct_depth:
+        results["prediction_ct"] = prediction(package, synthetic_ct(a.ct_depth), a.device)
+        print(json.dumps({"prediction_ct": results["prediction_ct"]}), flush=True)
     (out / "performance.json").write_text(json.dumps(results, indent=1))
+    print(table(results))
     return 0
+
+
+def table(r: dict) -> str:
+    """The results as one Markdown table."""
+    rows = [f"| {r['device']}, torch {r['torch']} | MONAI-tutorial loop | MedTransfer | ratio |"
+            + (" ceiling | fraction of ceiling |" if "ceiling" in r["3d"] else ""), "|---|---:|---:|---:|"
+            + ("---:|---:|" if "ceiling" in r["3d"] else "")]
+    for mode, unit in (("3d", "patches/s"), ("2.5d", "slices/s")):
+        m = r[mode]
+        row = (f"| training {mode}, {unit} | {m['monai_tutorial']['items_per_s']:.1f} | "
+               f"{m['medtransfer']['items_per_s']:.1f} | {m['training_ratio']:.2f}× |")
+        if "ceiling" in m:
+            row += f" {m['ceiling']['items_per_s']:.1f} | {m['fraction_of_ceiling']:.0%} |"
+        rows.append(row)
+    for key in ("prediction", "prediction_ct"):
+        if key in r:
+            p = r[key]
+            rows.append(f"| 3D prediction {'×'.join(str(n) for n in p['shape'][::-1])}, s | {p['monai_s']:.2f} | "
+                        f"{p['medtransfer_s']:.2f} | {p['speed_ratio']:.2f}× (identical voxels "
+                        f"{p['identical_voxels']:.6f}) |" + (" | |" if "ceiling" in r["3d"] else ""))
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU check of the performance issue, one short run (a few minutes on an H100/H200):
+# training throughput in 3D and 2.5D (autocast, channels-last) against the MONAI-tutorial loop on
+# the same GPU, each against its pure-compute ceiling (the same network on random tensors already
+# on the GPU), and 3D prediction of Colin27 and of a 512×512×300 CT-sized volume against
+# MONAI's sliding_window_inference — one table at the end (bench/performance.py does the work).
+#
+# Prepare here, once (the sample data and pip's registry are needed):
+#     bash bench/gpu_check.sh --prepare
+# It writes .gpu/ (the volume as .npz, its NIfTI files for the MONAI loop) and .whl/ (the MONAI
+# and nibabel wheels the GPU image lacks); git ignores both. On the GPU machine, carrying both:
+#     bash bench/gpu_check.sh                   # STEPS, WARMUP, DEVICE, PY, RESULTS may be set
+# Nothing is installed there beyond those wheels, into /tmp/site; no network is needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+if [ "${1:-}" = "--prepare" ]; then
+  PY=${PY/#python3/.venv/bin/python}
+  "$PY" bench/gpu_check.py --prepare .gpu
+  rm -rf .whl && mkdir -p .whl
+  "$PY" -m pip download -q --no-deps --only-binary=:all: -d .whl \
+    "monai==$("$PY" -c 'import monai; print(monai.__version__)')" \
+    "nibabel==$("$PY" -c 'import nibabel; print(nibabel.__version__)')"
+  ls -la .gpu .whl
+  exit 0
+fi
+if ! "$PY" -c "import monai, nibabel" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+date -u +"%Y-%m-%d %H:%M UTC"
+exec "$PY" bench/performance.py --device "${DEVICE:-cuda}" --data .gpu --ceiling --steps "${STEPS:-30}" \
+  --warmup "${WARMUP:-5}" --out "${RESULTS:-runs/bench_gpu}"
