@@ -9,7 +9,7 @@
 #     bash bench/gpu_check.sh --prepare
 # It writes .gpu/ (the volume as .npz, its NIfTI files for the MONAI loop) and .whl/ (the MONAI
 # and nibabel wheels the GPU image lacks); git ignores both. On the GPU machine, carrying both:
-#     bash bench/gpu_check.sh                   # STEPS, WARMUP, DEVICE, PY, RESULTS may be set
+#     bash bench/gpu_check.sh       # STEPS, WARMUP, CT_DEPTH, DEVICE, PY, RESULTS may be set
 # Nothing is installed there beyond those wheels, into /tmp/site; no network is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +32,4 @@ export PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 date -u +"%Y-%m-%d %H:%M UTC"
 exec "$PY" bench/performance.py --device "${DEVICE:-cuda}" --data .gpu --ceiling --steps "${STEPS:-30}" \
-  --warmup "${WARMUP:-5}" --out "${RESULTS:-runs/bench_gpu}"
+  --warmup "${WARMUP:-5}" --ct-depth "${CT_DEPTH:-300}" --out "${RESULTS:-runs/bench_gpu}"

@@ -76,7 +76,9 @@ def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, 
 
     from MedTransferLib.trainer import loss_function
 
-    arr = mt.read_case(image).image
+    import nibabel   # what LoadImaged reads NIfTI with (no SimpleITK on a GPU machine)
+
+    arr = np.asarray(nibabel.load(str(image)).dataobj, np.float32)
     lo, hi = (float(v) for v in np.percentile(arr, (0.5, 99.5)))
     transforms = Compose([
         LoadImaged(keys=["image", "label"]),
