@@ -108,6 +108,33 @@ def test_streamed_sliding_window_gives_monai_labels_from_a_buffer_one_window_dee
         assert min(b[axis].start for b in reads) == 0 and max(b[axis].stop for b in reads) == image.shape[axis]
 
 
+def test_streamed_sliding_window_with_two_images_per_case_and_padding(colin_crop):
+    """Two channels standardised window by window (each with its own fitted parameters), a
+    volume thinner than the window on two axes, 3 windows per pass: MONAI's labels."""
+    from MedTransferLib.backbones.monai3d import build_unet
+    from MedTransferLib.inference import Slabs, predict_volume_3d
+    from MedTransferLib.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    model = build_unet(2, 4).eval()
+    raw = mt.read_case(colin_crop["image"]).image[:20, :30]
+    two = np.stack([raw, raw.max() - raw * 0.5])
+    prep = Preprocessing("MR", channel_modalities=("MR", "MR"))
+    fitted = []
+    image = prep.standardise(two, fitted)
+    slabs = Slabs(image.shape, lambda zs, ys, xs: prep.apply(two[:, zs, ys, xs], fitted))
+    ours = predict_volume_3d(model, slabs, prep, torch.device("cpu"), (32, 32, 32), 4, batch_size=3)
+    x = torch.from_numpy(image)[None]
+    from monai.inferers import sliding_window_inference
+
+    with torch.inference_mode():
+        scores = sliding_window_inference(x, roi_size=(32, 32, 32), sw_batch_size=3, overlap=0.25, mode="gaussian",
+                                          predictor=lambda t: model(prep.to_backbone(t)).float(),
+                                          padding_mode="replicate")
+    assert ours.shape == raw.shape
+    np.testing.assert_array_equal(ours, scores[0].argmax(0).numpy())
+
+
 def test_blocks_of_a_standardised_image_equal_the_whole(colin_crop):
     from MedTransferLib.preprocessing import Preprocessing
     from MedTransferLib.shift import learn_landmarks
