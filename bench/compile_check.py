@@ -18,36 +18,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 
 def measure(name: str, net, shape, num_classes: int, steps: int, device: str) -> dict:
-    from MedTransferLib.device import autocast, memory_format
-    from MedTransferLib.trainer import loss_function
+    from performance import random_stepper
 
-    dev = torch.device(device)
-    fmt = memory_format(dev, len(shape) - 2)
-    net = net.to(dev)
-    if fmt is not None:
-        net = net.to(memory_format=fmt)
-    x = torch.randn(shape, device=dev)
-    x = x.contiguous(memory_format=fmt) if fmt is not None else x
-    y = torch.randint(0, num_classes, (shape[0],) + tuple(shape[2:]), device=dev)
-    loss_fn = loss_function()
+    net, step = random_stepper(net, shape, num_classes, device)
 
     def timed(model, n):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
-            with autocast(dev):
-                out = model(x)
-            loss = loss_fn(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss.item()
+            step(model, opt)
             times.append(time.perf_counter() - t0)
         return times
 

@@ -144,10 +144,11 @@ def monai_tutorial_25d(image, label, num_classes, steps, warmup, weights="pretra
                                           b["label"][:, 0, :, :, 1].long()), steps, warmup, **kw)
 
 
-def ceiling_rate(net, x_shape, num_classes: int, steps: int, warmup: int, device: str) -> dict:
-    """The pure-compute ceiling: the same network, loss, optimizer and batch on random tensors
-    already on the device — no data loading, no augmentation; autocast and channels-last as
-    MedTransfer uses them there."""
+def random_stepper(net, x_shape, num_classes: int, device: str):
+    """``(net, step)``: ``net`` on ``device`` in MedTransfer's memory format there, and
+    ``step(model, optimizer)`` — one training step of ``model`` (``net`` or a compiled ``net``) on
+    random tensors already on the device, with autocast as MedTransfer uses it and its loss, ending
+    with the loss read back (a GPU step is then complete)."""
     from MedTransferLib.device import autocast, memory_format
     from MedTransferLib.trainer import loss_function
 
@@ -159,18 +160,30 @@ def ceiling_rate(net, x_shape, num_classes: int, steps: int, warmup: int, device
     x = torch.randn(x_shape, device=dev)
     x = x.contiguous(memory_format=fmt) if fmt is not None else x
     y = torch.randint(0, num_classes, (x_shape[0],) + tuple(x_shape[2:]), device=dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     loss_fn = loss_function()
-    net.train()
-    times = []
-    for _ in range(warmup + steps):
+
+    def step(model, opt):
         with autocast(dev):
-            out = net(x)
+            out = model(x)
         loss = loss_fn(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         loss.item()
+
+    return net, step
+
+
+def ceiling_rate(net, x_shape, num_classes: int, steps: int, warmup: int, device: str) -> dict:
+    """The pure-compute ceiling: the same network, loss, optimizer and batch on random tensors
+    already on the device — no data loading, no augmentation; autocast and channels-last as
+    MedTransfer uses them there."""
+    net, step = random_stepper(net, x_shape, num_classes, device)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    net.train()
+    times = []
+    for _ in range(warmup + steps):
+        step(net, opt)
         times.append(time.perf_counter())
     steady = times[-1] - times[warmup - 1]
     return {"items_per_s": steps * x_shape[0] / steady, "s_per_step": steady / steps}
