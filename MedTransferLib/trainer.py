@@ -117,26 +117,28 @@ def loss_function(smooth: float = 1.0):
     """
 
     def loss(logits, target):
-        valid = (target != IGNORE)
+        # One log-softmax serves both terms, and the Dice sums are gathered per class instead of
+        # multiplying the probabilities by a one-hot volume: the same values (Testing/
+        # test_performance.py checks them against the one-hot formulation), 2× faster forward +
+        # backward on a 2 × 9 × 64³ batch, where the loss was a quarter of a 3D step (bench/NOTES.md)
+        c = logits.shape[1]
+        valid = target != IGNORE
+        safe = torch.where(valid, target, 0)
+        logp = F.log_softmax(logits, 1)
+        logp_true = logp.gather(1, safe[:, None])[:, 0]          # log-probability of the true class
+        t, lp = safe[valid], logp_true[valid]
+        counts = torch.bincount(t, minlength=c).to(logits.dtype)
         # cross-entropy averaged within each class present, then over classes: background's
         # sheer voxel count must not drown out a small structure
-        per_voxel = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
-        safe = torch.where(valid, target, 0)
-        counts = torch.bincount(safe[valid], minlength=logits.shape[1]).to(logits.dtype)
-        sums = torch.zeros(logits.shape[1], dtype=logits.dtype, device=logits.device)
-        sums.index_add_(0, safe[valid], per_voxel[valid])
+        sums = torch.zeros(c, dtype=logits.dtype, device=logits.device).index_add_(0, t, -lp)
         ce = (sums[counts > 0] / counts[counts > 0]).mean()
-        probs = torch.softmax(logits, 1)[:, 1:]                     # foreground channels
-        onehot = F.one_hot(safe, logits.shape[1])[..., 1:]
-        onehot = onehot.movedim(-1, 1).to(probs.dtype)          # 2D or 3D
-        mask = valid[:, None].to(probs.dtype)
-        dims = (0, *range(2, logits.ndim))
-        inter = (probs * onehot * mask).sum(dims)
-        denom = (probs * mask).sum(dims) + onehot.sum(dims)
-        present = onehot.sum(dims) > 0
+        present = counts[1:] > 0                                  # foreground classes in the batch
         if not present.any():
             return ce
-        dice = 1 - (2 * inter + smooth) / (denom + smooth)
+        inter = torch.zeros(c, dtype=logits.dtype, device=logits.device).index_add_(0, t, lp.exp())[1:]
+        dims = (0, *range(2, logits.ndim))                        # 2D or 3D
+        probs = (logp[:, 1:].exp() * valid[:, None].to(logits.dtype)).sum(dims)
+        dice = 1 - (2 * inter + smooth) / (probs + counts[1:] + smooth)
         return ce + dice[present].mean()
 
     return loss
