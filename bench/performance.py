@@ -104,8 +104,9 @@ def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, 
         x, y = to_xy(b)
         x, y = x.to(dev), y.to(dev)
         with torch.autocast(dev.type, dtype=dtype, enabled=amp):
-            out = net(x)
-        loss = loss_fn(out.float(), y)
+            out = net(x)                 # MetaTensors through the network, as in the tutorials
+        # MedTransfer's loss takes plain tensors (MONAI's own losses take MetaTensors)
+        loss = loss_fn(out.as_tensor().float(), y.as_tensor())
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
