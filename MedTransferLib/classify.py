@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .case import Case
+from .datalist import resolve_within
 from .dataset import augment, gather_slabs, to_slices_first, with_channels
 from .errors import MedTransferError
 from .labels import Label, default_color
@@ -128,8 +129,6 @@ def load_class_datalist(path) -> ClassDatalist:
             if not names or not all(isinstance(n, str) and n for n in names):
                 raise MedTransferError(f"datalist '{path}': {where} needs an 'image' path (or a list "
                                        f"of co-registered images); {_FIX}")
-            from .datalist import resolve_within
-
             paths = [resolve_within(n, root, f"{path}: {section}[{i}].image") for n in names]
             image = paths if isinstance(raw_image, list) else paths[0]
             label = slices = None
@@ -175,8 +174,6 @@ def _load_csv(path: Path) -> ClassDatalist:
         raise MedTransferError(f"CSV '{path}' has a single class; classification needs two or more")
     by_image: dict[str, ClassEntry] = {}
     for i, r in enumerate(rows):
-        from .datalist import resolve_within
-
         img = resolve_within(r["image"], path.parent, f"{path}: row {r.get('image')}")
         cls = _class_index(int(raw_labels[i]) if numeric else raw_labels[i], classes, f"row {i + 2}", path)
         e = by_image.setdefault(str(img), ClassEntry(img, None, None, 2, img.name.split(".")[0]))
@@ -334,18 +331,10 @@ def _split(items: list[_Item], entries, val_fraction: float, seed: int):
 
 def train_classifier(data, out, config=None, reporter=None, resume: bool = False) -> "TrainResult":
     """Fine-tune a pretrained encoder + linear head on volume- or slice-level classes."""
-    import shutil
+    from .trainer import TrainConfig, managed_run
 
-    from . import distributed
-    from .loop import STATE_DIR
-    from .trainer import TrainConfig, main_process_run, retry_out_of_memory
-
-    with main_process_run(out, resume):
-        result = retry_out_of_memory(lambda cfg, again: _train_classifier(data, out, cfg, reporter, resume and not again),
-                                     config or TrainConfig(), out, reporter)
-    if distributed.is_main():
-        shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
-    return result
+    return managed_run(lambda cfg, resume_now: _train_classifier(data, out, cfg, reporter, resume_now),
+                       config or TrainConfig(), out, reporter, resume)
 
 
 def _train_classifier(data, out, config=None, reporter=None, resume: bool = False) -> "TrainResult":

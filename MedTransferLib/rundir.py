@@ -68,6 +68,17 @@ def _holder(lock: Path) -> tuple[str, int]:
         return "", -1
 
 
+def _stale(host: str, pid: int) -> bool:
+    """A lock written on this machine by a process that no longer exists (kill -9, power loss)."""
+    return host == socket.gethostname() and pid > 0 and not _alive(pid)
+
+
+def _in_use(out, lock: Path, host: str, pid: int) -> MedTransferError:
+    where = f"process {pid} on {host}" if pid > 0 else "another run"
+    return MedTransferError(f"run folder '{out}' is in use by {where}; wait for it to finish or "
+                            f"choose another --out (if no run is active, delete {lock})")
+
+
 def _acquire(out: Path) -> Path:
     lock = out / LOCK
     me = f"{socket.gethostname()} {os.getpid()}"
@@ -76,12 +87,10 @@ def _acquire(out: Path) -> Path:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             host, pid = _holder(lock)
-            if host == socket.gethostname() and pid > 0 and not _alive(pid):
-                lock.unlink(missing_ok=True)   # stale: its process is gone
+            if _stale(host, pid):
+                lock.unlink(missing_ok=True)
                 continue
-            where = f"process {pid} on {host}" if pid > 0 else "another run"
-            raise MedTransferError(f"run folder '{out}' is in use by {where}; wait for it to finish or "
-                                   f"choose another --out (if no run is active, delete {lock})") from None
+            raise _in_use(out, lock, host, pid) from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(me)
         return lock
@@ -89,16 +98,14 @@ def _acquire(out: Path) -> Path:
 
 
 def ensure_free(out) -> None:
-    """Refuse now if a live run holds ``out`` (before anything is written into it)."""
+    """Refuse now if a live run holds ``out`` (before anything is written into it); an unreadable
+    lock is left for the run itself to judge."""
     lock = Path(out) / LOCK
     if not lock.exists():
         return
     host, pid = _holder(lock)
-    if pid < 0:
-        return
-    if host != socket.gethostname() or _alive(pid):
-        raise MedTransferError(f"run folder '{out}' is in use by process {pid} on {host}; wait for it to finish "
-                               f"or choose another --out (if no run is active, delete {lock})")
+    if pid > 0 and not _stale(host, pid):
+        raise _in_use(out, lock, host, pid)
 
 
 def read_state(out) -> dict | None:

@@ -208,48 +208,42 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         >>> dl = load_datalist("dataset.json")                      # doctest: +SKIP
         >>> result = train(dl.load_cases(), dl.labels, "runs/a")    # doctest: +SKIP
     """
-    with main_process_run(out, resume):
-        result = retry_out_of_memory(lambda cfg, again: _train(cases, labels, out, cfg, reporter, axis_from_data,
-                                                               resume and not again),
-                                     config or TrainConfig(), out, reporter)
-    if distributed.is_main():
-        shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # finished: the package is the result
-    return result
+    return managed_run(lambda cfg, resume_now: _train(cases, labels, out, cfg, reporter, axis_from_data, resume_now),
+                       config or TrainConfig(), out, reporter, resume)
 
 
-def main_process_run(out, resume: bool):
-    """Join torchrun's process group if there is one; rank 0 checks, locks and labels the run
-    folder (rundir), the other ranks leave it to rank 0."""
+def managed_run(run, config: TrainConfig, out, reporter, resume: bool):
+    """What every training (segmentation or classification) runs inside: torchrun's process group
+    if there is one; the run folder checked, locked and labelled by rank 0 (rundir); ``run(config,
+    resume)``, and with ``config.oom_retry`` again with half the batch (down to 1) after an
+    out-of-memory batch, saying so — as a new run, not resumed; the training state removed once
+    the package is written."""
     import contextlib
 
+    from .errors import OutOfMemory
     from .rundir import run_directory
 
     distributed.init()
     if distributed.active() and resume:
         raise MedTransferError("--resume continues a run with one process; resuming a torchrun run "
                                "(several samplers' states) is not supported — start it again")
-    return run_directory(out) if distributed.is_main() else contextlib.nullcontext()
-
-
-def retry_out_of_memory(run, config: TrainConfig, out, reporter):
-    """Run ``run(config, retried)``; on an out-of-memory batch, with ``config.oom_retry``, start
-    again with half the batch (down to 1), saying so; otherwise the error names what to lower."""
-    from .errors import OutOfMemory
-
-    retried = False
-    while True:
-        try:
-            return run(config, retried)
-        except OutOfMemory as exc:
-            if not config.oom_retry or exc.batch <= 1:
-                raise
-            half = max(1, exc.batch // 2)
-            if reporter is not None:
-                reporter.emit("note", message=f"out of memory at batch {exc.batch}: starting again with "
-                                              f"--batch-size {half} (--oom-retry)")
-            shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # another batch size: a new run
-            config = replace(config, batch_size=half)
-            retried = True
+    with run_directory(out) if distributed.is_main() else contextlib.nullcontext():
+        while True:
+            try:
+                result = run(config, resume)
+                break
+            except OutOfMemory as exc:
+                if not config.oom_retry or exc.batch <= 1:
+                    raise
+                half = max(1, exc.batch // 2)
+                if reporter is not None:
+                    reporter.emit("note", message=f"out of memory at batch {exc.batch}: starting again with "
+                                                  f"--batch-size {half} (--oom-retry)")
+                shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # another batch size: a new run
+                config, resume = replace(config, batch_size=half), False
+    if distributed.is_main():
+        shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)   # finished: the package is the result
+    return result
 
 
 def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | None = None,

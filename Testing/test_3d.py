@@ -70,12 +70,15 @@ def test_3d_patches_learn_only_from_training_slices():
     assert (targets == 1).any() and (targets == 2).any()
 
 
-def _monai_labels(model, image, prep, patch, overlap=0.25):
+def _monai_labels(model, image, prep, patch, overlap=0.25, sw_batch_size=2):
+    """MONAI's own sliding window on a standardised (D, H, W) or (C, D, H, W) volume → labels."""
     from monai.inferers import sliding_window_inference
 
-    x = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    from MedTransferLib.dataset import with_channels
+
+    x = torch.from_numpy(np.ascontiguousarray(with_channels(image)))[None]
     with torch.inference_mode():
-        scores = sliding_window_inference(x, roi_size=tuple(patch), sw_batch_size=2, overlap=overlap,
+        scores = sliding_window_inference(x, roi_size=tuple(patch), sw_batch_size=sw_batch_size, overlap=overlap,
                                           predictor=lambda t: model(prep.to_backbone(t)).float(),
                                           mode="gaussian", padding_mode="replicate")
     return scores[0].argmax(0).numpy()
@@ -124,15 +127,8 @@ def test_streamed_sliding_window_with_two_images_per_case_and_padding(colin_crop
     image = prep.standardise(two, fitted)
     slabs = Slabs(image.shape, lambda zs, ys, xs: prep.apply(two[:, zs, ys, xs], fitted))
     ours = predict_volume_3d(model, slabs, prep, torch.device("cpu"), (32, 32, 32), 4, batch_size=3)
-    x = torch.from_numpy(image)[None]
-    from monai.inferers import sliding_window_inference
-
-    with torch.inference_mode():
-        scores = sliding_window_inference(x, roi_size=(32, 32, 32), sw_batch_size=3, overlap=0.25, mode="gaussian",
-                                          predictor=lambda t: model(prep.to_backbone(t)).float(),
-                                          padding_mode="replicate")
     assert ours.shape == raw.shape
-    np.testing.assert_array_equal(ours, scores[0].argmax(0).numpy())
+    np.testing.assert_array_equal(ours, _monai_labels(model, image, prep, (32, 32, 32), sw_batch_size=3))
 
 
 def test_blocks_of_a_standardised_image_equal_the_whole(colin_crop):

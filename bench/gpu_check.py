@@ -37,21 +37,30 @@ def prepare(folder: Path) -> None:
         shutil.copyfile(Path(mt.sample_data()).parent / name, folder / name)
 
 
+def load_prepared(folder: Path):
+    """The fully labelled Colin27 case and its labels, as :func:`prepare` wrote them (no SimpleITK)."""
+    from MedTransferLib import Case, Geometry, Label
+
+    d = np.load(Path(folder) / "colin27.npz")
+    geo = Geometry(tuple(int(x) for x in d["size"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
+    labels = [Label.from_dict(x) for x in json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))]
+    return Case(d["image"].astype(np.float32), geo, d["label"], "colin27"), labels
+
+
 def check(folder: Path, epochs: int) -> None:
     import torch
 
-    from MedTransferLib import Case, Geometry, Label, predict
+    from MedTransferLib import Case, predict
     from MedTransferLib.case import IGNORE
     from MedTransferLib.progress import Reporter
     from MedTransferLib.trainer import TrainConfig, train
 
-    d = np.load(folder / "colin27.npz")
-    geo = Geometry(tuple(int(x) for x in d["size"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
-    labels = [Label.from_dict(x) for x in json.loads((folder / "labels.json").read_text(encoding="utf-8"))]
-    full = d["label"]
+    full_case, labels = load_prepared(folder)
+    full = full_case.label
+    geo = full_case.geometry
     sparse = np.full_like(full, IGNORE)
     sparse[::10] = full[::10]  # every 10th axial slice labelled
-    case = Case(d["image"].astype(np.float32), geo, sparse, "colin27")
+    case = Case(full_case.image, geo, sparse, "colin27")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
     events = []
     t0 = time.monotonic()

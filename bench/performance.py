@@ -253,11 +253,11 @@ def sample(data_dir: str | None):
         data = Path(mt.sample_data())
         dl = mt.load_datalist(data)
         return data.parent / "ch2.nii.gz", data.parent / "deep_grey_matter.nii.gz", dl.load_cases(), dl.labels
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check import load_prepared
+
     folder = Path(data_dir)
-    d = np.load(folder / "colin27.npz")
-    geo = mt.Geometry(tuple(int(x) for x in d["size"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
-    labels = [mt.Label.from_dict(x) for x in json.loads((folder / "labels.json").read_text(encoding="utf-8"))]
-    case = mt.Case(d["image"].astype(np.float32), geo, d["label"], "colin27")
+    case, labels = load_prepared(folder)
     return folder / "ch2.nii.gz", folder / "deep_grey_matter.nii.gz", [case], labels
 
 
