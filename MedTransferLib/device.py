@@ -56,7 +56,7 @@ def available_devices() -> list[dict]:
 
 def memory_format(device: torch.device, spatial_dims: int):
     """Channels-last where it pays: CUDA, and CPU too (oneDNN convolutions; measured on 2 EPYC
-    cores: a 2.5D Lite0 U-Net training step 1.4× faster, a 3D UNet step 1.2×,
+    cores: a 2.5D Lite0 U-Net training step 1.58× faster, a 3D UNet step 1.27× (bench/micro.py),
     bench/NOTES.md). None elsewhere (MPS)."""
     if device.type not in ("cuda", "cpu"):
         return None

@@ -61,8 +61,8 @@ def _map_classes(classes: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 def _window_batch(dev, patch, batch_size: int) -> int:
     """Windows per forward pass in 3D: ``batch_size // 8`` on a GPU; on the CPU about two 64³
-    windows' worth — two 64³ windows run 2.6× faster per window than one, while one 96³ window
-    runs as fast as two and holds half the activations (bench/NOTES.md, change 3)."""
+    windows' worth — two 64³ windows run 2.4× faster per window than one, while one 96³ window
+    runs about as fast as two and holds half the activations (bench/NOTES.md, change 3)."""
     if dev.type != "cpu":
         return max(1, batch_size // 8)
     return max(1, min(batch_size // 8, round(2 * 64 ** 3 / float(np.prod(patch)))))
