@@ -24,12 +24,53 @@ class Validation:
     event: dict = field(default_factory=dict)   # extra fields of the 'validation' event
 
 
+def adamw(groups: list[dict], **kw) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel on CPU and CUDA: the same update in one kernel per step
+    instead of a chain of per-tensor operations (bench/micro.py --only optimizer: the optimizer
+    step 2.8x faster on the 2.5D network and 2.1x on the 3D UNet on a 2-core CPU). Other devices,
+    and torch builds without a fused kernel for the device (CPU before torch 2.4; Slicer's PyTorch
+    extension may install one), get the default implementation."""
+    devices = {p.device for g in groups for p in g["params"]}
+    fused = bool(devices) and all(_fused_adamw_works(d) for d in devices)
+    return torch.optim.AdamW(groups, fused=True, **kw) if fused else torch.optim.AdamW(groups, **kw)
+
+
+_FUSED: dict[str, bool] = {}
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded moment the memory layout of its parameter. Saved moments come back
+    contiguous while a channels-last network's weights are not, and torch's fused AdamW walks
+    parameter, gradient and moments as if they were laid out alike: without this, a resumed run
+    takes silently wrong steps (Testing/test_reliability.py's kill -9 test found it)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def _fused_adamw_works(device: torch.device) -> bool:
+    """Whether one fused AdamW step runs on this device type (older torch builds refuse some
+    devices when the optimizer is made, newer ones at the first step; a probe finds either)."""
+    if device.type not in ("cpu", "cuda"):
+        return False
+    if device.type not in _FUSED:
+        try:
+            probe = torch.zeros(2, device=device, requires_grad=True)
+            probe.grad = torch.ones_like(probe)
+            torch.optim.AdamW([probe], fused=True).step()
+            _FUSED[device.type] = True
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            _FUSED[device.type] = False
+    return _FUSED[device.type]
+
+
 class Optimisation:
     """AdamW over the strategy's parameter groups, linear warm-up then cosine decay."""
 
     def __init__(self, model: torch.nn.Module, strategy, config):
         self.groups = strategy.param_groups(model, config.lr)
-        self.optimizer = torch.optim.AdamW(self.groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = adamw(self.groups, lr=config.lr, weight_decay=config.weight_decay)
         self.total = config.epochs * config.steps_per_epoch
         warmup = max(1, int(config.warmup_fraction * self.total))
         total = self.total
@@ -164,6 +205,7 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
                 _, idx, name = key.split(".", 2)
                 opt_state.setdefault(int(idx), {})[name] = v
         optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_groups"]})
+        match_layouts(optimizer)
         schedule.last_epoch = state["schedule"]["last_epoch"]
         schedule._step_count = state["schedule"]["step_count"]
         schedule.base_lrs = list(state["schedule"]["base_lrs"])

@@ -9,8 +9,10 @@ on the CPU; median of repeated runs after warm-up). Prints JSON lines. Not a tes
 - ``argmax``: class indices over the class axis, ``argmax`` vs ``max().indices`` (change 4).
 - ``loss``: forward + backward of MedTransfer's loss vs its one-hot definition
   (Testing/test_performance.py), 3D and 2.5D batch shapes (change 5).
+- ``optimizer``: AdamW's step alone and a whole channels-last training step of both networks,
+  torch's default (foreach) implementation vs the fused kernel (change 6).
 
-    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss]
+    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss|optimizer]
 """
 
 from __future__ import annotations
@@ -125,12 +127,38 @@ def loss() -> None:
         print(json.dumps(row), flush=True)
 
 
+def optimizer() -> None:
+    from MedTransferLib.trainer import loss_function
+
+    loss_fn = loss_function()
+    for name, make, shape in nets():
+        row = {"bench": "optimizer", "net": name}
+        fmt = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+        for impl in ("foreach", "fused"):
+            torch.manual_seed(0)
+            net = make().to(memory_format=fmt)
+            x = torch.randn(shape).contiguous(memory_format=fmt)
+            y = torch.randint(0, 9, (shape[0],) + shape[2:])
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-3, **{impl: True})
+
+            def step():
+                loss = loss_fn(net(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            row[f"{impl}_step_s"] = round(median_s(step), 4)
+            row[f"{impl}_optimizer_ms"] = round(median_s(opt.step, repeat=20) * 1e3, 2)
+        print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss"])
+    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss", "optimizer"])
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
-    for name, fn in (("formats", formats), ("windows", windows), ("argmax", argmax), ("loss", loss)):
+    for name, fn in (("formats", formats), ("windows", windows), ("argmax", argmax), ("loss", loss),
+                     ("optimizer", optimizer)):
         if a.only in (None, name):
             fn()
     return 0

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
+from MedTransferLib.loop import adamw  # noqa: E402
 from MedTransferLib.progress import Reporter  # noqa: E402
 
 PATCH, BATCH, LR = 64, 2, 2e-3
@@ -180,7 +181,7 @@ def ceiling_rate(net, x_shape, num_classes: int, steps: int, warmup: int, device
     already on the device — no data loading, no augmentation; autocast and channels-last as
     MedTransfer uses them there."""
     net, step = random_stepper(net, x_shape, num_classes, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    opt = adamw([{"params": list(net.parameters())}], lr=LR, weight_decay=1e-4)   # as MedTransfer makes it
     net.train()
     times = []
     for _ in range(warmup + steps):
