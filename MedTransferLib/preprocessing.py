@@ -122,7 +122,7 @@ class Preprocessing:
             fitted.update(lo=lo, hi=hi, mean=mean, std=std)
         if params is not None:
             params.append(fitted)
-        return self._apply(img, fitted, landmarked=self.modality == "MR")
+        return self._apply(img, fitted, clipped=True)
 
     def _landmarked(self, img: np.ndarray, fitted: dict) -> np.ndarray:
         if "landmarks" not in fitted:
@@ -131,9 +131,10 @@ class Preprocessing:
 
         return apply_landmarks(img, self.histogram_landmarks, fitted["landmarks"])
 
-    def _apply(self, img: np.ndarray, fitted: dict, landmarked: bool = False) -> np.ndarray:
+    def _apply(self, img: np.ndarray, fitted: dict, clipped: bool = False) -> np.ndarray:
         """In place on the float32 ``img``; the same operations in the same order for a whole
-        image and for any block of it."""
+        image and for any block of it. ``clipped``: an MR image already landmark-mapped and
+        clipped while its parameters were fitted (:meth:`_standardise`)."""
         if self.modality == "CT":
             lo, hi = self.ct_window
             centre, half = (lo + hi) / 2, (hi - lo) / 2
@@ -141,7 +142,7 @@ class Preprocessing:
             img -= centre
             img /= half
             return img
-        if not landmarked:
+        if not clipped:
             img = self._landmarked(img, fitted)
             np.clip(img, fitted["lo"], fitted["hi"], out=img)
         img -= fitted["mean"]

@@ -53,31 +53,38 @@ def nets():
             ("3D MONAI UNet, 2×1×64³", lambda: build_unet(1, 9), (2, 1, 64, 64, 64))]
 
 
-def formats() -> None:
+def training_step(make, shape, channels_last: bool, bf16: bool = False, **adamw):
+    """``(step, optimizer)``: one forward, MedTransfer's loss, backward and AdamW step of the
+    network ``make()`` on a random batch of ``shape``, in the memory format asked for."""
     from MedTransferLib.trainer import loss_function
 
     loss_fn = loss_function()
+    net = make()
+    fmt = (torch.channels_last_3d if len(shape) == 5 else torch.channels_last) if channels_last else None
+    if fmt is not None:
+        net = net.to(memory_format=fmt)
+    x = torch.randn(shape)
+    x = x.contiguous(memory_format=fmt) if fmt is not None else x
+    y = torch.randint(0, 9, (shape[0],) + shape[2:])
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, **adamw)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, opt
+
+
+def formats() -> None:
     for name, make, shape in nets():
         row = {"bench": "formats", "network": name}
         for label, last, bf16 in (("contiguous", False, False), ("channels_last", True, False),
                                   ("channels_last_bf16", True, True)):
-            net = make()
-            fmt = (torch.channels_last_3d if len(shape) == 5 else torch.channels_last) if last else None
-            if fmt is not None:
-                net = net.to(memory_format=fmt)
-            x = torch.randn(shape)
-            x = x.contiguous(memory_format=fmt) if fmt is not None else x
-            y = torch.randint(0, 9, (shape[0],) + shape[2:])
-            opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-
-            def step():
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = net(x)
-                loss = loss_fn(out.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
+            step, _ = training_step(make, shape, last, bf16)
             row[f"{label}_s"] = round(median_s(step), 4)
         print(json.dumps(row), flush=True)
 
@@ -128,25 +135,11 @@ def loss() -> None:
 
 
 def optimizer() -> None:
-    from MedTransferLib.trainer import loss_function
-
-    loss_fn = loss_function()
     for name, make, shape in nets():
         row = {"bench": "optimizer", "net": name}
-        fmt = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
         for impl in ("foreach", "fused"):
             torch.manual_seed(0)
-            net = make().to(memory_format=fmt)
-            x = torch.randn(shape).contiguous(memory_format=fmt)
-            y = torch.randint(0, 9, (shape[0],) + shape[2:])
-            opt = torch.optim.AdamW(net.parameters(), lr=1e-3, **{impl: True})
-
-            def step():
-                loss = loss_fn(net(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
+            step, opt = training_step(make, shape, True, **{impl: True})
             row[f"{impl}_step_s"] = round(median_s(step), 4)
             row[f"{impl}_optimizer_ms"] = round(median_s(opt.step, repeat=20) * 1e3, 2)
         print(json.dumps(row), flush=True)
