@@ -31,5 +31,5 @@ fi
 export PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 date -u +"%Y-%m-%d %H:%M UTC"
-exec "$PY" bench/performance.py --device "${DEVICE:-cuda}" --data .gpu --ceiling --steps "${STEPS:-30}" \
-  --warmup "${WARMUP:-5}" --ct-depth "${CT_DEPTH:-300}" --out "${RESULTS:-runs/bench_gpu}"
+exec "$PY" bench/performance.py --device "${DEVICE:-cuda}" --data .gpu --ceiling --steps "${STEPS:-100}" \
+  --warmup "${WARMUP:-10}" --ct-depth "${CT_DEPTH:-300}" --out "${RESULTS:-runs/bench_gpu}"
