@@ -154,13 +154,37 @@ def load_state(folder) -> tuple[dict, dict]:
     return state, tensors
 
 
+def batches(next_batch: Callable, n: int, device: torch.device):
+    """``n`` calls of ``next_batch()``, in order. On a GPU one thread makes the next batch while
+    the card trains on this one (sampling from the cached arrays and the upload cost the host
+    milliseconds a step that would otherwise leave the card idle; a thread, not a process:
+    numpy's crops and torch release the GIL, and nothing is copied between processes). Exactly
+    ``n`` calls per epoch, in the same order, so the random generators stand where they would
+    without it when the epoch's state is saved. On the CPU the cores are busy training: no thread."""
+    if device.type != "cuda":
+        for _ in range(n):
+            yield next_batch()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    index = torch.cuda.current_device()   # per thread in CUDA: the worker makes its batches on ours
+    with ThreadPoolExecutor(1, thread_name_prefix="medtransfer-batches",
+                            initializer=torch.cuda.set_device, initargs=(index,)) as pool:
+        pending = pool.submit(next_batch) if n else None
+        for i in range(n):
+            batch = pending.result()
+            pending = pool.submit(next_batch) if i + 1 < n else None
+            yield batch
+
+
 def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable, loss_fn: Callable,
         reporter, validate: Callable[[], Validation] | None = None, metric: str = "val_score",
         on_best: Callable[[list, int, float], None] | None = None,
         adapt_inputs: Callable | None = None, state_dir=None, rngs=(), resume: bool = False) -> tuple[list, dict]:
     """Train ``config.epochs × config.steps_per_epoch`` steps; returns ``(history, metrics)``.
 
-    ``next_batch()`` gives ``(x, y)`` on the CPU, ready for the network; ``validate()`` scores
+    ``next_batch()`` gives ``(x, y)`` ready for the network (on the CPU, or already on the
+    device; on a GPU the next is made while the card runs this one: :func:`batches`); ``validate()`` scores
     the model after each epoch; ``on_best(history, epoch, score)`` runs at each improvement
     (e.g. to write a checkpoint); ``adapt_inputs()`` yields label-free input batches for a
     strategy that re-estimates BatchNorm statistics first (AdaBN).
@@ -223,8 +247,7 @@ def fit(model, strategy, opt: Optimisation, config, device, next_batch: Callable
                 f"lr {g['initial_lr']:.2e})" for g in joining))
         strategy.train_mode(model)
         losses = []
-        for _ in range(config.steps_per_epoch):
-            x, y = next_batch()
+        for x, y in batches(next_batch, config.steps_per_epoch, device):
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if fmt is not None and x.ndim == (5 if fmt is torch.channels_last_3d else 4):

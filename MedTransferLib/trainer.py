@@ -353,7 +353,10 @@ def _train(cases: list[Case], labels: list[Label], out, config: TrainConfig | No
 
     def next_batch():
         images, targets = sampler.sample(batch_size)
-        x, y = augment(torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)), rng)
+        x, y = torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64))
+        if device.type == "cuda":   # augmented there: most of a batch's preparation on a CPU (augment)
+            x, y = x.to(device), y.to(device)
+        x, y = augment(x, y, rng)
         return prep.to_backbone(x), y
 
     def validate() -> Validation:

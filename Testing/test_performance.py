@@ -1,6 +1,9 @@
 """Speed changes that must not change results (issue 8): the training loss against its one-hot
-definition, value and gradient; the fused AdamW against torch's default AdamW."""
+definition, value and gradient; the fused AdamW against torch's default AdamW; augmentation on
+the GPU against the CPU. The CUDA cases run where a GPU is (bench/gpu_check.sh runs them on a lent
+one, with ``--noconftest`` since the GPU image has no SimpleITK); elsewhere they are skipped."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,6 +33,9 @@ def one_hot_loss(logits, target, smooth=1.0):
     return ce + (1 - (2 * inter + smooth) / (denom + smooth))[present].mean()
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
+
+
 @pytest.mark.parametrize("shape", [(4, 5, 12, 10), (2, 9, 6, 8, 7)])
 @pytest.mark.parametrize("case", ["all classes", "a class absent, unlabelled voxels", "background only"])
 def test_fast_loss_equals_the_one_hot_definition(shape, case):
@@ -55,19 +61,21 @@ def test_fast_loss_equals_the_one_hot_definition(shape, case):
         assert grads[0][:, :, :2].abs().max() == 0
 
 
-def test_training_uses_fused_adamw_on_the_cpu_with_the_default_update():
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_uses_fused_adamw_with_the_default_update(device):
     from MedTransferLib.loop import adamw
 
     def trained(make_optimizer):
         torch.manual_seed(0)
         # no bias before the BatchNorm: its gradient is rounding noise, which Adam scales to full steps
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4),
-                                  torch.nn.Conv2d(4, 2, 1))
+                                  torch.nn.Conv2d(4, 2, 1)).to(device)
         head, body = list(net[2].parameters()), list(net[:2].parameters())
         opt = make_optimizer([{"params": body, "lr": 1e-3}, {"params": head, "lr": 1e-2}])
         g = torch.Generator().manual_seed(1)
         for _ in range(5):
             x, y = torch.randn(2, 3, 9, 9, generator=g), torch.randint(0, 2, (2, 7, 7), generator=g)
+            x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
@@ -82,14 +90,16 @@ def test_training_uses_fused_adamw_on_the_cpu_with_the_default_update():
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_moments_loaded_contiguous_take_a_channels_last_weights_layout_so_fused_steps_stay_right():
+@pytest.mark.parametrize("device", DEVICES)
+def test_moments_loaded_contiguous_take_a_channels_last_weights_layout_so_fused_steps_stay_right(device):
     """Saved moments come back contiguous; torch's fused AdamW assumes they share the weight's
     layout. Restored through match_layouts, the resumed step equals the uninterrupted one."""
     from MedTransferLib.loop import adamw, match_layouts
 
     g = torch.Generator().manual_seed(3)
-    start = torch.randn(4, 3, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
-    grads = [torch.randn(4, 3, 3, 3, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    start = torch.randn(4, 3, 3, 3, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    grads = [torch.randn(4, 3, 3, 3, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+             for _ in range(2)]
 
     def step(opt, w, grad):
         w.grad = grad.clone(memory_format=torch.preserve_format)
@@ -113,6 +123,58 @@ def test_moments_loaded_contiguous_take_a_channels_last_weights_layout_so_fused_
             match_layouts(again)
         step(again, w, grads[1])
         results[relayout] = w.detach()
-    # the hazard is real on torch 2.14.1; should this fail, torch fixed it and match_layouts can go
-    assert not torch.equal(results[False], whole.detach())
+    assert all(group["fused"] for group in opt.param_groups)
+    if device == "cpu":   # the hazard is real on torch 2.14.1's CPU kernel; should this fail, torch fixed it
+        assert not torch.equal(results[False], whole.detach())
     assert torch.equal(results[True], whole.detach())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("shape", [(2, 1, 24, 32, 32), (6, 3, 40, 48)])
+def test_augmentation_on_the_gpu_is_the_cpus(shape):
+    """Training augments a batch where it trains; on a GPU the same draws give the same rotation,
+    scale, intensity change and label map as on the CPU (the noise comes from the device's own
+    generator, so it is switched off here)."""
+    from MedTransferLib.case import IGNORE
+    from MedTransferLib.dataset import augment
+
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(shape, generator=g)
+    targets = torch.randint(0, 4, (shape[0],) + shape[2:], generator=g)
+    out = {dev: augment(images.to(dev), targets.to(dev), np.random.default_rng(7), noise=0.0)
+           for dev in ("cpu", "cuda")}
+    torch.testing.assert_close(out["cuda"][0].cpu(), out["cpu"][0], rtol=1e-4, atol=1e-4)
+    same = (out["cuda"][1].cpu() == out["cpu"][1]).float().mean().item()
+    assert same > 0.999                     # nearest-neighbour ties may round apart at a few voxels
+    assert (out["cpu"][1] == IGNORE).any() and not torch.equal(out["cpu"][0], images)   # it did transform
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_batches_come_in_order_and_exactly_as_many_as_steps(device, monkeypatch):
+    """On a GPU the next batch is made in a thread while the card trains: still exactly ``n``
+    calls per epoch in order (the random generators end the epoch where they would without it),
+    and an error making a batch reaches the training loop. The thread's path runs here without
+    a GPU: only the CUDA device index it sets is stood in for."""
+    from MedTransferLib.loop import batches
+
+    if device == "cuda" and not torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    calls, threads = [], set()
+
+    def next_batch():
+        import threading
+
+        threads.add(threading.current_thread().name)
+        calls.append(len(calls))
+        return calls[-1]
+
+    assert list(batches(next_batch, 5, torch.device(device))) == [0, 1, 2, 3, 4]
+    assert calls == [0, 1, 2, 3, 4]
+    assert any(name.startswith("medtransfer-batches") for name in threads) == (device == "cuda")
+
+    def broken():
+        raise ValueError("no labelled voxel")
+
+    with pytest.raises(ValueError, match="no labelled voxel"):
+        list(batches(broken, 3, torch.device(device)))

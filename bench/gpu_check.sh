@@ -11,6 +11,8 @@
 # and nibabel wheels the GPU image lacks); git ignores both. On the GPU machine, carrying both:
 #     bash bench/gpu_check.sh       # STEPS, WARMUP, CT_DEPTH, DEVICE, PY, RESULTS may be set
 # Nothing is installed there beyond those wheels, into /tmp/site; no network is needed.
+# It also runs the tests' CUDA cases and profiles a training step on the card (bench/profile_training.py)
+# before the comparison; any failure makes the exit status 1, after the rest has run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -31,5 +33,13 @@ fi
 export PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 date -u +"%Y-%m-%d %H:%M UTC"
-exec "$PY" bench/performance.py --device "${DEVICE:-cuda}" --data .gpu --ceiling --steps "${STEPS:-100}" \
-  --warmup "${WARMUP:-10}" --ct-depth "${CT_DEPTH:-300}" --out "${RESULTS:-runs/bench_gpu}"
+status=0
+# the CUDA cases of the tests (the GPU image has no SimpleITK, which conftest.py reads volumes with)
+"$PY" -m pytest -q -p no:cacheprovider --noconftest Testing/test_performance.py || status=1
+# where a step's time goes on the card (PROFILE=0 skips it)
+if [ "${PROFILE:-1}" != 0 ]; then
+  "$PY" bench/profile_training.py --device "${DEVICE:-cuda}" --data .gpu --steps 20 --out /tmp/mt_profile || status=1
+fi
+"$PY" bench/performance.py --device "${DEVICE:-cuda}" --data .gpu --ceiling --steps "${STEPS:-100}" \
+  --warmup "${WARMUP:-10}" --ct-depth "${CT_DEPTH:-300}" --out "${RESULTS:-runs/bench_gpu}" || status=1
+exit $status
