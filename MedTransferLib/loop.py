@@ -56,7 +56,8 @@ def match_layouts(optimizer: torch.optim.Optimizer) -> None:
     """Give each loaded moment the memory layout of its parameter. Saved moments come back
     contiguous while a channels-last network's weights are not, and torch's fused AdamW walks
     parameter, gradient and moments as if they were laid out alike: without this, a resumed run
-    takes silently wrong steps (Testing/test_reliability.py's kill -9 test found it)."""
+    takes silently wrong steps on the CPU (Testing/test_reliability.py's kill -9 test found it)
+    and stops with "must have same dtype, device, and layout" on CUDA (bench/gpu_check.sh, H100)."""
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():

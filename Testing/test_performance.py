@@ -121,11 +121,17 @@ def test_moments_loaded_contiguous_take_a_channels_last_weights_layout_so_fused_
                                "param_groups": saved["param_groups"]})
         if relayout:
             match_layouts(again)
-        step(again, w, grads[1])
+        try:
+            step(again, w, grads[1])
+        except RuntimeError as exc:   # "... must have same dtype, device, and layout"
+            results[relayout] = exc
+            continue
         results[relayout] = w.detach()
     assert all(group["fused"] for group in opt.param_groups)
-    if device == "cpu":   # the hazard is real on torch 2.14.1's CPU kernel; should this fail, torch fixed it
-        assert not torch.equal(results[False], whole.detach())
+    # the hazard is real: silently wrong steps on torch 2.14.1's CPU kernel, a refusal that would
+    # stop a resumed run on the CUDA kernel (torch 2.11, H100); should this fail, torch fixed it
+    assert isinstance(results[False], RuntimeError) if device == "cuda" else \
+        not torch.equal(results[False], whole.detach())
     assert torch.equal(results[True], whole.detach())
 
 

@@ -42,4 +42,9 @@ if [ "${PROFILE:-1}" != 0 ]; then
 fi
 "$PY" bench/performance.py --device "${DEVICE:-cuda}" --data .gpu --ceiling --steps "${STEPS:-100}" \
   --warmup "${WARMUP:-10}" --ct-depth "${CT_DEPTH:-300}" --out "${RESULTS:-runs/bench_gpu}" || status=1
+# windows per forward pass in 3D prediction, on the package the comparison trained (WINDOWS=0 skips it)
+if [ "${WINDOWS:-2,4,8,16}" != 0 ] && [ -d "${RESULTS:-runs/bench_gpu}/mt_run_3d/model" ]; then
+  "$PY" bench/window_batch.py "${RESULTS:-runs/bench_gpu}/mt_run_3d/model" --device "${DEVICE:-cuda}" --data .gpu \
+    --ct-depth "${CT_DEPTH:-300}" --windows "${WINDOWS:-2,4,8,16}" || status=1
+fi
 exit $status
