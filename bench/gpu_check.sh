@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The GPU check of the performance issue, one short run (a few minutes on an H100/H200):
+# The GPU check of the performance issue, one short run (about 4 minutes on an H100):
 # training throughput in 3D and 2.5D (autocast, channels-last) against the MONAI-tutorial loop on
 # the same GPU, each against its pure-compute ceiling (the same network on random tensors already
 # on the GPU), and 3D prediction of Colin27 and of a 512×512×300 CT-sized volume against
-# MONAI's sliding_window_inference — one table at the end (bench/performance.py does the work).
+# MONAI's sliding_window_inference (scores on the CPU, and on the GPU) — one table
+# (bench/performance.py does the work); then windows per pass in 3D prediction (bench/window_batch.py).
 #
 # Prepare here, once (the sample data and pip's registry are needed):
 #     bash bench/gpu_check.sh --prepare
 # It writes .gpu/ (the volume as .npz, its NIfTI files for the MONAI loop) and .whl/ (the MONAI
 # and nibabel wheels the GPU image lacks); git ignores both. On the GPU machine, carrying both:
-#     bash bench/gpu_check.sh       # STEPS, WARMUP, CT_DEPTH, DEVICE, PY, RESULTS may be set
+#     bash bench/gpu_check.sh       # STEPS, WARMUP, CT_DEPTH, DEVICE, PY, RESULTS, PROFILE, WINDOWS may be set
 # Nothing is installed there beyond those wheels, into /tmp/site; no network is needed.
 # It also runs the tests' CUDA cases and profiles a training step on the card (bench/profile_training.py)
 # before the comparison; any failure makes the exit status 1, after the rest has run.
