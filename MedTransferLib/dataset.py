@@ -244,8 +244,9 @@ def augment(images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generato
     that come from outside the crop are IGNORE.
 
     Runs where ``images`` are: training puts a batch on the GPU first, since on a CPU this is
-    most of a 3D batch's preparation (16 ms of 20 for two 64³ patches on 2 EPYC cores) and a GPU
-    does it in well under a millisecond. The random draws are the same on every device."""
+    most of a 3D batch's preparation (15–16 ms of 18–19 for two 64³ patches on 2 EPYC cores,
+    bench/profile_training.py) and the card otherwise waits for it. The random draws are the
+    same on every device."""
     b, nd, dev = images.shape[0], images.ndim - 2, images.device
     theta = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg, b))
     s = rng.uniform(*scale, b)

@@ -29,9 +29,8 @@ def adamw(groups: list[dict], **kw) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel on CPU and CUDA: the same update in one kernel per step
     instead of a chain of per-tensor operations (bench/micro.py --only optimizer: the optimizer
     step 2.8-3.0x faster on the 2.5D network and 2.1-2.2x on the 3D UNet on a 2-core CPU, a few
-    ms per step). Other devices,
-    and torch builds without a fused kernel for the device (CPU before torch 2.4; Slicer's PyTorch
-    extension may install one), get the default implementation."""
+    ms per step). Other devices, and torch builds without a fused kernel for the device (CPU
+    before torch 2.4; Slicer's PyTorch extension may install one), get the default implementation."""
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = bool(devices) and all(_fused_adamw_works(d) for d in devices)
     return torch.optim.AdamW(groups, fused=True, **kw) if fused else torch.optim.AdamW(groups, **kw)

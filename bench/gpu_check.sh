@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the performance issue, one short run (about 4 minutes on an H100):
+# The GPU check of the performance issue, one short run (on an H100: 205 s without the windows part, 256 s without the profile and with a second comparison):
 # training throughput in 3D and 2.5D (autocast, channels-last) against the MONAI-tutorial loop on
 # the same GPU, each against its pure-compute ceiling (the same network on random tensors already
 # on the GPU), and 3D prediction of Colin27 and of a 512×512×300 CT-sized volume against

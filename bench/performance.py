@@ -64,6 +64,13 @@ def medtransfer_rate(data, out: Path, steps: int, warmup: int, batch: int, **tra
             "total_s": time.perf_counter() - t0, "package": str(run.package)}
 
 
+def settings(mode: str, weights="pretrained") -> dict:
+    """MedTransfer's side of each comparison (``batch`` and ``mt.train``'s options): the MONAI
+    UNet from scratch on 2 × 64³ patches in 3D, the Lite0 U-Net on 16 × 128² slabs in 2.5D."""
+    return (dict(batch=BATCH, mode="3d", backbone="unet", weights=None, patch=PATCH) if mode == "3d"
+            else dict(batch=16, mode="2.5d", patch=128, weights=weights))
+
+
 def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, steps: int, warmup: int,
                         device: str = "cpu", workers: int = 0) -> dict:
     """The loop as MONAI's tutorials write it: an uncached Dataset whose transforms load,
@@ -318,8 +325,7 @@ def main(argv=None) -> int:
                                        device=a.device, workers=4 if gpu else 0))
         shutil.rmtree(out / f"mt_run_{mode}", ignore_errors=True)
         ours = medtransfer_rate(cases, out / f"mt_run_{mode}", a.steps, a.warmup, labels=labels, device=a.device,
-                                **(dict(batch=BATCH, mode="3d", backbone="unet", weights=None, patch=PATCH)
-                                   if mode == "3d" else dict(batch=16, mode="2.5d", patch=128, weights=weights)))
+                                **settings(mode, weights))
         r = {"monai_tutorial": tutorial, "medtransfer": ours, "training_ratio": ours["items_per_s"] / tutorial["items_per_s"]}
         if a.ceiling:
             net, shape = ((net_3d(num_classes), (BATCH, 1) + (PATCH,) * 3) if mode == "3d" else

@@ -22,27 +22,34 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
+import MedTransferLib.trainer as trainer  # noqa: E402
 from MedTransferLib import loop  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from performance import medtransfer_rate, sample, settings  # noqa: E402
 
 
 def profiled(mode: str, steps: int, out: Path, device: str = "cpu", data_dir: str | None = None) -> None:
-    kw = (dict(mode="3d", backbone="unet", weights=None, batch_size=2, patch=64) if mode == "3d"
-          else dict(mode="2.5d", batch_size=16, patch=128))
+    # a folder from bench/gpu_check.sh --prepare has no SimpleITK beside it: random 2.5D weights
+    kw = settings(mode, "pretrained" if data_dir is None else None)   # (they cost the same per step)
+    kw["batch_size"] = kw.pop("batch")
     if data_dir is None:
         data = mt.sample_data()
-    else:   # a folder from bench/gpu_check.sh --prepare (no SimpleITK there); random 2.5D weights
-        sys.path.insert(0, str(Path(__file__).resolve().parent))   # cost the same per step
-        from performance import sample
-
+    else:
         _, _, data, labels = sample(data_dir)
-        kw.update(labels=labels, weights=None)
+        kw["labels"] = labels
     cuda = device.startswith("cuda")
-    real_fit = loop.fit
+    real_fit, real_augment = loop.fit, trainer.augment
     report = {}
+    t_batch, t_augment = [0.0], [0.0]
+
+    def timed_augment(*a, **k):
+        t0 = time.perf_counter()
+        result = real_augment(*a, **k)
+        t_augment[0] += time.perf_counter() - t0
+        return result
 
     def fit(model, strategy, opt, config, device, next_batch, *a, **k):
-        t_batch = [0.0]
-
         def timed_batch():
             t0 = time.perf_counter()
             b = next_batch()
@@ -61,28 +68,23 @@ def profiled(mode: str, steps: int, out: Path, device: str = "cpu", data_dir: st
         report["s_per_step"] = total / (config.epochs * config.steps_per_epoch)
         return result
 
-    import MedTransferLib.trainer as trainer
-
-    trainer.fit = fit
+    trainer.fit, trainer.augment = fit, timed_augment
     try:
         mt.train(data, out / mode, strategy="finetune", epochs=1, steps_per_epoch=steps, val_fraction=0,
                  device=device, **kw)
     finally:
-        trainer.fit = real_fit
+        trainer.fit, trainer.augment = real_fit, real_augment
     print(f"== {mode}: {report['s_per_step']:.3f} s/step (profiled), data sampling + augmentation "
-          f"{100 * report['batch_share']:.1f} % of the loop")
+          f"{100 * report['batch_share']:.1f} % of the loop: {1e3 * t_batch[0] / steps:.1f} ms a batch, "
+          f"{1e3 * t_augment[0] / steps:.1f} ms of it augmenting")
     print(report["table"])
 
 
 def thread_effect(mode: str, steps: int, out: Path, device: str, data_dir: str) -> None:
     """Steady-state items/s with and without the batch thread of ``loop.batches`` (no profiler),
     on the GPU where it is used: its measured effect."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from performance import medtransfer_rate, sample
-
     _, _, cases, labels = sample(data_dir)
-    kw = (dict(batch=2, mode="3d", backbone="unet", weights=None, patch=64) if mode == "3d"
-          else dict(batch=16, mode="2.5d", patch=128, weights=None))
+    kw = settings(mode, None)
     threaded = loop.batches
 
     def inline(next_batch, n, device):
