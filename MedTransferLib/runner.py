@@ -1,25 +1,48 @@
-"""Running the CLI in a child process: the JSON-lines protocol and the job state machine.
+"""Running the CLI in a child process: the JSON-lines protocol, the job state machine, and
+stopping the whole process tree.
 
-The Slicer module trains through this (Slicer's PythonSlicer as ``python``), never in the GUI
-thread; it is plain Python, no Qt: a reader thread turns the child's stdout lines into events,
-and the GUI polls them from a timer (``poll()``), so Slicer never blocks.
+The Slicer module runs everything that needs torch through this (Slicer's PythonSlicer as
+``python``), never in the GUI thread; it is plain Python, no Qt: reader threads turn the child's
+stdout lines into events, and the GUI polls them from a timer (``poll()``), so Slicer never
+blocks.
 
-States: ``idle → running → finished | failed | cancelled``. ``cancel()`` sends SIGTERM — the CLI
-turns it into a clean stop (exit 130) that leaves only complete, atomically written checkpoints —
-and kills the child if it has not stopped within ``grace`` seconds.
+States: ``idle → running → finished | failed | cancelled``.
+
+Stopping. PythonSlicer is a launcher: it starts the real interpreter as its own child and
+forwards no signal, so signalling the launcher alone leaves the work running. The child is
+therefore started as the leader of its own process group (POSIX: a new session; Windows: a new
+process group, with no console window, as Slicer's ``launchConsoleProcess`` does), and
+``cancel()``:
+
+1. writes the job's *stop file* — the child's watchdog (:mod:`.lifeline`) turns it into a clean
+   stop (exit 130, only complete checkpoints left); this needs no signal, so it works through
+   the launcher on every OS;
+2. on POSIX also sends SIGTERM to the whole group (the interpreter turns it into the same clean
+   stop);
+3. after ``grace`` seconds kills what is left of the tree: the process group (SIGKILL), every
+   descendant seen (psutil), and on Windows ``taskkill /T``.
+
+The final state tells the truth: a job whose child reported the model written is ``finished``
+even if Cancel came too late to stop it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
+
+from .lifeline import PARENT_PID_ENV, STOP_FILE_ENV
 
 STATES = ("idle", "running", "finished", "failed", "cancelled")
 
@@ -72,6 +95,45 @@ class Progress:
         return self.step / self.steps_total if self.steps_total else 0.0
 
 
+# commands that speak the JSON-lines protocol when given --progress json
+JSON_COMMANDS = ("train", "apply", "advise", "export", "doctor")
+_LIVE: "weakref.WeakSet[Job]" = weakref.WeakSet()
+
+
+def popen_options(os_name: str | None = None) -> dict:
+    """How the child is started so that its whole tree can be stopped: a new session (POSIX) or
+    a new process group with no console window (Windows)."""
+    if (os_name or os.name) == "nt":
+        create_new_process_group, create_no_window = 0x00000200, 0x08000000
+        return {"creationflags": create_new_process_group | create_no_window}
+    return {"start_new_session": True}
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (empty without psutil or once ``pid`` is gone)."""
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:   # no psutil, process gone, access denied
+        return []
+
+
+def _kill_pids(pids) -> None:
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    for pid in pids:
+        try:
+            if psutil is not None:
+                psutil.Process(pid).kill()
+            elif os.name != "nt":
+                os.kill(pid, signal.SIGKILL)
+        except Exception:   # already gone
+            pass
+
+
 class Job:
     """A ``medtransfer`` command in a child process.
 
@@ -92,24 +154,43 @@ class Job:
         self.error: str | None = None
         self.result: dict | None = None
         self.returncode: int | None = None
+        self.cancel_requested = False
         self._proc: subprocess.Popen | None = None
         self._queue: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
-        self._cancelling = False
         self._kill_at: float | None = None
+        self._give_up_at: float | None = None
+        self._seen: set[int] = set()      # descendants seen while running (orphans keep their pid)
+        self._control: str | None = None  # folder of the stop file
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def stop_file(self) -> str | None:
+        return os.path.join(self._control, "stop") if self._control else None
 
     # -- lifecycle --------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        cmd = [self.python, "-m", "MedTransferLib", *self.args]
+        if self.args and self.args[0] in JSON_COMMANDS and "--progress" not in self.args:
+            cmd += ["--progress", "json"]
+        return cmd
+
     def start(self) -> "Job":
         if self.state != "idle":
             raise RuntimeError(f"job already {self.state}")
-        cmd = [self.python, "-m", "MedTransferLib", *self.args]
-        if self.args and self.args[0] == "train" and "--progress" not in self.args:
-            cmd += ["--progress", "json"]
+        self._control = tempfile.mkdtemp(prefix="medtransfer-job-")
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      encoding="utf-8", errors="replace", bufsize=1, env=env)
+        env[STOP_FILE_ENV] = self.stop_file
+        env[PARENT_PID_ENV] = str(os.getpid())
+        self._proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, text=True, encoding="utf-8",
+                                      errors="replace", bufsize=1, env=env, **popen_options())
         self.state = "running"
+        _LIVE.add(self)
         for stream, kind in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
             t = threading.Thread(target=self._read, args=(stream, kind), daemon=True)
             t.start()
@@ -123,9 +204,14 @@ class Job:
 
     def poll(self) -> list[dict]:
         """Events that arrived since the last call (never blocks); updates state and progress."""
-        if (self._cancelling and self._kill_at is not None and self._proc.poll() is None
-                and time.monotonic() > self._kill_at):
-            self._proc.kill()
+        if self.state != "running":
+            return []
+        if os.name == "nt" and self._proc.poll() is None:
+            self._seen.update(descendants(self._proc.pid))
+        now = time.monotonic()
+        if self._kill_at is not None and now > self._kill_at:
+            self._kill_tree()
+            self._kill_at = None
         new = []
         while True:
             try:
@@ -140,11 +226,15 @@ class Job:
                 continue
             self._apply(event)
             new.append(event)
-        if self.state == "running" and self._proc.poll() is not None and not any(t.is_alive() for t in self._threads):
-            if self._queue.empty():
-                self._finish(self._proc.returncode)
-            else:
-                new += self.poll()
+        if self._proc.poll() is not None:
+            readers_done = not any(t.is_alive() for t in self._threads)
+            # a descendant that outlived the killed tree still holding the pipes must not hang us
+            gave_up = self._give_up_at is not None and now > self._give_up_at
+            if readers_done or gave_up:
+                if self._queue.empty() or gave_up:
+                    self._finish(self._proc.returncode)
+                else:
+                    new += self.poll()
         return new
 
     def wait(self, timeout: float | None = None) -> str:
@@ -157,14 +247,58 @@ class Job:
             time.sleep(0.05)
         return self.state
 
-    def cancel(self, grace: float = 10.0) -> None:
-        """Ask the child to stop (SIGTERM → clean exit 130) without blocking; ``poll()`` kills it
-        if it is still running ``grace`` seconds later."""
-        if self.state != "running" or self._proc is None or self._cancelling:
+    def cancel(self, grace: float = 3.0) -> None:
+        """Ask the whole process tree to stop cleanly, without blocking; ``poll()`` kills what is
+        left ``grace`` seconds later."""
+        if self.state != "running" or self._proc is None or self.cancel_requested:
             return
-        self._cancelling = True
+        self.cancel_requested = True
         self._kill_at = time.monotonic() + grace
-        self._proc.send_signal(signal.SIGTERM)
+        self._give_up_at = self._kill_at + 5.0
+        try:
+            with open(self.stop_file, "w", encoding="utf-8") as f:
+                f.write("stop\n")
+        except OSError:
+            pass
+        if os.name != "nt":
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        else:
+            self._seen.update(descendants(self._proc.pid))
+
+    def stop(self, timeout: float = 5.0) -> str:
+        """Cancel and block until the tree is gone (at most ``timeout`` s, then killed): for module
+        cleanup and application exit, where nothing may be left running."""
+        if self.state == "running":
+            self.cancel(grace=max(0.0, timeout - 1.0))
+            try:
+                self.wait(timeout)
+            except TimeoutError:
+                self._kill_tree()
+                try:
+                    self.wait(2.0)
+                except TimeoutError:
+                    self._finish(self._proc.returncode if self._proc.poll() is not None else -9)
+        return self.state
+
+    def _kill_tree(self) -> None:
+        """Kill everything the job started, whatever the launcher did."""
+        if self._proc is None:
+            return
+        pids = set(self._seen) | set(descendants(self._proc.pid))
+        if os.name != "nt":
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)   # the group outlives its leader
+            except (ProcessLookupError, PermissionError):
+                pass
+        elif self._proc.poll() is None:
+            subprocess.call(["taskkill", "/F", "/T", "/PID", str(self._proc.pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen_options())
+        _kill_pids(pids)
+        if self._proc.poll() is None:
+            self._proc.kill()
 
     # -- protocol -----------------------------------------------------------------------------
     def _apply(self, event: dict) -> None:
@@ -190,12 +324,25 @@ class Job:
 
     def _finish(self, rc: int) -> None:
         self.returncode = rc
-        if rc == 0:
-            self.state = "finished"
-        elif rc == 130 or self._cancelling:
+        _LIVE.discard(self)
+        if self._control:
+            shutil.rmtree(self._control, ignore_errors=True)
+        if rc == 0 or (self.result is not None and self.cancel_requested):
+            self.state = "finished"   # the work was done and written: a late Cancel does not undo that
+        elif rc == 130 or self.cancel_requested:
             self.state = "cancelled"
         else:
             self.state = "failed"
             if self.error is None:   # not a MedTransfer error: the last stderr line, no traceback
                 lines = [ln for ln in self.log if ln.strip()]
                 self.error = lines[-1] if lines else f"the process ended with code {rc}"
+
+
+@atexit.register
+def _stop_all_jobs() -> None:
+    """Application exit: no child process tree outlives the application."""
+    for job in list(_LIVE):
+        try:
+            job.stop(timeout=3.0)
+        except Exception:
+            pass
