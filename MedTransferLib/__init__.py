@@ -5,24 +5,49 @@ Example:
     >>> dl = mt.load_datalist(mt.sample_data())                     # doctest: +SKIP
     >>> run = mt.train(dl.load_cases(), dl.labels, "runs/a")        # doctest: +SKIP
     >>> pred = mt.predict(run.package, mt.read_case("new.nii.gz"))  # doctest: +SKIP
+
+The public names are imported on first use (PEP 562): ``import MedTransferLib`` and its
+torch-free parts (case, labels, io, the Slicer panel) work before PyTorch is installed, which is
+how the Slicer module starts on a fresh install.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .case import IGNORE, Case, Geometry  # noqa: E402
-from .datalist import Datalist, load_datalist  # noqa: E402
-from .errors import MedTransferError  # noqa: E402
-from .io import read_case, read_image, write_image, write_label  # noqa: E402
-from .labels import Label  # noqa: E402
-from .metrics import evaluate, hd95, summary  # noqa: E402
-from .package import ModelPackage  # noqa: E402
-from .predict import Prediction, predict  # noqa: E402
-from .sampledata import sample_data, sparse_datalist  # noqa: E402
-from .trainer import TrainConfig, TrainResult  # noqa: E402
-from .trainer import train as train_cases  # noqa: E402
+# public name → submodule that defines it
+_EXPORTS = {
+    "Case": "case", "Geometry": "case", "IGNORE": "case",
+    "Datalist": "datalist", "load_datalist": "datalist",
+    "MedTransferError": "errors",
+    "read_case": "io", "read_image": "io", "write_image": "io", "write_label": "io",
+    "Label": "labels",
+    "evaluate": "metrics", "hd95": "metrics", "summary": "metrics",
+    "ModelPackage": "package",
+    "Prediction": "prediction", "predict": "prediction",
+    "sample_data": "sampledata", "sparse_datalist": "sampledata",
+    "TrainConfig": "trainer", "TrainResult": "trainer",
+}
 
 
-def train(data, out, labels=None, reporter=None, resume: bool = False, **config) -> TrainResult:
+def __getattr__(name: str):
+    if name == "train_cases":
+        value = importlib.import_module(".trainer", __name__).train
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'MedTransferLib' has no attribute '{name}'")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+def train(data, out, labels=None, reporter=None, resume: bool = False, **config):
     """Train on a datalist path, a :class:`Datalist`, or a list of :class:`Case` (with ``labels``).
 
     Keyword arguments are :class:`TrainConfig` fields (``backbone``, ``strategy``, ``epochs``...).
@@ -32,6 +57,11 @@ def train(data, out, labels=None, reporter=None, resume: bool = False, **config)
     Example:
         >>> run = train("dataset.json", "runs/a", strategy="frozen", epochs=2)  # doctest: +SKIP
     """
+    from .datalist import Datalist, load_datalist
+    from .errors import MedTransferError
+    from .trainer import TrainConfig
+    from .trainer import train as train_cases
+
     axis = 2
     if not isinstance(data, (list, tuple)):
         from .classify import ClassDatalist, is_classification, train_classifier

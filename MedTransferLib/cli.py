@@ -101,7 +101,7 @@ def cmd_predict(a) -> int:
     from .fileutil import write_csv
     from .io import read_case, write_label
     from .package import ModelPackage
-    from .predict import predict
+    from .prediction import predict
 
     pkg = ModelPackage.load(a.model)
     if pkg.task == "classification":
@@ -209,6 +209,9 @@ def cmd_advise(a) -> int:
     advice = advise(dl.load_cases(), dl.labels, backbone=a.backbone, weights=_weights(a.weights),
                     mode=a.mode, slices=a.slices, axis=dl.training[0].slice_axis,
                     modality=dl.modality, lr=a.lr, epochs=a.epochs)
+    if a.progress == "json":   # one event line for the runner (the Slicer panel's Advise)
+        print(json.dumps({"event": "done", "advice": advice.to_dict()}), flush=True)
+        return 0
     if a.json:
         print(json.dumps(advice.to_dict(), indent=1))
         return 0
@@ -236,6 +239,40 @@ def cmd_export(a) -> int:
             print("note: ONNX skipped (pip install onnx to get model.onnx too)", file=sys.stderr)
     paths = export_package(a.model, a.out, formats)
     print(json.dumps({"event": "done", **{k: str(v) for k, v in paths.items()}}))
+    return 0
+
+
+def cmd_apply(a) -> int:
+    from .apply import run
+
+    run(a.request, sys.stdout)
+    return 0
+
+
+def cmd_doctor(a) -> int:
+    from .doctor import report, text
+
+    rep = report(a.out_dir)
+    if a.progress == "json":
+        print(json.dumps({"event": "done", **rep}), flush=True)
+        return 0
+    if a.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(text(rep))
+    return 0 if rep["ready"] else 1
+
+
+def cmd_wheelhouse(a) -> int:
+    from .wheelhouse import build, pip_commands
+
+    if a.dry_run:
+        for cmd in pip_commands(a.dir, a.python, a.platform, a.torch):
+            print(" ".join(cmd))
+        return 0
+    path = build(a.dir, a.python, a.platform, a.torch, a.weights or ())
+    print(f"wheelhouse written: {path.parent} (copy it to the offline machine; in Slicer: MedTransfer → "
+          f"Install from folder…)")
     return 0
 
 
@@ -401,7 +438,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--epochs", type=int, default=16, help="the planned training length (sets gradual's pace)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--progress", default="auto", choices=["auto", "json"],
+                   help="json: the advice as one JSON event line (what the Slicer panel reads)")
     s.set_defaults(func=cmd_advise)
+
+    s = sub.add_parser("apply", help="apply a model to several volumes listed in a request file (the Slicer "
+                                     "panel's Apply)")
+    s.add_argument("--request", required=True, help="apply.json: model, device, cases (image, out, reference)")
+    s.add_argument("--progress", default="json", choices=["json"], help="JSON event lines on stdout")
+    s.set_defaults(func=cmd_apply)
+
+    s = sub.add_parser("doctor", help="check this machine: torch build vs driver and GPU, packages, offline "
+                                      "weights, free disk, write access — each problem with its fix")
+    s.add_argument("--out-dir", default=".", help="the folder runs will be written to (checked for space and "
+                                                  "write access)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--progress", default="auto", choices=["auto", "json"])
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("wheelhouse", help="on a connected machine: gather wheels (and weights) for an offline "
+                                          "Slicer; install them there with 'Install from folder…'")
+    s.add_argument("dir", help="folder to fill (wheels/, weights/hub/, wheelhouse.json)")
+    s.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
+                   help="the target Slicer's Python version, e.g. 3.12 (Slicer 5.10+) or 3.9 (Slicer 5.6/5.8)")
+    s.add_argument("--platform", default={"win32": "windows", "darwin": "macos-arm64"}.get(sys.platform, "linux"),
+                   choices=["windows", "linux", "macos-arm64", "macos-x86_64"])
+    s.add_argument("--torch", default="cpu",
+                   choices=["cpu", "cu118", "cu121", "cu124", "cu126", "cu128", "default", "none"],
+                   help="torch build: cpu, a CUDA build that fits the target's driver, 'default' (PyPI's), "
+                        "or none (torch already installed there)")
+    s.add_argument("--weights", nargs="+", metavar="BACKBONE",
+                   help="also fetch these backbones' pretrained weights (e.g. resnet18 medicalnet-resnet18 "
+                        "bundle:spleen_ct_segmentation)")
+    s.add_argument("--dry-run", action="store_true", help="print the pip commands only")
+    s.set_defaults(func=cmd_wheelhouse)
 
     s = sub.add_parser("predict", help="segment (or classify) volumes with a trained model")
     s.add_argument("--model", required=True, help="model folder (or run folder) from 'train'")
@@ -449,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--format", nargs="+", choices=["torchscript", "onnx"],
                    help="default: both (ONNX only when the onnx package is installed)")
+    s.add_argument("--progress", default="auto", choices=["auto", "json"], help="the result is always a JSON line")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="the main job: sample data → sparse labels → train → predict → evaluate → scene")
@@ -470,6 +541,9 @@ def _cancel(*_):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _cancel)
+    from .lifeline import start_from_environment
+
+    watchdog = start_from_environment()   # the runner's stop file / Slicer gone → a clean stop
     try:
         return args.func(args)
     except MedTransferError as exc:
@@ -478,5 +552,9 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print(json.dumps({"event": "cancelled"}), flush=True)
-        print("medtransfer: cancelled", file=sys.stderr)
+        why = f" ({watchdog.reason})" if watchdog is not None and watchdog.reason else ""
+        print(f"medtransfer: cancelled{why}", file=sys.stderr)
         return 130
+    finally:
+        if watchdog is not None:
+            watchdog.stop()

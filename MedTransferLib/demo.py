@@ -14,7 +14,7 @@ from .fileutil import write_csv, write_json
 from .io import read_case, write_label
 from .metrics import evaluate, summary
 from .overlay import overlay_png
-from .predict import predict
+from .prediction import predict
 from .progress import Reporter
 from .sampledata import sample_data, sparse_datalist
 

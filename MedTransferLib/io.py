@@ -222,13 +222,14 @@ def write_label(path, label: np.ndarray, geometry: Geometry) -> Path:
     return path
 
 
-def write_image(path, image: np.ndarray, geometry: Geometry) -> Path:
-    """Write a scalar volume in ``geometry`` (atomically)."""
+def write_image(path, image: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
+    """Write a scalar volume in ``geometry`` (atomically; ``compress=False`` for exchange files
+    another process reads at once, where gzip costs more than the disk it saves)."""
     sitk = _sitk()
     img = sitk.GetImageFromArray(np.ascontiguousarray(image))
     img.SetSpacing(geometry.spacing)
     img.SetOrigin(geometry.origin)
     img.SetDirection(geometry.direction)
     with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), True)
+        sitk.WriteImage(img, str(tmp), compress)
     return Path(path)

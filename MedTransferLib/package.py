@@ -3,6 +3,9 @@
 No pickle anywhere: a model directory is untrusted input. The manifest carries a SHA-256 of the
 weights and a fingerprint of its own content, so a package whose labels, preprocessing or
 weights were changed after training is refused with a clear message.
+
+Loading and verifying a package needs no torch (only its weights do): the Slicer panel reads
+labels and summaries this way before PyTorch is installed, and in its own process.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import MedTransferError
 from .fileutil import replace_dir, sha256_file, write_json
 from .labels import Label
 from .preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "medtransfer-model"
 FORMAT_VERSION = 1

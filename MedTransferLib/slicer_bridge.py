@@ -352,7 +352,7 @@ def predict_to_nodes(volume_node, model, reference_segmentation=None, device: st
     segments of the same names, a Dice/HD95 table is added.
     """
     from .metrics import evaluate
-    from .predict import predict
+    from .prediction import predict
 
     scene = volume_node.GetScene()
     case = volume_node_to_case(volume_node)

@@ -206,7 +206,7 @@ def prediction(package: str, case, device: str = "cpu") -> dict:
 
     from MedTransferLib.dataset import from_slices_first, to_slices_first
     from MedTransferLib.device import autocast
-    from MedTransferLib.predict import _window_batch
+    from MedTransferLib.prediction import _window_batch
 
     pkg = mt.ModelPackage.load(package)
     dev = torch.device(device)

@@ -100,6 +100,12 @@ def _tv_builder(name: str) -> Callable[[str | None], Encoder]:
     return build
 
 
+def _medicalnet_offline(depth: int) -> bool:
+    from .monai3d import medicalnet_offline_file
+
+    return medicalnet_offline_file(depth).is_file()
+
+
 def _medicalnet_builder(depth: int):
     def build(weights: str | None) -> Encoder:
         from .monai3d import build_medicalnet
@@ -157,7 +163,8 @@ BACKBONES: dict[str, BackboneInfo] = {
        for n in ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "efficientnet_b1",
                  "efficientnet_b2", "convnext_tiny", "mobilenet_v3_large")},
     **{f"medicalnet-resnet{d}": BackboneInfo(f"medicalnet-resnet{d}", "MONAI MedicalNet (23 CT/MR datasets)",
-                                             3, "encoder", "medicalnet", _medicalnet_builder(d))
+                                             3, "encoder", "medicalnet", _medicalnet_builder(d),
+                                             (lambda d=d: _medicalnet_offline(d)))
        for d in (10, 18, 34, 50)},
     "swinunetr": BackboneInfo("swinunetr", "MONAI SwinUNETR (self-supervised)", 3, "network",
                               "ssl", _network_builder("swinunetr")),

@@ -45,10 +45,23 @@ def _medicalnet_online(depth: int) -> dict:
             f"download resnet_{depth}_23dataset.pth there and pass it with --weights PATH") from None
 
 
+def medicalnet_offline_file(depth: int):
+    """Where ``medtransfer wheelhouse --weights medicalnet-resnetN`` puts the file (the torch hub
+    cache's ``checkpoints``); read there before any download."""
+    from ..environment import torch_hub_dir
+
+    return torch_hub_dir() / "checkpoints" / f"resnet_{depth}_23dataset.pth"
+
+
+def _medicalnet_state(depth: int) -> dict:
+    local = medicalnet_offline_file(depth)
+    return read_state_dict(local) if local.is_file() else _medicalnet_online(depth)
+
+
 def build_medicalnet(depth: int, weights: str | None) -> MedicalNetEncoder:
     net = medicalnet_resnet(depth)
     if weights:
-        state = _medicalnet_online(depth) if weights == "medicalnet" else read_state_dict(weights)
+        state = _medicalnet_state(depth) if weights == "medicalnet" else read_state_dict(weights)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         load_strict(net, state, "MedicalNet (Hugging Face)" if weights == "medicalnet" else f"'{weights}'",
                     ignore_prefixes=("fc.",))
