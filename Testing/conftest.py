@@ -14,6 +14,8 @@ import SimpleITK as sitk
 
 import MedTransferLib as mt
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the Slicer harness's Qt runs without a screen
+
 OBLIQUE = tuple(np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0].ravel())
 
 
@@ -94,6 +96,36 @@ def colin_crop(tmp_path_factory, colin):
 
 @pytest.fixture(autouse=True)
 def _few_threads():
+    if os.environ.get("MEDTRANSFER_BLOCK"):   # the fresh-install scenario: torch is 'not installed'
+        return
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def make_harness(qapp, tmp_path):
+    """Slicer around the MedTransfer module (Testing/slicer_harness): real Qt, MRML and slicer.util;
+    stand-ins for what only the application has; PythonSlicer as a real launcher.
+    ``make_harness(absent=..., packaging=..., pytorch_extension=..., testing=...)``;
+    ``harness.load()`` runs the module's setup."""
+    pytest.importorskip("slicer")
+    from slicer_harness.application import Harness
+    from slicer_harness.launcher import write_launcher
+
+    made = []
+
+    def make(**options):
+        h = Harness(qapp, tmp_path / "slicer-temp", launcher=write_launcher(tmp_path), **options)
+        made.append(h)
+        return h
+
+    yield make
+    for h in reversed(made):
+        h.close()
+
+
+@pytest.fixture
+def harness(make_harness):
+    """The harness with everything installed (Slicer 5.11+, PyTorch extension present)."""
+    return make_harness()

@@ -1,0 +1,410 @@
+"""The MedTransfer panel: binds :mod:`.panel` (state and decisions, no Qt) to the widgets of
+``MedTransfer.ui``. Slots read the parameter node, call the panel, and draw what it returns.
+
+Lifecycle (Slicer calls these through the module's widget class):
+
+- ``setup`` builds the panel; it imports nothing that needs torch, so it works on a fresh
+  install and shows what is missing with one *Install* button;
+- ``enter`` / ``exit`` bind and unbind the parameter node — a running task goes on and its
+  timer keeps polling, so leaving the module does not lose a training's result;
+- closing the scene cancels the running task (its whole process tree) and resets the list;
+- ``cleanup`` (module unloaded, application exit) stops the timer and the task's tree.
+"""
+
+from __future__ import annotations
+
+import slicer
+from slicer.util import VTKObservationMixin
+
+from ..errors import MedTransferError
+from .panel import DEFAULT_BACKBONES, DEFAULT_DEVICES, STRATEGY_PRESETS, Panel, is_set
+
+TIMER_MS = 500
+# panel action → its button
+BUTTONS = {"train": "trainButton", "advise": "adviseButton", "apply": "applyButton", "cancel": "cancelButton",
+           "save": "saveModelButton", "export": "exportModelButton", "install": "installButton"}
+
+
+class PanelWidget(VTKObservationMixin):
+    def __init__(self, uiPath: str, logic, parentWidget=None):
+        VTKObservationMixin.__init__(self)
+        import qt
+
+        self.logic = logic
+        self.panel = Panel(logic)
+        self.widget = slicer.util.loadUI(uiPath)
+        self.ui = slicer.util.childWidgetVariables(self.widget)
+        self.widget.setMRMLScene(slicer.mrmlScene)
+        self._parameterNode = None
+        self._guiTag = None
+        self._updating = False
+        self._entered = False
+        self.timer = qt.QTimer()
+        self.timer.setInterval(TIMER_MS)
+        self.timer.connect("timeout()", self.onTimer)
+
+        self.ui.pairsTableWidget.setHorizontalHeaderLabels(["Volume", "Segmentation", "Labelled slices", "Class"])
+        self.ui.strategyComboBox.addItems(STRATEGY_PRESETS)
+        self.fillChoices(DEFAULT_BACKBONES, DEFAULT_DEVICES)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+        for name, signal, slot in (
+                ("addPairButton", "clicked(bool)", self.onAddPair),
+                ("removePairButton", "clicked(bool)", self.onRemovePair),
+                ("addAllPairsButton", "clicked(bool)", self.onAddAllPairs),
+                ("pairsTableWidget", "cellChanged(int,int)", self.onPairCellChanged),
+                ("segmentsListWidget", "itemChanged(QListWidgetItem*)", self.onSegmentsChanged),
+                ("backboneComboBox", "currentIndexChanged(int)", self.onBackboneChanged),
+                ("strategyComboBox", "currentTextChanged(QString)", self.onStrategyChanged),
+                ("deviceComboBox", "currentIndexChanged(int)", self.onDeviceChanged),
+                ("outputFolderPathLineEdit", "currentPathChanged(QString)", self.onOutputFolderChanged),
+                ("modelFolderPathLineEdit", "currentPathChanged(QString)", self.onModelFolderChanged),
+                ("unpaintedCheckBox", "toggled(bool)", self.onUnpaintedToggled),
+                ("applyVolumesSelector", "checkedNodesChanged()", self.updateGUI),
+                ("adviseButton", "clicked(bool)", self.onAdvise),
+                ("trainButton", "clicked(bool)", self.onTrain),
+                ("cancelButton", "clicked(bool)", self.onCancel),
+                ("applyButton", "clicked(bool)", self.onApply),
+                ("loadModelButton", "clicked(bool)", self.onLoadModel),
+                ("saveModelButton", "clicked(bool)", self.onSaveModel),
+                ("exportModelButton", "clicked(bool)", self.onExportModel),
+                ("installButton", "clicked(bool)", self.onInstall),
+                ("installFromFolderButton", "clicked(bool)", self.onInstallFromFolder),
+                ("doctorButton", "clicked(bool)", self.onDoctor)):
+            getattr(self.ui, name).connect(signal, slot)
+        self._tips = {name: getattr(self.ui, name).toolTip for name in BUTTONS.values()}
+        self.refreshDependencies()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def enter(self) -> None:
+        self._entered = True
+        self.setParameterNode(self.logic.getParameterNode())
+        self.refreshDependencies()
+
+    def exit(self) -> None:
+        self._entered = False
+        self.setParameterNode(None)   # the timer goes on: a running task still finishes
+
+    def cleanup(self) -> None:
+        self.timer.stop()
+        self.panel.cleanup()
+        self.setParameterNode(None)
+        self.removeObservers()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.panel.scene_closing()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        self.refreshPairs()
+        if self._entered:
+            self.setParameterNode(self.logic.getParameterNode())
+
+    def onNodeRemoved(self, caller, event) -> None:
+        pairs = self.panel.pairs
+        if len(pairs):
+            before = len(pairs)
+            pairs.prune(slicer.mrmlScene)
+            if len(pairs) != before:   # only when a listed node went (counting is not free)
+                self.refreshPairs()
+
+    def setParameterNode(self, node) -> None:
+        import vtk
+
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._guiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = node
+        if node is not None:
+            if not is_set(node.outputFolder):
+                from .panel import default_runs_folder
+
+                node.outputFolder = str(default_runs_folder())
+            self._guiTag = node.connectGui(self.ui)
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    def currentParameterNode(self):
+        """Where a finishing task writes its result: the bound node, else the scene's."""
+        if self._parameterNode is not None:
+            return self._parameterNode
+        return self.logic.getParameterNode() if slicer.mrmlScene is not None else None
+
+    # -- drawing ---------------------------------------------------------------------------------------
+    def fillChoices(self, backbones, devices) -> None:
+        self._updating = True
+        try:
+            self.ui.backboneComboBox.clear()
+            for b in backbones:
+                self.ui.backboneComboBox.addItem(f"{b['name']} — {b['modes']}; {b['weights']}", b["name"])
+            self.ui.deviceComboBox.clear()
+            for d in devices:
+                self.ui.deviceComboBox.addItem(d["label"], d["key"])
+        finally:
+            self._updating = False
+        self.updateGUI()
+
+    def refreshDependencies(self) -> None:
+        self.ui.setupStatusLabel.text = self.logic.dependencyStatus()
+        self.updateGUI()
+
+    def updateGUI(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None or self._updating:
+            return
+        self._updating = True
+        try:
+            index = self.ui.backboneComboBox.findData(p.backbone)
+            if index >= 0:
+                self.ui.backboneComboBox.currentIndex = index
+            if self.ui.strategyComboBox.currentText != p.strategy:
+                self.ui.strategyComboBox.setEditText(p.strategy)
+            index = self.ui.deviceComboBox.findData(p.device)
+            if index >= 0:
+                self.ui.deviceComboBox.currentIndex = index
+            if self.ui.outputFolderPathLineEdit.currentPath != p.outputFolder:
+                self.ui.outputFolderPathLineEdit.currentPath = p.outputFolder
+            if self.ui.modelFolderPathLineEdit.currentPath != p.modelFolder:
+                self.ui.modelFolderPathLineEdit.currentPath = p.modelFolder
+            classification = p.task == "classification"
+            self.ui.pairsTableWidget.setColumnHidden(3, not classification)
+            self.ui.segmentsListWidget.enabled = not classification
+        finally:
+            self._updating = False
+        controls = self.panel.controls(p, self.ui.applyVolumesSelector.checkedNodes(), self.logic.missingDependencies())
+        for name, button in BUTTONS.items():
+            enabled, why = controls[name]
+            widget = getattr(self.ui, button)
+            widget.enabled = enabled
+            widget.toolTip = self._tips[button] + (f"\n\nNot now: {why}" if why else "")
+        self.ui.adviceLabel.text = self.panel.advice
+
+    # -- parameters the widget fills at run time ------------------------------------------------------
+    def onBackboneChanged(self, index) -> None:
+        if self._parameterNode is not None and not self._updating and index >= 0:
+            self._parameterNode.backbone = self.ui.backboneComboBox.itemData(index)
+
+    def onStrategyChanged(self, text) -> None:
+        if self._parameterNode is not None and not self._updating and text:
+            self._parameterNode.strategy = text
+
+    def onDeviceChanged(self, index) -> None:
+        if self._parameterNode is not None and not self._updating and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    def onOutputFolderChanged(self, path) -> None:
+        if self._parameterNode is not None and not self._updating:
+            self._parameterNode.outputFolder = path
+
+    def onModelFolderChanged(self, path) -> None:
+        if self._parameterNode is not None and not self._updating:
+            self._parameterNode.modelFolder = path
+            self.showManifest()
+
+    # -- training data ---------------------------------------------------------------------------------
+    def onAddPair(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not add the volume.", waitCursor=True):
+            self.panel.pairs.add(p.pairVolume, p.pairSegmentation)
+            self.refreshPairs()
+
+    def onRemovePair(self) -> None:
+        row = self.ui.pairsTableWidget.currentRow()
+        if 0 <= row < len(self.panel.pairs):
+            self.panel.pairs.remove(row)
+            self.refreshPairs()
+
+    def onAddAllPairs(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not list the segmentations.", waitCursor=True):
+            problems = self.panel.pairs.add_all(slicer.mrmlScene)
+            self.refreshPairs()
+            if problems:
+                self.ui.segmentsStatusLabel.text = "\n".join(problems)
+
+    def onUnpaintedToggled(self, checked) -> None:
+        # labelled-slice counts depend on it; use the signal's value (this slot may run before
+        # the parameter node's own binding has stored it)
+        self.refreshTable(unpainted="ignore" if checked else "background")
+
+    def onPairCellChanged(self, row, column) -> None:
+        if column == 3 and not self._updating and 0 <= row < len(self.panel.pairs):
+            self.panel.pairs.set_class(row, self.ui.pairsTableWidget.item(row, column).text())
+            self.updateGUI()
+
+    def onSegmentsChanged(self, item=None) -> None:
+        if self._updating or self._parameterNode is None:
+            return
+        names = []
+        for i in range(self.ui.segmentsListWidget.count):
+            it = self.ui.segmentsListWidget.item(i)
+            if it.checkState() == 2:   # Qt.Checked
+                names.append(it.text())
+        self._parameterNode.segmentsToLearn = names
+        self.refreshTable()   # not the list itself: this runs inside the list's own signal
+
+    def refreshPairs(self) -> None:
+        """Redraw the training list, the segments every case has (mismatches named) and the
+        labelled-slice counts."""
+        import qt
+
+        p = self._parameterNode
+        common, missing = self.panel.pairs.segments()
+        wanted = [n for n in (p.segmentsToLearn if p is not None else []) if n in common]
+        if p is not None and not wanted and common:
+            wanted = list(common)
+        self._updating = True
+        try:
+            self.ui.segmentsListWidget.clear()
+            for name in common:
+                item = qt.QListWidgetItem(name)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Checked if name in wanted else qt.Qt.Unchecked)
+                self.ui.segmentsListWidget.addItem(item)
+        finally:
+            self._updating = False
+        self.refreshTable(wanted)
+        self.ui.segmentsStatusLabel.text = "\n".join(
+            f"{seg} lacks {', '.join(names)}; rename segments so every case uses the same names"
+            for seg, names in missing.items())
+        if p is not None and list(p.segmentsToLearn) != wanted:
+            p.segmentsToLearn = wanted   # triggers updateGUI
+        else:
+            self.updateGUI()
+
+    def refreshTable(self, wanted=None, unpainted=None) -> None:
+        """Redraw the training list's rows: names, labelled slices / slices, class."""
+        import qt
+
+        p = self._parameterNode
+        if wanted is None:
+            wanted = list(p.segmentsToLearn) if p is not None else []
+        if unpainted is None:
+            unpainted = "ignore" if (p is None or p.unpaintedSlicesUnlabelled) else "background"
+        rows = self.panel.pairs.table(wanted, unpainted)
+        self._updating = True
+        try:
+            table = self.ui.pairsTableWidget
+            table.setRowCount(len(rows))
+            for r, row in enumerate(rows):
+                for c, key in enumerate(("volume", "segmentation", "labelled", "class")):
+                    item = qt.QTableWidgetItem(str(row[key]))
+                    if key != "class":
+                        item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
+                    table.setItem(r, c, item)
+        finally:
+            self._updating = False
+
+    # -- background tasks --------------------------------------------------------------------------------
+    def _started(self, task) -> None:
+        self.ui.logTextEdit.clear()
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = self.panel._running_text(task)
+        self.timer.start()
+        self.updateGUI()
+
+    def onTrain(self) -> None:
+        """Train in a child process (never in Slicer's GUI thread); the timer polls its progress."""
+        with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
+            self._started(self.panel.start_train(self._parameterNode))
+            self.ui.statusLabel.text = f"Training into {self.panel.last_run}"
+
+    def onAdvise(self) -> None:
+        with slicer.util.tryWithErrorDisplay("The advisor could not start.", waitCursor=True):
+            self._started(self.panel.start_advise(self._parameterNode))
+
+    def onApply(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Prediction could not start.", waitCursor=True):
+            self._started(self.panel.start_apply(self._parameterNode, self.ui.applyVolumesSelector.checkedNodes()))
+
+    def onDoctor(self) -> None:
+        with slicer.util.tryWithErrorDisplay("The setup check could not start.", waitCursor=True):
+            p = self.currentParameterNode()
+            self._started(self.panel.start_doctor(p.outputFolder if p is not None else ""))
+
+    def onCancel(self) -> None:
+        text = self.panel.cancel()
+        if text:
+            self.ui.statusLabel.text = text
+
+    def onTimer(self) -> None:
+        tick = self.panel.tick(self.currentParameterNode)
+        for line in tick.lines:
+            self.ui.logTextEdit.appendPlainText(line)
+        if tick.progress is not None:
+            self.ui.progressBar.value = tick.progress
+        if tick.status is not None:
+            self.ui.statusLabel.text = tick.status
+        if not tick.ended:
+            return
+        self.timer.stop()
+        task = self.panel.task
+        if task.kind == "doctor" and task.state == "finished":
+            setup = self.panel.setup
+            if setup.get("backbones") or setup.get("devices"):
+                self.fillChoices(setup.get("backbones") or DEFAULT_BACKBONES, setup.get("devices") or DEFAULT_DEVICES)
+        if task.kind == "train" and task.state == "finished":
+            self.showManifest()
+        if tick.error:
+            slicer.util.errorDisplay(tick.error)
+        self.updateGUI()
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def onInstall(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Installation failed.", waitCursor=False):
+            try:
+                installed = self.logic.ensureDependencies(askUser=True, cpuOnly=self.ui.cpuOnlyCheckBox.checked)
+            finally:
+                self.refreshDependencies()
+            self.ui.statusLabel.text = ("Dependencies installed." if installed
+                                        else "Installation declined: nothing was installed.")
+
+    def onInstallFromFolder(self) -> None:
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, "Choose a folder made by 'medtransfer wheelhouse'")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Installation from the folder failed.", waitCursor=False):
+            try:
+                copied = self.logic.installFromFolder(folder, askUser=True)
+            finally:
+                self.refreshDependencies()
+            self.ui.statusLabel.text = (f"Installed from {folder}" + (f"; {len(copied)} weight file(s) copied"
+                                                                       if copied else ""))
+
+    # -- models ----------------------------------------------------------------------------------------------
+    def showManifest(self) -> None:
+        p = self.currentParameterNode()
+        if p is None or not is_set(p.modelFolder):
+            self.ui.manifestTextEdit.setPlainText("")
+            return
+        try:
+            self.ui.manifestTextEdit.setPlainText(self.logic.describeModel(p.modelFolder))
+        except (MedTransferError, OSError) as exc:   # shown, not raised: the user is only browsing
+            self.ui.manifestTextEdit.setPlainText(str(exc))
+
+    def onLoadModel(self) -> None:
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, "Choose a MedTransfer model folder")
+        if folder and self._parameterNode is not None:
+            self._parameterNode.modelFolder = folder
+            self.showManifest()
+
+    def onSaveModel(self) -> None:
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, "Save a copy of the model into…")
+        if folder:
+            with slicer.util.tryWithErrorDisplay("The model could not be saved.", waitCursor=True):
+                dest = self.logic.saveModel(self._parameterNode.modelFolder, folder)
+                self.ui.statusLabel.text = f"Model saved to {dest}"
+
+    def onExportModel(self) -> None:
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, "Export TorchScript, ONNX and labels.json into…")
+        if folder:
+            with slicer.util.tryWithErrorDisplay("The model could not be exported.", waitCursor=True):
+                self._started(self.panel.start_export(self._parameterNode.modelFolder, folder))

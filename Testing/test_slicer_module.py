@@ -1,0 +1,413 @@
+"""The Slicer module executed, not read (issue 16): MedTransfer/MedTransfer.py loaded as Slicer
+loads it, its panel set up from MedTransfer.ui under a real Qt made to behave as PythonQt, real
+MRML from slicer-core, real slicer.util, the real CLI in child processes started through a
+PythonSlicer-like launcher. Testing/slicer_harness/README.md says what each stand-in follows and
+what only a real Slicer can confirm.
+
+Each test names a finding of the issue; each failed on the module as it was before the fix
+(setup raised, Cancel left the interpreter running, exit/scene close broke the finish, Apply ran
+torch in the GUI thread, selectors listed label maps, the learning rate took negative values,
+two install dialogs in a row, ...).
+"""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("PyQt5")
+
+from PyQt5 import QtCore  # noqa: E402
+
+from MedTransferLib import slicer_bridge as bridge  # noqa: E402
+from slicer_harness.pythonqt import unwrap  # noqa: E402
+from slicer_harness.scenes import all_gone, colin_pair, quick_training, tree_of  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="the PythonSlicer stand-in is a POSIX script")
+
+
+def _task(h):
+    return h.widget.panel.panel.task
+
+
+def _busy(h):
+    return h.widget.panel.panel.busy
+
+
+def _nodes(scene, cls):
+    col = scene.GetNodesByClass(cls)
+    return [col.GetItemAsObject(i) for i in range(col.GetNumberOfItems())]
+
+
+def test_the_panel_starts_clean_lists_image_volumes_only_and_bounds_the_learning_rate(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    ui, p = h.ui, h.widget.logic.getParameterNode()
+    volume, seg, labelmap, _ = colin_pair(h.scene, colin_crop)
+    # paths: the model field is empty, not "."; runs go to a per-run folder under a real default
+    assert ui.modelFolderPathLineEdit.currentPath == "" and p.modelFolder == ""
+    assert Path(ui.outputFolderPathLineEdit.currentPath) == Path.home() / "MedTransfer" / "runs"
+    # selectors: image volumes only, never the label map
+    for name in ("pairVolumeSelector", "applyVolumesSelector"):
+        listed = [unwrap(getattr(ui, name)).nodeFromIndex(i) for i in range(getattr(ui, name).nodeCount())]
+        assert volume in listed and labelmap not in listed, name
+    # the learning rate has a range: the spin box stops at it, and the parameter refuses what is outside
+    assert ui.learningRateSpinBox.minimum == pytest.approx(1e-5) and ui.learningRateSpinBox.maximum == 1.0
+    ui.learningRateSpinBox.value = -0.5
+    assert p.learningRate == pytest.approx(1e-5)
+    with pytest.raises(ValueError):
+        p.learningRate = -0.5
+    # nothing to do yet, and each disabled button says why
+    assert not ui.trainButton.enabled and "Add a volume" in ui.trainButton.toolTip
+    assert not ui.applyButton.enabled and not ui.cancelButton.enabled
+    assert ui.setupStatusLabel.text == "Dependencies installed."
+
+
+def test_a_new_users_path_add_all_train_cancel_train_apply_and_the_tables(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    ui = h.ui
+    p = h.widget.logic.getParameterNode()
+    volume, seg, _, painted = colin_pair(h.scene, colin_crop)
+    before = bridge.node_array(volume).copy()
+
+    h.click("addAllPairsButton")
+    assert ui.pairsTableWidget.rowCount == 1
+    assert unwrap(ui.pairsTableWidget).item(0, 2).text() == f"{len(painted)} / 36"
+    assert list(p.segmentsToLearn) == ["Caudate_L", "Putamen_L"]
+    ui.epochsSpinBox.value = 1
+
+    # Train, then Cancel: the whole tree (launcher, interpreter) is gone within 5 s, no model
+    quick_training(h.widget.logic, steps=500)
+    h.click("trainButton")
+    h.wait_for(lambda: _task(h).progress.step >= 1, 300, "the first training step")
+    assert not ui.trainButton.enabled and ui.cancelButton.enabled
+    tree = tree_of(_task(h).job.pid)
+    assert len(tree) >= 2   # PythonSlicer and the interpreter it started
+    run_dir = h.widget.panel.panel.last_run
+    t0 = time.monotonic()
+    h.click("cancelButton")
+    h.wait_for(lambda: not _busy(h), 10, "the cancelled task to end")
+    assert all_gone(tree, 5.0 - (time.monotonic() - t0)), "a process outlived Cancel by 5 s"
+    assert _task(h).state == "cancelled" and "no model was written" in ui.statusLabel.text
+    assert not (run_dir / "model").exists()
+
+    # Train again: a model, its manifest, the learning curve shown in a plot layout
+    quick_training(h.widget.logic, steps=2)
+    h.click("trainButton")
+    h.wait_for(lambda: not _busy(h), 600, "training")
+    assert _task(h).state == "finished", _task(h).error
+    assert ui.statusLabel.text.startswith("Model written to")
+    assert Path(p.modelFolder).name == "model" and ui.modelFolderPathLineEdit.currentPath == p.modelFolder
+    assert "Caudate_L, Putamen_L" in ui.manifestTextEdit.plainText
+    [chart] = _nodes(h.scene, "vtkMRMLPlotChartNode")
+    assert h.scene.GetFirstNodeByClass("vtkMRMLSelectionNode").GetActivePlotChartID() == chart.GetID()
+    assert h.scene.GetFirstNodeByClass("vtkMRMLLayoutNode").GetViewArrangement() == \
+        slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView
+    assert chart.GetNumberOfPlotSeriesNodes() >= 1
+
+    # Apply with a reference: a segmentation with the training segments, a volumes and a metrics table
+    unwrap(ui.applyVolumesSelector).setCheckState(volume, QtCore.Qt.Checked)
+    ui.referenceSegmentationSelector.setCurrentNode(seg)
+    h.click("applyButton")
+    h.wait_for(lambda: not _busy(h), 300, "Apply")
+    assert _task(h).state == "finished", _task(h).error
+    out = [s for s in _nodes(h.scene, "vtkMRMLSegmentationNode") if s.GetName() == "Colin MedTransfer"]
+    assert len(out) == 1 and bridge.segment_names(out[0]) == ["Caudate_L", "Putamen_L"]
+    tables = {t.GetName(): bridge.table_node_rows(t) for t in _nodes(h.scene, "vtkMRMLTableNode")}
+    assert [r["structure"] for r in tables["Colin volumes"]] == ["Caudate_L", "Putamen_L"]
+    assert {"dice", "hd95_mm"} <= set(tables["Colin metrics"][0])
+    assert ui.statusLabel.text.startswith("Created Colin MedTransfer")
+    assert np.array_equal(bridge.node_array(volume), before)   # the input is never modified
+    assert h.user.errors() == [] and h.user.questions() == []
+
+
+def test_leaving_the_module_keeps_training_and_the_result_arrives(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    colin_pair(h.scene, colin_crop)
+    quick_training(h.widget.logic, steps=3)
+    h.ui.epochsSpinBox.value = 2
+    h.click("addAllPairsButton")
+    h.click("trainButton")
+    h.exit()                                     # the user goes to another module
+    h.wait_for(lambda: not _busy(h), 600, "training after leaving the module")
+    p = h.widget.logic.getParameterNode()
+    assert _task(h).state == "finished" and Path(p.modelFolder).name == "model"
+    h.enter()                                    # and comes back: the model is there
+    assert h.ui.modelFolderPathLineEdit.currentPath == p.modelFolder
+    assert "Caudate_L" in h.ui.manifestTextEdit.plainText
+    assert h.user.errors() == []
+
+
+def test_coming_back_during_training_shows_the_running_job(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    colin_pair(h.scene, colin_crop)
+    quick_training(h.widget.logic, steps=500)
+    h.click("addAllPairsButton")
+    h.click("trainButton")
+    h.wait_for(lambda: _task(h).progress.step >= 1, 300, "the first step")
+    h.exit()
+    h.process(0.6)
+    h.enter()
+    h.process(0.6)
+    assert not h.ui.trainButton.enabled and h.ui.cancelButton.enabled
+    assert h.ui.statusLabel.text.startswith("Epoch ")
+    h.click("cancelButton")
+    h.wait_for(lambda: not _busy(h), 10)
+
+
+def test_closing_the_scene_during_training_cancels_it_cleanly(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    colin_pair(h.scene, colin_crop)
+    quick_training(h.widget.logic, steps=500)
+    h.click("addAllPairsButton")
+    h.click("trainButton")
+    h.wait_for(lambda: _task(h).progress.step >= 2, 300, "two steps (a learning curve point needs an epoch)")
+    tree = tree_of(_task(h).job.pid)
+    h.close_scene()
+    h.wait_for(lambda: not _busy(h), 10, "the task to end after the scene closed")
+    assert all_gone(tree, 5.0)
+    h.process(1.5)                               # three more timer periods: no repeating errors
+    assert _task(h).state == "cancelled" and h.user.errors() == []
+    assert not h.widget.panel.timer.isActive()
+    assert h.ui.pairsTableWidget.rowCount == 0
+
+
+def test_module_cleanup_stops_the_timer_and_the_whole_tree(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    colin_pair(h.scene, colin_crop)
+    quick_training(h.widget.logic, steps=500)
+    h.click("addAllPairsButton")
+    h.click("trainButton")
+    h.wait_for(lambda: _task(h).progress.step >= 1, 300)
+    tree = tree_of(_task(h).job.pid)
+    t0 = time.monotonic()
+    h.widget.cleanup()                           # Slicer: module unloaded / application exit
+    assert time.monotonic() - t0 < 6 and all_gone(tree, 1.0)
+    assert not h.widget.panel.timer.isActive() and _task(h).state == "cancelled"
+
+
+def test_apply_of_a_3d_model_runs_in_a_child_while_the_event_loop_keeps_ticking(harness, colin_crop, tmp_path):
+    h = harness
+    h.load()
+    h.enter()
+    volume, seg, _, _ = colin_pair(h.scene, colin_crop)
+    task = h.widget.logic.trainInBackground([(volume, seg)], ["Caudate_L", "Putamen_L"], str(tmp_path / "run3d"),
+                                            mode="3d", backbone="resnet18", weights="none", strategy="finetune",
+                                            epochs=1, steps_per_epoch=1, batch_size=2, patch=32)
+    assert task.wait(600) == "finished", task.error
+    h.widget.logic.getParameterNode().modelFolder = task.package
+    h.widget.logic.getParameterNode().mode = "3d"
+    unwrap(h.ui.applyVolumesSelector).setCheckState(volume, QtCore.Qt.Checked)
+
+    ticks = []
+    clock = QtCore.QTimer()
+    clock.setInterval(50)
+    clock.timeout.connect(lambda: ticks.append(time.monotonic()))
+    clock.start()
+    t0 = time.monotonic()
+    h.click("applyButton")
+    h.wait_for(lambda: not _busy(h), 600, "the 3D prediction")
+    elapsed = time.monotonic() - t0
+    clock.stop()
+    assert _task(h).state == "finished", _task(h).error
+    assert "torch" not in _task(h).job.command()[0]
+    rate = len(ticks) / elapsed
+    gaps = np.diff([t0, *ticks])
+    assert elapsed > 1.0 and rate >= 5.0, f"the event loop ran at {rate:.1f} Hz (max gap {gaps.max():.2f} s)"
+    assert [s.GetName() for s in _nodes(h.scene, "vtkMRMLSegmentationNode")].count("Colin MedTransfer") == 1
+
+
+def test_advise_runs_in_a_child_and_fills_the_strategy(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    colin_pair(h.scene, colin_crop)
+    h.click("addAllPairsButton")
+    h.click("adviseButton")
+    assert _task(h).kind == "advise" and _task(h).running     # started, not computed in the click
+    h.wait_for(lambda: not _busy(h), 300, "the advisor")
+    p = h.widget.logic.getParameterNode()
+    assert _task(h).state == "finished", _task(h).error
+    assert p.strategy == _task(h).outputs.strategy and p.strategy != "auto"
+    assert h.ui.adviceLabel.text.startswith(p.strategy + ": ") and h.ui.strategyComboBox.currentText == p.strategy
+
+
+def test_check_setup_runs_the_doctor_in_a_child_and_fills_devices_and_backbones(harness):
+    h = harness
+    h.load()
+    h.enter()
+    assert h.ui.backboneComboBox.count == 1           # before: the default only (no torch in Slicer)
+    h.click("doctorButton")
+    h.wait_for(lambda: not _busy(h), 300, "the setup check")
+    assert _task(h).state == "finished", _task(h).error
+    assert h.ui.backboneComboBox.count > 10 and h.ui.deviceComboBox.itemData(0) == "auto"
+    assert h.ui.backboneComboBox.currentIndex == h.ui.backboneComboBox.findData("efficientnet-lite0")
+    log = h.ui.logTextEdit.plainText
+    assert "package monai" in log and "free disk" in log
+
+
+# -- installing ------------------------------------------------------------------------------------------
+def test_install_asks_once_installs_torch_through_the_extension_and_the_rest_with_constraints(make_harness):
+    h = make_harness(absent={"torch", "torchvision", "monai", "einops"})
+    h.load()
+    h.enter()
+    assert h.ui.setupStatusLabel.text.startswith("Missing: torch, torchvision, monai, einops")
+    assert not h.ui.trainButton.enabled and h.ui.installButton.enabled
+    from PyQt5.QtWidgets import QMessageBox
+
+    h.user.answers.append(QMessageBox.Ok)
+    h.click("installButton")
+    assert len(h.user.questions()) == 1                       # one dialog, not two
+    from slicer_harness.application import PyTorchUtilsLogic
+
+    assert PyTorchUtilsLogic.calls == [{"askConfirmation": False, "backend": None, "torch": ">=2.0",
+                                        "torchvision": ">=0.15"}]
+    [(kind, reqs, constraints, opts)] = h.packaging.calls
+    assert kind == "pip_ensure" and reqs == ["monai>=1.3", "einops>=0.6"] and opts["prompt_install"] is False
+    from MedTransferLib.environment import installed_version
+
+    for name in ("torch", "torchvision", "numpy", "SimpleITK"):   # pinned: never replaced
+        assert f"{name}=={installed_version(name)}" in constraints.splitlines()
+    assert h.ui.setupStatusLabel.text == "Dependencies installed." and not h.ui.installButton.enabled
+
+
+def test_declining_the_install_installs_nothing(make_harness):
+    from PyQt5.QtWidgets import QMessageBox
+
+    from slicer_harness.application import PyTorchUtilsLogic
+
+    h = make_harness(absent={"torch", "torchvision"})
+    h.load()
+    h.enter()
+    h.user.answers.append(QMessageBox.Cancel)
+    h.click("installButton")
+    assert PyTorchUtilsLogic.calls == [] and h.packaging.calls == []
+    assert "declined" in h.ui.statusLabel.text and h.ui.installButton.enabled
+
+
+def test_cpu_only_asks_the_extension_for_the_cpu_build(make_harness):
+    from PyQt5.QtWidgets import QMessageBox
+
+    from slicer_harness.application import PyTorchUtilsLogic
+
+    h = make_harness(absent={"torch", "torchvision"})
+    h.load()
+    h.ui.cpuOnlyCheckBox.checked = True
+    h.user.answers.append(QMessageBox.Ok)
+    h.click("installButton")
+    assert [c["backend"] for c in PyTorchUtilsLogic.calls] == ["cpu"] and h.packaging.calls == []
+
+
+def test_without_the_pytorch_extension_the_user_is_told_where_to_get_it(make_harness):
+    h = make_harness(absent={"torch", "torchvision", "monai"}, pytorch_extension=False)
+    h.load()
+    h.enter()
+    assert "install 'PyTorch' from the Extensions Manager" in h.ui.setupStatusLabel.text
+    h.click("installButton")
+    [error] = h.user.errors()
+    assert "Extensions Manager" in error and "PyTorchUtils" not in error
+    assert h.packaging.calls == []   # monai from PyPI would pull a torch build of its own: not installed either
+
+
+def test_older_slicer_installs_through_pip_install_with_the_constraints(make_harness, monkeypatch):
+    from PyQt5.QtWidgets import QMessageBox
+
+    h = make_harness(absent={"monai"}, packaging=False)
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: calls.append(
+        (list(args), Path(args[1]).read_text(encoding="utf-8"))))
+    h.load()
+    h.user.answers.append(QMessageBox.Ok)
+    h.click("installButton")
+    [(args, constraints)] = calls
+    assert args[0] == "-c" and args[2:] == ["monai>=1.3"]
+    assert "numpy==" in constraints and "SimpleITK==" in constraints and "torch==" in constraints
+
+
+def test_a_package_installed_in_a_too_old_version_counts_as_missing(make_harness, monkeypatch):
+    from MedTransferLib import environment
+
+    h = make_harness()
+    real = environment.installed_version
+    monkeypatch.setattr(environment, "installed_version", lambda n: "1.2.0" if n == "monai" else real(n))
+    h.load()
+    assert "Missing: monai" in h.ui.setupStatusLabel.text
+
+
+def test_an_old_torch_is_named_and_never_replaced(make_harness, monkeypatch):
+    from MedTransferLib import environment
+    from slicer_harness.application import PyTorchUtilsLogic
+
+    h = make_harness()
+    real = environment.installed_version
+    monkeypatch.setattr(environment, "installed_version", lambda n: "1.13.1" if n == "torch" else real(n))
+    h.load()
+    assert "PyTorch Utils module" in h.ui.setupStatusLabel.text
+    h.click("installButton")
+    assert "never replaces it" in h.user.errors()[0] and PyTorchUtilsLogic.calls == []
+
+
+def test_install_from_folder_installs_offline_and_copies_the_weights(make_harness, tmp_path, monkeypatch):
+    from PyQt5.QtWidgets import QMessageBox
+
+    from MedTransferLib.fileutil import write_json
+
+    folder = tmp_path / "wheelhouse"
+    (folder / "wheels").mkdir(parents=True)
+    (folder / "weights" / "hub" / "checkpoints").mkdir(parents=True)
+    (folder / "weights" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"weights")
+    write_json(folder / "wheelhouse.json", {"format": "medtransfer-wheelhouse", "wheels": ["monai-1.6.1-py3-none-any.whl"],
+                                            "weights": ["checkpoints/resnet18-f37072fd.pth"]})
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    h = make_harness(absent={"monai"})
+    h.load()
+    h.user.folders.append(str(folder))
+    h.user.answers.append(QMessageBox.Ok)
+    h.click("installFromFolderButton")
+    [(kind, args, constraints, _)] = h.packaging.calls
+    assert kind == "pip_install" and args[:3] == ["--no-index", "--find-links", str(folder / "wheels")]
+    assert args[3:] == ["monai>=1.3"] and "torch==" in constraints
+    assert (tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").read_bytes() == b"weights"
+    assert "1 weight file(s) copied" in h.ui.statusLabel.text
+
+
+# -- the self-test ---------------------------------------------------------------------------------------
+def _self_test(h):
+    """Slicer's ctest calls the module's runTest (MedTransferTest)."""
+    import sys
+
+    h.load()
+    test = sys.modules["MedTransfer"].MedTransferTest()
+    test.runTest()
+
+
+def test_self_test_without_dependencies_installs_nothing_and_runs_the_checks_that_need_none(make_harness, caplog):
+    from slicer_harness.application import PyTorchUtilsLogic
+
+    h = make_harness(absent={"torch", "torchvision", "monai"}, testing=True)
+    with caplog.at_level("INFO"):
+        _self_test(h)
+    assert "training and prediction checks skipped" in caplog.text and "self-test passed" not in caplog.text
+    assert PyTorchUtilsLogic.calls == [] and h.packaging.calls == []
+
+
+def test_self_test_with_dependencies_trains_applies_and_checks_the_segmentation(make_harness, caplog):
+    h = make_harness(testing=True)
+    with caplog.at_level("INFO"):
+        _self_test(h)
+    assert "MedTransfer self-test passed" in caplog.text
+    assert any(s.GetName() == "MRHead MedTransfer" for s in _nodes(h.scene, "vtkMRMLSegmentationNode"))
