@@ -22,6 +22,7 @@ import socket
 from pathlib import Path
 
 from .errors import MedTransferError
+from .lifeline import pid_alive  # (os.kill(pid, 0) would end the process on Windows)
 from .fileutil import write_json
 
 LOCK = ".medtransfer.lock"
@@ -49,16 +50,6 @@ def check_writable(out: Path) -> None:
                                f"checkpoints need at least {MIN_FREE_MB} MB — free space or choose another --out")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # exists, owned by someone else
-        return True
-    return True
-
-
 def _holder(lock: Path) -> tuple[str, int]:
     """(host, pid) written in a lock file; ("", -1) if it cannot be read."""
     try:
@@ -70,7 +61,7 @@ def _holder(lock: Path) -> tuple[str, int]:
 
 def _stale(host: str, pid: int) -> bool:
     """A lock written on this machine by a process that no longer exists (kill -9, power loss)."""
-    return host == socket.gethostname() and pid > 0 and not _alive(pid)
+    return host == socket.gethostname() and pid > 0 and not pid_alive(pid)
 
 
 def _in_use(out, lock: Path, host: str, pid: int) -> MedTransferError:
