@@ -179,16 +179,23 @@ class ModelPackage:
     def task(self) -> str:
         return self.manifest.get("task", "segmentation")
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def _load_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(self.path / WEIGHTS))
+        try:
+            return load_file(str(self.path / name))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise MedTransferError(f"model '{self.path}': {name} is not a valid safetensors file ({exc}); "
+                                   f"the package is damaged or not a MedTransfer model — train it again or "
+                                   f"use an intact copy") from None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._load_tensors(WEIGHTS)
 
     def extra(self, name: str) -> dict[str, torch.Tensor]:
         """A verified extra tensor file of the package (empty if the package has none)."""
-        from safetensors.torch import load_file
-
-        return load_file(str(self.path / name)) if name in self.manifest.get("files", {}) else {}
+        return self._load_tensors(name) if name in self.manifest.get("files", {}) else {}
 
     def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         from .backbones.weights import load_strict

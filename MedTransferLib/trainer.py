@@ -450,9 +450,10 @@ def build_for_training(config: TrainConfig, in_channels: int, num_classes: int):
 REFERENCE_STATS = "reference_stats.safetensors"
 
 
-def available_memory_mb() -> float | None:
+def available_memory_mb(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> float | None:
     """Memory this process may still use: ``MEDTRANSFER_MEMORY_LIMIT_MB`` if set (a cap the user
-    chooses, e.g. on a shared workstation), else the system's available memory (Linux), else None."""
+    chooses, e.g. on a shared workstation), else the system's available memory (Linux), else None.
+    (``meminfo`` and ``cgroup`` are where Linux keeps the figures; tests point them elsewhere.)"""
     cap = os.environ.get("MEDTRANSFER_MEMORY_LIMIT_MB")
     if cap:
         try:
@@ -462,14 +463,14 @@ def available_memory_mb() -> float | None:
     # Linux: MemAvailable (free memory plus what the page cache would give back — "free" alone
     # is near zero on any machine that has read files), within a cgroup's limit if there is one
     try:
-        meminfo = Path("/proc/meminfo").read_text()
+        text = Path(meminfo).read_text()
     except OSError:
         return None   # not Linux: no reliable figure, no check
-    avail = next((int(line.split()[1]) / 1024 for line in meminfo.splitlines()
+    avail = next((int(line.split()[1]) / 1024 for line in text.splitlines()
                   if line.startswith("MemAvailable:")), None)
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        limit = (Path(cgroup) / "memory.max").read_text().strip()
+        used = int((Path(cgroup) / "memory.current").read_text().strip())
         if limit != "max" and avail is not None:
             avail = min(avail, (int(limit) - used) / 2**20)
     except (OSError, ValueError):

@@ -50,23 +50,29 @@ def test_3d_training_writes_a_3d_package_that_predicts_in_the_input_geometry(run
 
 
 def test_3d_patches_learn_only_from_training_slices():
+    """Every plane of a patch's target is labelled exactly when its slice is a training slice:
+    never a held-out slice, never an unlabelled one, always a training one. The image's value on
+    each plane is its slice index, so the test knows which slice each plane came from."""
     from MedTransferLib.dataset import Volume
     from MedTransferLib.dataset3d import PatchSampler3D
-    from MedTransferLib.preprocessing import Preprocessing
 
-    image, label = blob_volume(shape=(24, 40, 48))
-    target = np.full(label.shape, IGNORE, np.uint8)
-    target[::4] = label[::4]                         # every 4th slice labelled
-    vol = Volume(Preprocessing().standardise(image), target, "blob")
-    train_slices = [s for s in range(0, 24, 4) if s != 8]   # slice 8 held out for validation
-    sampler = PatchSampler3D([vol], [(0, s) for s in train_slices], 3, (16, 32, 32), seed=0)
+    _, label = blob_volume(shape=(24, 40, 48))
+    depth = label.shape[0]
+    image = np.broadcast_to(np.arange(depth, dtype=np.float32)[:, None, None] + 1000, label.shape).copy()
+    target = label.copy()                            # every slice carries labels: only the mask hides them
+    vol = Volume(image, target, "blob")
+    train_slices = {s for s in range(0, depth, 4) if s != 8}    # slice 8 held out, the rest unlabelled
+    sampler = PatchSampler3D([vol], [(0, s) for s in sorted(train_slices)], 3, (16, 32, 32), seed=0)
     images, targets = sampler.sample(64)
     assert images.shape == (64, 1, 16, 32, 32) and targets.shape == (64, 16, 32, 32)
-    labelled_planes = (targets != IGNORE).any(axis=(2, 3))
-    assert labelled_planes.any()
-    # a labelled plane in a patch is a training slice: never slice 8, never an unlabelled one
-    per_patch = labelled_planes.sum(axis=1)
-    assert per_patch.max() <= len(range(0, 16, 4))
+    seen = set()
+    for img, tgt in zip(images, targets):
+        planes = img[0, :, 0, 0].astype(int) - 1000   # the slice each plane came from (no padding here)
+        labelled = (tgt != IGNORE).any(axis=(1, 2))
+        expected = np.array([s in train_slices for s in planes])
+        assert np.array_equal(labelled, expected), (planes, labelled)
+        seen.update(int(s) for s in planes[labelled])
+    assert seen == train_slices                       # every training slice was drawn somewhere
     assert (targets == 1).any() and (targets == 2).any()
 
 

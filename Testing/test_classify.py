@@ -77,7 +77,7 @@ def test_volume_classifier_trains_predicts_and_evaluates(blob_classes, tmp_path,
         mt.predict(run.package, dl.load_cases(dl.test)[0][0])
 
 
-def test_classification_through_the_cli_with_a_csv(blob_classes, tmp_path):
+def test_classification_through_the_cli_with_a_csv(blob_classes, tmp_path, capsys):
     from MedTransferLib.cli import main
 
     table = tmp_path / "labels.csv"
@@ -109,6 +109,26 @@ def test_classification_through_the_cli_with_a_csv(blob_classes, tmp_path):
     assert {"predicted_before"} <= set(after[0])
     assert main(["predict", "--model", str(out), "--datalist", str(blob_classes), "--table", str(shifted),
                  "--prior", "em"]) == 0
+    # EM (Saerens et al. 2002), written out here: re-weight each case's posteriors by
+    # prior/training prior, renormalise, re-estimate the prior as their mean, until it settles
+    with open(shifted, newline="", encoding="utf-8") as f:
+        em_rows = list(csv.DictReader(f))
+    classes = ["lesion", "normal"]
+    before = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    source = np.array(mt.ModelPackage.load(out).manifest["calibration"]["source_prior"], float)
+    prior = source.copy()
+    for _ in range(1000):
+        adj = before * (prior / source)
+        adj /= adj.sum(axis=1, keepdims=True)
+        prior, last = adj.mean(axis=0), prior
+        if np.abs(prior - last).max() < 1e-10:
+            break
+    got = np.array([[float(r[f"p_{c}"]) for c in classes] for r in em_rows])
+    assert np.allclose(got, adj, atol=1e-4), (got, adj)
+    err = capsys.readouterr().err
+    said = err[err.index("prior (em): estimated"):].split("(training")[0]
+    assert said.strip() == "prior (em): estimated " + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, prior))
+    assert [r["predicted"] for r in em_rows] == [classes[i] for i in adj.argmax(axis=1)]
     assert main(["predict", "--model", str(out), "--datalist", str(blob_classes), "--prior", "sideways"]) == 2
 
 

@@ -113,16 +113,30 @@ def test_uint16_extremes_are_standardised_not_overflowed(tmp_path):
     assert np.isfinite(run.history[-1]["train_loss"])
 
 
-def test_available_memory_is_what_the_system_can_give_not_only_free_pages(monkeypatch):
+def test_available_memory_is_what_the_system_can_give_not_only_free_pages(monkeypatch, tmp_path):
+    """MemAvailable (free pages plus what the page cache gives back), not MemFree; within a cgroup
+    v2 limit when there is one; the user's cap first."""
     from MedTransferLib.trainer import available_memory_mb
 
     monkeypatch.delenv("MEDTRANSFER_MEMORY_LIMIT_MB", raising=False)
-    avail = available_memory_mb()
-    if Path("/proc/meminfo").exists():
-        meminfo = Path("/proc/meminfo").read_text()
-        mem_available = next(int(ln.split()[1]) / 1024 for ln in meminfo.splitlines() if ln.startswith("MemAvailable:"))
-        assert 0 < avail <= mem_available + 1      # MemAvailable (or a smaller cgroup limit), not MemFree
-        assert avail > 0.5 * mem_available or Path("/sys/fs/cgroup/memory.max").exists()
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree:          512000 kB\nMemAvailable:    8192000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert available_memory_mb(str(meminfo), str(cgroup)) == pytest.approx(8000.0)          # no cgroup files
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text(str(2 ** 30) + "\n")
+    assert available_memory_mb(str(meminfo), str(cgroup)) == pytest.approx(8000.0)          # no limit set
+    (cgroup / "memory.max").write_text(str(3 * 2 ** 30) + "\n")
+    assert available_memory_mb(str(meminfo), str(cgroup)) == pytest.approx(2048.0)          # limit − used
+    (cgroup / "memory.max").write_text(str(64 * 2 ** 30) + "\n")
+    assert available_memory_mb(str(meminfo), str(cgroup)) == pytest.approx(8000.0)          # the smaller one
+    assert available_memory_mb(str(tmp_path / "no-such-file"), str(cgroup)) is None          # not Linux
+    monkeypatch.setenv("MEDTRANSFER_MEMORY_LIMIT_MB", "1234")
+    assert available_memory_mb(str(meminfo), str(cgroup)) == 1234.0
+    monkeypatch.setenv("MEDTRANSFER_MEMORY_LIMIT_MB", "lots")
+    with pytest.raises(MedTransferError, match="not a number"):
+        available_memory_mb(str(meminfo), str(cgroup))
 
 
 def test_a_volume_larger_than_memory_allows_is_refused_before_any_work(tmp_path, monkeypatch):
@@ -230,7 +244,7 @@ def test_malicious_pickles_are_refused_by_every_loading_path_and_never_run(tmp_p
     m.pop("files", None)
     m["fingerprint"] = fingerprint(m)
     (pkg_dir / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(MedTransferError, match="not a valid safetensors file") as info:
         mt.predict(pkg_dir, mt.read_case(blob_datalist.parent / "img0.nii.gz"))
     assert "pwned" not in str(info.value)
     # 3. as a MONAI bundle's models/model.pt

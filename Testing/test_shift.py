@@ -215,3 +215,22 @@ def test_the_input_check_runs_before_training_and_names_the_odd_case(tmp_path):
              backbone="resnet18", weights=None, strategy="finetune", epochs=1, steps_per_epoch=1, batch_size=2, patch=64)
     notes = [e["message"] for e in events if e["event"] == "note" and e["message"].startswith("input check")]
     assert notes and all("case2" in n for n in notes) and "raw intensity range" in notes[0]
+
+
+def test_stats_distance_against_hand_computed_values():
+    """|Δmean| / σ_ref + ½ |Δ log σ²|, averaged over channels then layers. Channels that deviate
+    in opposite directions must add up, not cancel (the absolute values)."""
+    import torch
+
+    ref = {"a.mean": torch.tensor([0.0, 0.0]), "a.var": torch.tensor([4.0, 4.0]),
+           "b.mean": torch.tensor([1.0]), "b.var": torch.tensor([1.0])}
+    same = {k: v.clone() for k, v in ref.items()}
+    assert shift.stats_distance(same, ref) == 0.0
+    opposite_means = {**same, "a.mean": torch.tensor([2.0, -2.0])}          # each 2/σ=2/2 = 1
+    assert shift.stats_distance(opposite_means, ref) == pytest.approx((1.0 + 0.0) / 2)
+    e = float(np.e)
+    opposite_vars = {**same, "a.var": torch.tensor([4.0 * e ** 2, 4.0 / e ** 2])}   # ½|±2| = 1 each
+    assert shift.stats_distance(opposite_vars, ref) == pytest.approx((1.0 + 0.0) / 2)
+    both = {**same, "b.mean": torch.tensor([4.0]), "b.var": torch.tensor([e ** 4])}   # 3/1 + ½·4 = 5
+    assert shift.stats_distance(both, ref) == pytest.approx((0.0 + 5.0) / 2)
+    assert np.isnan(shift.stats_distance({"c.mean": torch.tensor([0.0])}, ref))   # no layer in common

@@ -222,3 +222,42 @@ def test_finetune_and_frozen_on_real_data(reference, colin_crop, tmp_path):
     assert [(g["name"], g["lr"]) for g in events[0]["param_groups"]] == [("decoder+head", LR)]
     decoder = {k for k in after if k.startswith(("decoder.", "head.")) and after[k].dtype.is_floating_point}
     assert len(_changed(before, after, decoder)) > 0.9 * len(decoder)    # while the decoder trains
+
+
+def test_adabn_statistics_are_the_plain_average_over_all_batches():
+    """AdaBN's re-estimated BatchNorm statistics, against numpy: the running mean is the mean of
+    the batches' channel means and the running variance the mean of their unbiased variances
+    (PyTorch's cumulative average, momentum=None) — every batch counts the same. A moving average
+    (momentum 0.1) or statistics from the last batch only give other numbers here, since the
+    batches differ a lot. Other layers run in eval mode; weights are untouched; the momentum and
+    training mode come back."""
+    import torch
+    from torch import nn
+
+    from MedTransferLib.strategies import adapt_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Dropout(0.9))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2).reshape(2, 2, 1, 1))       # the BN layer sees the input itself
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    rng = np.random.default_rng(1)
+    batches = [torch.from_numpy(rng.normal(loc, scale, size=(n, 2, 5, 6)).astype(np.float32))
+               for loc, scale, n in ((0.0, 1.0, 3), (10.0, 2.0, 1), (-4.0, 0.5, 5))]
+    model.train()
+    assert adapt_bn(model, batches) == 1
+    per_batch = [b.double().numpy().transpose(1, 0, 2, 3).reshape(2, -1) for b in batches]
+    mean = np.mean([x.mean(axis=1) for x in per_batch], axis=0)
+    var = np.mean([x.var(axis=1, ddof=1) for x in per_batch], axis=0)
+    bn = model[1]
+    assert np.allclose(bn.running_mean.numpy(), mean, rtol=1e-5, atol=1e-5)
+    assert np.allclose(bn.running_var.numpy(), var, rtol=1e-5, atol=1e-5)
+    assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1 and model.training
+    for k, v in weights.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    with pytest.raises(mt.MedTransferError, match="no images"):
+        adapt_bn(model, [])
+    model.eval()
+    adapt_bn(model, batches[:1])
+    assert not model.training and not model[1].training                # eval mode comes back
+    assert adapt_bn(nn.Sequential(nn.Conv2d(1, 1, 1)), batches) == 0   # nothing to re-estimate

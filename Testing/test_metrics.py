@@ -1,0 +1,104 @@
+"""Dice, HD95 and volumes (metrics.py) against values computed by hand, on data chosen so that
+a broken version gives a different answer: the slice restriction (the README's headline metric
+is Dice on the never-labelled slices) changes the result here, which the uniform cube elsewhere
+does not."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+import MedTransferLib as mt
+from MedTransferLib.metrics import evaluate, hd95, summary
+
+IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+
+
+def _cube_right_on_two_slices():
+    """A 10×10×10 reference cube on slices 5..14 (voxel axis 2 = array axis 0); the prediction
+    equals it on slices 5 and 6 and is empty on every other slice."""
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[5:15, 5:15, 5:15] = 1
+    pred = np.zeros_like(ref)
+    pred[5:7] = ref[5:7]
+    return pred, ref
+
+
+def test_dice_counts_only_the_chosen_slices():
+    pred, ref = _cube_right_on_two_slices()
+    geo = mt.Geometry((20, 20, 20), (1.0, 1.0, 2.0), (0, 0, 0), IDENTITY)
+    whole = evaluate(pred, ref, [(1, "cube")], geo)[0]
+    assert whole["dice"] == pytest.approx(2 * 200 / (200 + 1000))           # 1/3
+    right = evaluate(pred, ref, [(1, "cube")], geo, slices=[5, 6], axis=2)[0]
+    assert right["dice"] == pytest.approx(1.0)
+    assert right["volume_pred_ml"] == pytest.approx(200 * 2.0 / 1000)        # counted on those slices only
+    wrong = evaluate(pred, ref, [(1, "cube")], geo, slices=[7, 8], axis=2)[0]
+    assert wrong["dice"] == 0.0 and wrong["volume_ref_ml"] == pytest.approx(200 * 2.0 / 1000)
+    outside = evaluate(pred, ref, [(1, "cube")], geo, slices=[0, 1], axis=2)[0]
+    assert math.isnan(outside["dice"])                                       # nothing there in either
+
+
+def test_the_slice_axis_picks_the_array_axis():
+    pred, ref = _cube_right_on_two_slices()
+    # the same data with the slices along voxel axis 0 (array axis 2)
+    pred_t, ref_t = np.ascontiguousarray(pred.transpose(2, 1, 0)), np.ascontiguousarray(ref.transpose(2, 1, 0))
+    assert evaluate(pred_t, ref_t, [(1, "c")], slices=[5, 6], axis=0)[0]["dice"] == pytest.approx(1.0)
+    assert evaluate(pred_t, ref_t, [(1, "c")], slices=[5, 6], axis=2)[0]["dice"] == pytest.approx(2 * 20 / (20 + 100))
+
+
+def test_hd95_is_the_larger_directed_percentile_in_millimetres():
+    ref = np.zeros((1, 40, 40), np.uint8)
+    ref[0, 10:30, 10:30] = 1
+    pred = np.zeros_like(ref)
+    pred[0, 10:30, 10:26] = 1          # the right 4 columns missing: ref→pred distances up to 4 voxels
+    # spacing (x, y, z) = (0.5, 1, 1): the missing columns lie along x, 0.5 mm each
+    value = hd95(pred, ref, (0.5, 1.0, 1.0))
+    # directed pred→ref: 0 except pred's new border column (2 mm away); ref→pred: up to 2 mm
+    assert value == pytest.approx(2.0)
+    assert hd95(pred, ref, (1.0, 1.0, 1.0)) == pytest.approx(4.0)
+    assert math.isnan(hd95(np.zeros_like(ref), ref))
+
+
+def test_hd95_restricted_to_slices_ignores_surface_elsewhere():
+    pred, ref = _cube_right_on_two_slices()
+    # on slices 5-6 the prediction's surface coincides with the reference's in-plane outline, but
+    # pred's top face (slice 6) is 8 slices from ref's top face: restricted, only slices 5-6 count
+    where = np.zeros(pred.shape, bool)
+    where[5:7] = True
+    restricted = hd95(pred, ref, where=where)
+    whole = hd95(pred, ref)
+    assert restricted < whole and whole >= 8.0
+
+
+def test_summary_ignores_undefined_scores():
+    rows = [{"dice": 0.5, "hd95_mm": 2.0}, {"dice": float("nan"), "hd95_mm": float("nan")},
+            {"dice": 0.9, "hd95_mm": 4.0}]
+    s = summary(rows)
+    assert s == {"mean_dice": pytest.approx(0.7), "min_dice": pytest.approx(0.5), "mean_hd95_mm": pytest.approx(3.0)}
+    assert all(math.isnan(v) for v in summary([{"dice": float("nan"), "hd95_mm": float("nan")}]).values())
+
+
+def test_shapes_must_match():
+    with pytest.raises(mt.MedTransferError, match="differs from reference"):
+        evaluate(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)), [(1, "x")])
+
+
+def test_the_cli_reports_dice_on_the_chosen_slices(tmp_path):
+    from MedTransferLib.cli import main
+
+    pred, ref = _cube_right_on_two_slices()
+    geo = mt.Geometry((20, 20, 20), (1.0, 1.0, 1.0), (0, 0, 0), IDENTITY)
+    mt.write_label(tmp_path / "pred.nii.gz", pred, geo)
+    mt.write_label(tmp_path / "ref.nii.gz", ref, geo)
+    labels = tmp_path / "dataset.json"
+    labels.write_text('{"labels": {"0": "background", "1": "cube"}, '
+                      '"training": [{"image": "ref.nii.gz", "label": "ref.nii.gz"}]}')
+    for spec, expected in (("5-6", 1.0), (None, 1 / 3)):
+        out = tmp_path / f"m{spec}.csv"
+        args = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--label", str(tmp_path / "ref.nii.gz"),
+                "--labels", str(labels), "--out", str(out)]
+        assert main(args + (["--slices", spec, "--axis", "2"] if spec else [])) == 0
+        with open(out, newline="", encoding="utf-8") as f:
+            [row] = [r for r in csv.DictReader(f) if r["structure"] == "cube"]
+        assert float(row["dice"]) == pytest.approx(expected)
