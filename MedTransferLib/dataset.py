@@ -113,7 +113,11 @@ def split_train_val(volumes: list[Volume], val_fraction: float, seed: int):
                                    f"slice or remove the case from the datalist")
         labelled.append(idx)
     rng = np.random.default_rng(seed)
-    if len(volumes) > 1 and val_fraction > 0:
+    if len(volumes) > 1 and val_fraction <= 0:   # every case trains (a test found case 0 alone did)
+        return ([(vi, int(s)) for vi in range(len(volumes)) for s in labelled[vi]], [],
+                "validation: none (validation fraction 0); training runs for the full number of epochs "
+                "without early stopping")
+    if len(volumes) > 1:
         n_val = max(1, round(val_fraction * len(volumes)))
         order = rng.permutation(len(volumes))
         val_cases = set(order[:n_val].tolist())

@@ -100,7 +100,8 @@ def _few_threads():
         return
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # MEDTRANSFER_TEST_THREADS=1 under mutmut, which forks: OpenMP thread pools do not survive a fork
+    torch.set_num_threads(int(os.environ.get("MEDTRANSFER_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture

@@ -36,17 +36,23 @@ def one_hot_loss(logits, target, smooth=1.0):
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
 
 
+@pytest.mark.filterwarnings("error")   # e.g. torch's deprecated implicit softmax dimension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(4, 5, 12, 10), (2, 9, 6, 8, 7)])
-@pytest.mark.parametrize("case", ["all classes", "a class absent, unlabelled voxels", "background only"])
-def test_fast_loss_equals_the_one_hot_definition(shape, case):
+@pytest.mark.parametrize("case", ["all classes", "a class absent, unlabelled voxels", "background only",
+                                  "a class on one voxel"])
+def test_fast_loss_equals_the_one_hot_definition(shape, case, dtype):
     g = torch.Generator().manual_seed(len(shape) * 7 + len(case))
-    logits = torch.randn(shape, generator=g) * 3
+    logits = (torch.randn(shape, generator=g) * 3).to(dtype)
     target = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
     if case != "all classes":
         target[target == 2] = 0
         target[:, :2] = IGNORE
     if case == "background only":
         target[(target != IGNORE)] = 0
+    if case == "a class on one voxel":   # counted, cross-entropy averaged and Dice scored from 1 voxel on
+        target[target == 1] = 0
+        target.view(-1)[-1] = 1
     grads, values = [], []
     for fn in (loss_function(), one_hot_loss):
         x = logits.clone().requires_grad_()

@@ -1,0 +1,210 @@
+"""Mutation testing of the core modules with mutmut: does a test fail when the code is broken?
+
+mutmut makes one small change at a time (a comparison flipped, a constant off by one, an
+argument dropped, a string changed) and runs the tests that exercise the changed function. A
+change no test notices — a *surviving mutant* — is a place where a bug would go unseen. Each
+survivor gets a test that kills it, or a line in ``bench/mutation_equivalents.txt`` saying why
+it cannot change behaviour (e.g. ``float("NAN")`` is ``float("nan")``).
+
+Each group below mutates some files (or some functions of a file) and runs a chosen set of the
+*fast* tests: a mutant killed only by a slow end-to-end test counts as surviving, so the core
+functions are guarded by unit tests. Error-message wording is not mutated (lines raising
+MedTransferError: user-facing text, whose key words tests match).
+
+    python bench/mutation.py                      # every group (about an hour on 2 cores)
+    python bench/mutation.py --groups metrics loss
+    python bench/mutation.py --groups shift --show   # print each surviving mutant's diff
+
+Writes ``bench/MUTATION.md`` (per-module kill rates and the survivors) and prints the table.
+Numbers are only comparable on the same code: mutmut numbers mutants per function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.txt"
+
+RELIABILITY = "Testing/test_reliability.py"
+# group → files to mutate, tests to run, and (optionally) only these functions count
+GROUPS = {
+    "metrics": (["MedTransferLib/metrics.py"], ["Testing/test_metrics.py"], None),
+    "loss": (["MedTransferLib/trainer.py"], ["Testing/test_performance.py"], ["loss_function"]),
+    "datasets": (["MedTransferLib/dataset.py", "MedTransferLib/dataset3d.py"],
+                 ["Testing/test_dataset.py", "Testing/test_dataset_units.py",
+                  "Testing/test_3d.py::test_3d_patches_learn_only_from_training_slices",
+                  "Testing/test_properties.py", "Testing/test_performance.py"], None),
+    "strategies": (["MedTransferLib/strategies.py"],
+                   ["Testing/test_strategies_units.py",
+                    "Testing/test_strategies.py::test_adabn_statistics_are_the_plain_average_over_all_batches",
+                    "Testing/test_strategies.py::test_frozen_keeps_encoder_weights_and_bn_statistics_bit_identical",
+                    "Testing/test_strategies.py::test_finetune_trains_every_layer"], None),
+    "package": (["MedTransferLib/package.py"],
+                ["Testing/test_train_predict.py", f"{RELIABILITY}::test_malicious_pickles_are_refused_by_every_loading_path_and_never_run",
+                 f"{RELIABILITY}::test_a_package_cannot_name_files_outside_itself"], None),
+    "weights": (["MedTransferLib/backbones/weights.py"],
+                ["Testing/test_registry.py",
+                 f"{RELIABILITY}::test_malicious_pickles_are_refused_by_every_loading_path_and_never_run"], None),
+    "geometry": (["MedTransferLib/case.py", "MedTransferLib/io.py"],
+                 ["Testing/test_io.py", "Testing/test_properties.py"], None),
+    "preprocessing": (["MedTransferLib/preprocessing.py"],
+                      ["Testing/test_preprocessing.py", "Testing/test_shift.py"], None),
+    "shift": (["MedTransferLib/shift.py"], ["Testing/test_shift.py"], None),
+    "resume": (["MedTransferLib/loop.py"],
+               ["Testing/test_performance.py", "Testing/test_resume.py",
+                f"{RELIABILITY}::test_a_crash_between_the_two_renames_of_a_checkpoint_leaves_the_previous_one_usable"],
+               ["save_state", "load_state", "match_layouts", "batches"]),
+}
+KILLED = {"killed", "timeout"}
+NO_MUTATE = r"raise MedTransferError\("   # error-message wording: user-facing text
+
+
+def _pyproject(files, tests) -> str:
+    def toml_list(items):
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    return "\n".join([
+        "[tool.pytest.ini_options]",
+        'testpaths = ["Testing"]',
+        "",
+        "[tool.mutmut]",
+        'source_paths = ["MedTransferLib"]',
+        f"only_mutate = {toml_list(files)}",
+        f"pytest_add_cli_args_test_selection = {toml_list(tests)}",
+        'pytest_add_cli_args = ["-p", "no:cacheprovider"]',
+        'also_copy = ["Testing"]',
+        f"do_not_mutate_patterns = {toml_list([NO_MUTATE])}",
+        "",
+    ])
+
+
+def run_group(name: str, workdir: Path, timeout: int, children: int = 1) -> dict:
+    files, tests, functions = GROUPS[name]
+    work = workdir / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "MedTransferLib", work / "MedTransferLib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "Testing", work / "Testing", ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "pyproject.toml").write_text(_pyproject(files, tests), encoding="utf-8")
+    # one thread: mutmut forks a warmed-up process per mutant, and a forked OpenMP thread pool hangs
+    # (every torch test would time out)
+    env = dict(os.environ, TERM="dumb", PYTHONPATH="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               MEDTRANSFER_TEST_THREADS="1")
+    mutmut = [sys.executable, "-m", "mutmut"]
+    t0 = time.monotonic()
+    with open(work / "mutmut.log", "w", encoding="utf-8") as log:
+        # one mutant at a time: two torch processes on 2 cores slow each other ~10x (and time out)
+        subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+    seconds = time.monotonic() - t0
+    out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
+                         text=True).stdout
+    results = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*(\S+): (.+)$", line)
+        if m:
+            results[m.group(1)] = m.group(2).strip()
+    if functions:
+        results = {k: v for k, v in results.items() if any(f"x_{f}__mutmut_" in k or f"ǁ{f}__mutmut_" in k
+                                                          for f in functions)}
+    diffs = {}
+    for mutant, status in results.items():
+        if status not in KILLED:
+            diffs[mutant] = subprocess.run([*mutmut, "show", mutant], cwd=work, env=env, capture_output=True,
+                                           text=True).stdout
+    return {"group": name, "files": files, "tests": tests, "functions": functions, "seconds": round(seconds),
+            "results": results, "diffs": diffs}
+
+
+def load_equivalents() -> dict:
+    eq = {}
+    if EQUIVALENTS.exists():
+        for line in EQUIVALENTS.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, reason = line.partition(" ")
+                eq[name] = reason.strip()
+    return eq
+
+
+def score(run: dict, equivalents: dict) -> dict:
+    per_module: dict = {}
+    for mutant, status in run["results"].items():
+        module = mutant.split(".x", 1)[0].split(".xǁ", 1)[0]
+        m = per_module.setdefault(module, {"mutants": 0, "killed": 0, "equivalent": 0, "survived": [], "untested": []})
+        m["mutants"] += 1
+        if status in KILLED:
+            m["killed"] += 1
+        elif mutant in equivalents:
+            m["equivalent"] += 1
+        elif status == "no tests":
+            m["untested"].append(mutant)
+        else:
+            m["survived"].append(mutant)
+    for m in per_module.values():
+        relevant = m["mutants"] - m["equivalent"]
+        m["rate"] = m["killed"] / relevant if relevant else 1.0
+    return per_module
+
+
+def report(runs: list[dict], equivalents: dict, show: bool) -> str:
+    lines = ["# Mutation testing (bench/mutation.py)", "",
+             f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()} "
+             f"({os.cpu_count()} cores), mutmut, Python {platform.python_version()}. A mutant is *killed* when "
+             "a test fails on it (or it times out); *equivalent* mutants (bench/mutation_equivalents.txt, with "
+             "the reason) cannot change behaviour; *untested* mutants sit in code the group's tests never run. "
+             "Kill rate = killed / (mutants − equivalent).", "",
+             "| group | module | mutants | killed | equivalent | survived | untested | kill rate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    details = []
+    for run in runs:
+        for module, m in sorted(score(run, equivalents).items()):
+            lines.append(f"| {run['group']} | {module} | {m['mutants']} | {m['killed']} | {m['equivalent']} | "
+                         f"{len(m['survived'])} | {len(m['untested'])} | {100 * m['rate']:.1f} % |")
+            for mutant in m["survived"] + m["untested"]:
+                diff = run["diffs"].get(mutant, "")
+                changed = [ln for ln in diff.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
+                details.append(f"- `{mutant}` ({run['results'][mutant]}): " + " → ".join(
+                    f"`{ln[1:].strip()}`" for ln in changed[:2]))
+                if show:
+                    print(diff)
+    lines += ["", "Tests per group: " + "; ".join(f"{r['group']}: {', '.join(r['tests'])}"
+                                                   + (f" (functions {', '.join(r['functions'])})" if r["functions"] else "")
+                                                   for r in runs), ""]
+    if details:
+        lines += ["## Mutants no test kills", ""] + details + [""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "medtransfer-mutation"))
+    ap.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per group")
+    ap.add_argument("--report", default=str(ROOT / "bench" / "MUTATION.md"))
+    ap.add_argument("--show", action="store_true", help="print each surviving mutant's diff")
+    ap.add_argument("--children", type=int, default=1, help="mutants tested at once (1: torch uses the cores)")
+    a = ap.parse_args(argv)
+    runs = []
+    for name in a.groups:
+        print(f"== {name}", flush=True)
+        runs.append(run_group(name, Path(a.workdir), a.timeout, a.children))
+        json.dump(runs, open(Path(a.workdir) / "runs.json", "w"), indent=1)
+    text = report(runs, load_equivalents(), a.show)
+    Path(a.report).write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
