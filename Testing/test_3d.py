@@ -24,7 +24,7 @@ def run3d(tmp_path_factory, colin_crop):
     events = []
     before = digest(colin_crop["image"], colin_crop["label"])
     run = mt.train(colin_crop["datalist"], out, reporter=Reporter(sink=events.append, stream=None, bar=False),
-                   mode="3d", epochs=2, steps_per_epoch=4, batch_size=2, patch=64, seed=0)
+                   mode="3d", epochs=2, steps_per_epoch=3, batch_size=2, patch=64, seed=0)
     assert digest(colin_crop["image"], colin_crop["label"]) == before
     return run, events
 
@@ -156,6 +156,7 @@ def test_blocks_of_a_standardised_image_equal_the_whole(colin_crop):
     np.testing.assert_array_equal(prep.apply(two[:, 3:9], fitted), whole[:, 3:9])
 
 
+@pytest.mark.slow   # two trainings
 def test_a_trained_package_starts_the_next_task_in_2_5d_and_3d(blob_datalist, tmp_path):
     from MedTransferLib.backbones import build_encoder
 

@@ -46,6 +46,7 @@ def blob_classes(tmp_path):
 
 
 @pytest.mark.parametrize("mode,backbone", [("2.5d", "resnet18"), ("3d", "efficientnet-lite0")])
+@pytest.mark.slow   # trainings
 def test_volume_classifier_trains_predicts_and_evaluates(blob_classes, tmp_path, mode, backbone):
     before = digest(*sorted(blob_classes.parent.glob("v*.nii.gz")))
     events = []
@@ -146,6 +147,7 @@ def test_bad_classification_datalists_are_named(tmp_path):
         load_class_datalist(p)
 
 
+@pytest.mark.slow   # trainings
 def test_slice_level_hippocampus_task_from_the_sample_data(colin, tmp_path):
     """'Does this axial slice contain the hippocampus?' on Colin27: every 3rd slice labelled,
     trained end to end with the genuine ImageNet Lite0 encoder, judged on the other slices."""

@@ -12,6 +12,8 @@ import pytest
 import MedTransferLib as mt
 from MedTransferLib.rundir import read_state
 
+pytestmark = pytest.mark.slow   # real torchrun processes
+
 ARGS = ["--backbone", "resnet18", "--weights", "none", "--strategy", "gradual+discriminative", "--epochs", "6",
         "--steps-per-epoch", "5", "--batch-size", "2", "--patch", "64", "--progress", "json"]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

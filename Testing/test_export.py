@@ -14,6 +14,7 @@ TINY = dict(backbone="resnet18", weights=None, strategy="finetune", epochs=1, st
 
 
 @pytest.mark.parametrize("mode", ["2.5d", "3d"])
+@pytest.mark.slow   # tracing and ONNX runtime
 def test_torchscript_export_reproduces_the_package(blob_datalist, tmp_path, mode):
     run = mt.train(blob_datalist, tmp_path / "run", mode=mode, **{**TINY, "patch": 64 if mode == "2.5d" else 32})
     assert main(["export", "--model", str(run.package), "--out", str(tmp_path / "exported")]) == 0
@@ -30,6 +31,7 @@ def test_torchscript_export_reproduces_the_package(blob_datalist, tmp_path, mode
 
 
 @pytest.mark.parametrize("mode", ["2.5d", "3d"])
+@pytest.mark.slow   # tracing and ONNX runtime
 def test_onnx_export_runs_in_onnxruntime_at_other_sizes_with_the_same_output(blob_datalist, tmp_path, mode):
     ort = pytest.importorskip("onnxruntime")
     run = mt.train(blob_datalist, tmp_path / "run", mode=mode, **{**TINY, "patch": 64 if mode == "2.5d" else 32})

@@ -21,7 +21,7 @@ from MedTransferLib.rundir import read_state
 from MedTransferLib.runner import Job, popen_options
 from slicer_harness.launcher import write_launcher
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="the launcher stand-in is a POSIX script")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name == "nt", reason="the launcher stand-in is a POSIX script")]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune", "--batch-size", "2",

@@ -89,7 +89,8 @@ def _medicalnet_file(path, depth):
     return net
 
 
-@pytest.mark.parametrize("depth", [10, 18, 34, 50])
+@pytest.mark.parametrize("depth", [10, 18, pytest.param(34, marks=pytest.mark.slow),
+                                   pytest.param(50, marks=pytest.mark.slow)])   # the deep ones take seconds to build
 def test_medicalnet_weights_load_from_a_local_file_and_wrong_depths_are_named(tmp_path, depth):
     path = tmp_path / f"resnet_{depth}_23dataset.pth"
     src = _medicalnet_file(path, depth)
@@ -154,6 +155,7 @@ def test_stem_repeat_keeps_colour_filters_for_stacked_modalities():
         adapt_stem(conv, 2, "sum")
 
 
+@pytest.mark.slow   # builds every registered network
 def test_backbones_command_lists_every_entry_with_parameters(capsys):
     from MedTransferLib.cli import main
 

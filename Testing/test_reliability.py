@@ -187,6 +187,7 @@ def test_a_second_run_on_the_same_folder_refuses_and_a_stale_lock_is_taken_over(
     assert read_state(out)["state"] == "finished"
 
 
+@pytest.mark.slow   # child processes (test_resume.py is the fast twin)
 def test_cancel_leaves_a_valid_checkpoint_and_says_cancelled(blob_datalist, tmp_path):
     import time
 
@@ -321,6 +322,7 @@ def test_same_data_config_and_seed_on_cpu_give_bit_identical_weights_and_predict
     assert np.array_equal(mt.predict(a.package, case).label, mt.predict(b.package, case).label)
 
 
+@pytest.mark.slow   # child processes (test_resume.py is the fast twin)
 def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_result(blob_datalist, tmp_path):
     import signal
     import time

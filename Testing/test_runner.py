@@ -17,6 +17,7 @@ def test_protocol_lines():
     assert parse_line('{"no_event": 1}') is None and parse_line("{broken") is None
 
 
+@pytest.mark.slow   # child processes
 def test_a_run_goes_from_running_to_finished_with_progress(blob_datalist, tmp_path):
     job = Job(["train", "--datalist", str(blob_datalist), "--out", str(tmp_path / "run"), "--epochs", "2",
                "--steps-per-epoch", "2", *TINY])
@@ -45,6 +46,7 @@ def test_a_user_error_fails_with_a_readable_message(tmp_path):
     assert job.returncode == 2
 
 
+@pytest.mark.slow   # child processes
 def test_cancel_stops_the_child_within_seconds_and_leaves_no_partial_model(blob_datalist, tmp_path):
     out = tmp_path / "run"
     job = Job(["train", "--datalist", str(blob_datalist), "--out", str(out), "--epochs", "200",
@@ -64,7 +66,7 @@ def test_cancel_stops_the_child_within_seconds_and_leaves_no_partial_model(blob_
 
 
 def test_a_job_starts_once():
-    job = Job(["backbones"])
+    job = Job(["sampledata"])   # quick: no torch
     job.start()
     with pytest.raises(RuntimeError, match="already running"):
         job.start()

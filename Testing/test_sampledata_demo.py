@@ -45,6 +45,7 @@ def test_sparse_datalist_labels_every_tenth_axial_slice(colin, tmp_path):
     assert entry.labelled_slices == list(range(0, 181, 10)) and entry.slice_axis == 2
 
 
+@pytest.mark.slow   # the whole main job
 def test_main_job_writes_every_output(colin, tmp_path, capsys):
     from MedTransferLib.demo import run_demo
 

@@ -88,11 +88,12 @@ def test_doctor_reports_a_folder_it_cannot_write(tmp_path):
     assert rows[1]["check"] == "free disk: cache" and "GB free" in rows[1]["detail"]
 
 
-def test_doctor_cli_json(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "MedTransferLib", "doctor", "--json", "--out-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
-    rep = json.loads(out.stdout)
-    assert out.returncode == (0 if rep["ready"] else 1)
+def test_doctor_cli_json(tmp_path, capsys):
+    from MedTransferLib.cli import main
+
+    code = main(["doctor", "--json", "--out-dir", str(tmp_path)])
+    rep = json.loads(capsys.readouterr().out)
+    assert code == (0 if rep["ready"] else 1)
     assert {r["check"] for r in rep["checks"]} >= {"python", "package torch", "GPU", "pretrained weights offline"}
     assert "efficientnet-lite0" in [b["name"] for b in rep["backbones"]]
 

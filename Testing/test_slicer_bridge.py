@@ -141,6 +141,7 @@ def test_learning_curve_table_and_chart_update_as_epochs_arrive(scene):
     assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 1   # no scratch left
 
 
+@pytest.mark.slow   # child process
 def test_nodes_export_to_a_datalist_a_child_process_trains_on(scene, tmp_path):
     """What the GUI's background training does: nodes → files + dataset.json → the CLI in a child
     process (the runner) → a model; the sparse labelling survives the trip."""

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("slicer")
 pytest.importorskip("PyQt5")
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="the PythonSlicer stand-in is a POSIX script")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name == "nt", reason="the PythonSlicer stand-in is a POSIX script")]
 
 TESTING = Path(__file__).resolve().parent
 

@@ -19,6 +19,8 @@ import MedTransferLib as mt  # noqa: E402
 from MedTransferLib import slicer_bridge as sb  # noqa: E402
 from conftest import OBLIQUE, blob_volume  # noqa: E402
 
+pytestmark = pytest.mark.slow   # trains in child processes
+
 ROOT = Path(__file__).resolve().parents[1]
 GEO = mt.Geometry((48, 40, 16), (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
 TINY = dict(backbone="resnet18", weights="none", strategy="finetune", epochs=1, steps_per_epoch=1,

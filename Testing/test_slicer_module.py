@@ -67,6 +67,7 @@ def test_the_panel_starts_clean_lists_image_volumes_only_and_bounds_the_learning
     assert ui.setupStatusLabel.text == "Dependencies installed."
 
 
+@pytest.mark.slow   # child processes
 def test_a_new_users_path_add_all_train_cancel_train_apply_and_the_tables(harness, colin_crop):
     h = harness
     h.load()
@@ -127,6 +128,7 @@ def test_a_new_users_path_add_all_train_cancel_train_apply_and_the_tables(harnes
     assert h.user.errors() == [] and h.user.questions() == []
 
 
+@pytest.mark.slow   # child processes
 def test_leaving_the_module_keeps_training_and_the_result_arrives(harness, colin_crop):
     h = harness
     h.load()
@@ -158,6 +160,7 @@ def _training(h, crop, steps=500, epochs=1, until=lambda task: task.progress.ste
     h.wait_for(lambda: until(_task(h)), 300, "training to get going")
 
 
+@pytest.mark.slow   # child processes
 def test_coming_back_during_training_shows_the_running_job(harness, colin_crop):
     h = harness
     _training(h, colin_crop)
@@ -171,6 +174,7 @@ def test_coming_back_during_training_shows_the_running_job(harness, colin_crop):
     h.wait_for(lambda: not _busy(h), 10)
 
 
+@pytest.mark.slow   # child processes
 def test_closing_the_scene_during_training_cancels_it_cleanly(harness, colin_crop):
     h = harness
     # short epochs, many of them: the learning-curve nodes exist when the scene goes
@@ -186,6 +190,7 @@ def test_closing_the_scene_during_training_cancels_it_cleanly(harness, colin_cro
     assert h.ui.pairsTableWidget.rowCount == 0
 
 
+@pytest.mark.slow   # child processes
 def test_module_cleanup_stops_the_timer_and_the_whole_tree(harness, colin_crop):
     h = harness
     _training(h, colin_crop)
@@ -196,6 +201,7 @@ def test_module_cleanup_stops_the_timer_and_the_whole_tree(harness, colin_crop):
     assert not h.widget.panel.timer.isActive() and _task(h).state == "cancelled"
 
 
+@pytest.mark.slow   # child processes
 def test_apply_of_a_3d_model_runs_in_a_child_while_the_event_loop_keeps_ticking(harness, colin_crop, tmp_path):
     h = harness
     h.load()
@@ -228,6 +234,7 @@ def test_apply_of_a_3d_model_runs_in_a_child_while_the_event_loop_keeps_ticking(
     assert [s.GetName() for s in _nodes(h.scene, "vtkMRMLSegmentationNode")].count("Colin MedTransfer") == 1
 
 
+@pytest.mark.slow   # child processes
 def test_advise_runs_in_a_child_and_fills_the_strategy(harness, colin_crop):
     h = harness
     h.load()
@@ -243,6 +250,7 @@ def test_advise_runs_in_a_child_and_fills_the_strategy(harness, colin_crop):
     assert h.ui.adviceLabel.text.startswith(p.strategy + ": ") and h.ui.strategyComboBox.currentText == p.strategy
 
 
+@pytest.mark.slow   # child processes
 def test_check_setup_runs_the_doctor_in_a_child_and_fills_devices_and_backbones(harness):
     h = harness
     h.load()
@@ -402,6 +410,7 @@ def test_self_test_without_dependencies_installs_nothing_and_runs_the_checks_tha
     assert PyTorchUtilsLogic.calls == [] and h.packaging.calls == []
 
 
+@pytest.mark.slow   # child processes
 def test_self_test_with_dependencies_trains_applies_and_checks_the_segmentation(make_harness, caplog):
     h = make_harness(testing=True)
     with caplog.at_level("INFO"):

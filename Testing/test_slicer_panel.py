@@ -93,6 +93,7 @@ def test_training_list_adds_removes_and_refuses_what_cannot_train(scene):
     assert pl.pairs() == [(a, seg_a)]
 
 
+@pytest.mark.slow   # trains in a child process
 def test_terminology_survives_training_and_results_sit_with_the_volume(scene, tmp_path):
     """Segments painted with a terminology come back from prediction with it; the result nodes
     go under the volume's study in the subject hierarchy; inputs are untouched."""
