@@ -34,6 +34,7 @@ for _candidate in (_here, os.path.dirname(_here)):
     if os.path.isdir(os.path.join(_candidate, "MedTransferLib")) and _candidate not in sys.path:
         sys.path.insert(0, _candidate)
 
+from MedTransferLib.core.defaults import TRAINING as DEFAULTS  # noqa: E402
 from MedTransferLib.slicer.logic import Logic  # noqa: E402
 
 
@@ -62,12 +63,12 @@ class MedTransferParameterNode:
     unpaintedSlicesUnlabelled: bool = True
     segmentsToLearn: list[str]
     task: Annotated[str, Choice(["segmentation", "classification"])] = "segmentation"
-    mode: Annotated[str, Choice(["2.5d", "3d"])] = "2.5d"
-    backbone: str = "efficientnet-lite0"
-    strategy: str = "auto"
-    epochs: Annotated[int, WithinRange(1, 1000)] = 16
-    learningRate: Annotated[float, WithinRange(1e-5, 1.0)] = 2e-3
-    device: str = "auto"
+    mode: Annotated[str, Choice(["2.5d", "3d"])] = DEFAULTS["mode"]
+    backbone: str = DEFAULTS["backbone"]
+    strategy: str = DEFAULTS["strategy"]
+    epochs: Annotated[int, WithinRange(1, 1000)] = DEFAULTS["epochs"]
+    learningRate: Annotated[float, WithinRange(1e-5, 1.0)] = DEFAULTS["lr"]
+    device: str = DEFAULTS["device"]
     outputFolder: str = ""
     referenceSegmentation: vtkMRMLSegmentationNode
     modelFolder: str = ""

@@ -19,22 +19,22 @@ __version__ = "0.1.0"
 
 # public name → submodule that defines it
 _EXPORTS = {
-    "Case": "case", "Geometry": "case", "IGNORE": "case",
-    "Datalist": "datalist", "load_datalist": "datalist",
-    "MedTransferError": "errors",
-    "read_case": "io", "read_image": "io", "write_image": "io", "write_label": "io",
-    "Label": "labels",
-    "evaluate": "metrics", "hd95": "metrics", "summary": "metrics",
-    "ModelPackage": "package",
-    "Prediction": "prediction", "predict": "prediction",
-    "sample_data": "sampledata", "sparse_datalist": "sampledata",
-    "TrainConfig": "trainer", "TrainResult": "trainer",
+    "Case": "core.case", "Geometry": "core.case", "IGNORE": "core.case",
+    "Datalist": "data.datalist", "load_datalist": "data.datalist",
+    "MedTransferError": "core.errors",
+    "read_case": "data.io", "read_image": "data.io", "write_image": "data.io", "write_label": "data.io",
+    "Label": "core.labels",
+    "evaluate": "data.metrics", "hd95": "data.metrics", "summary": "data.metrics",
+    "ModelPackage": "package.store",
+    "Prediction": "inference.segment", "predict": "inference.segment",
+    "sample_data": "data.sampledata", "sparse_datalist": "data.sampledata",
+    "TrainConfig": "training.config", "TrainResult": "training.config",
 }
 
 
 def __getattr__(name: str):
     if name == "train_cases":
-        value = importlib.import_module(".trainer", __name__).train
+        value = importlib.import_module(".training.segmentation", __name__).train
     elif name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     else:
@@ -57,14 +57,15 @@ def train(data, out, labels=None, reporter=None, resume: bool = False, **config)
     Example:
         >>> run = train("dataset.json", "runs/a", strategy="frozen", epochs=2)  # doctest: +SKIP
     """
-    from .datalist import Datalist, load_datalist
-    from .errors import MedTransferError
-    from .trainer import TrainConfig
-    from .trainer import train as train_cases
+    from MedTransferLib.core.errors import MedTransferError
+    from MedTransferLib.data.datalist import Datalist, load_datalist
+    from MedTransferLib.training.config import TrainConfig
+    from MedTransferLib.training.segmentation import train as train_cases
 
     axis = 2
     if not isinstance(data, (list, tuple)):
-        from .classify import ClassDatalist, is_classification, train_classifier
+        from MedTransferLib.data.class_datalist import ClassDatalist, is_classification
+        from MedTransferLib.training.classification import train_classifier
 
         if isinstance(data, ClassDatalist) or (not isinstance(data, Datalist) and is_classification(data)):
             return train_classifier(data, out, TrainConfig(**config), reporter, resume)

@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import OBLIQUE, blob_volume, digest, write_volume
 
 import MedTransferLib as mt
-from MedTransferLib.case import IGNORE
-from MedTransferLib.package import MANIFEST, ModelPackage
-from MedTransferLib.progress import Reporter
-from conftest import OBLIQUE, blob_volume, digest, write_volume
+from MedTransferLib.core.case import IGNORE
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.package.store import MANIFEST, ModelPackage
 
 TINY3D = dict(mode="3d", epochs=1, steps_per_epoch=2, batch_size=2, patch=32, seed=0)
 
@@ -53,8 +53,8 @@ def test_3d_patches_learn_only_from_training_slices():
     """Every plane of a patch's target is labelled exactly when its slice is a training slice:
     never a held-out slice, never an unlabelled one, always a training one. The image's value on
     each plane is its slice index, so the test knows which slice each plane came from."""
-    from MedTransferLib.dataset import Volume
-    from MedTransferLib.dataset3d import PatchSampler3D
+    from MedTransferLib.data.sampling import PatchSampler3D
+    from MedTransferLib.data.slabs import Volume
 
     _, label = blob_volume(shape=(24, 40, 48))
     depth = label.shape[0]
@@ -80,7 +80,7 @@ def _monai_labels(model, image, prep, patch, overlap=0.25, sw_batch_size=2):
     """MONAI's own sliding window on a standardised (D, H, W) or (C, D, H, W) volume → labels."""
     from monai.inferers import sliding_window_inference
 
-    from MedTransferLib.dataset import with_channels
+    from MedTransferLib.data.slabs import with_channels
 
     x = torch.from_numpy(np.ascontiguousarray(with_channels(image)))[None]
     with torch.inference_mode():
@@ -92,7 +92,7 @@ def _monai_labels(model, image, prep, patch, overlap=0.25, sw_batch_size=2):
 
 @pytest.mark.parametrize("crop", [np.s_[:, :, :], np.s_[:40, 5:50, :]])   # whole; thinner than a window
 def test_streamed_sliding_window_gives_monai_labels_from_a_buffer_one_window_deep(run3d, colin_crop, crop):
-    from MedTransferLib.inference import Slabs, predict_volume_3d
+    from MedTransferLib.inference.windows import Slabs, predict_volume_3d
 
     run, _ = run3d
     pkg = ModelPackage.load(run.package)
@@ -101,7 +101,7 @@ def test_streamed_sliding_window_gives_monai_labels_from_a_buffer_one_window_dee
     raw = mt.read_case(colin_crop["image"]).image[crop]
     fitted = []
     image = prep.standardise(raw, fitted)
-    patch = pkg.manifest["inference"]["patch"]
+    patch = pkg.manifest.inference.patch
     reads = []
 
     def read(zs, ys, xs):             # lazily standardised blocks of the raw image
@@ -120,9 +120,9 @@ def test_streamed_sliding_window_gives_monai_labels_from_a_buffer_one_window_dee
 def test_streamed_sliding_window_with_two_images_per_case_and_padding(colin_crop):
     """Two channels standardised window by window (each with its own fitted parameters), a
     volume thinner than the window on two axes, 3 windows per pass: MONAI's labels."""
-    from MedTransferLib.backbones.monai3d import build_unet
-    from MedTransferLib.inference import Slabs, predict_volume_3d
-    from MedTransferLib.preprocessing import Preprocessing
+    from MedTransferLib.data.preprocessing import Preprocessing
+    from MedTransferLib.inference.windows import Slabs, predict_volume_3d
+    from MedTransferLib.models.backbones.monai3d import build_unet
 
     torch.manual_seed(0)
     model = build_unet(2, 4).eval()
@@ -138,8 +138,8 @@ def test_streamed_sliding_window_with_two_images_per_case_and_padding(colin_crop
 
 
 def test_blocks_of_a_standardised_image_equal_the_whole(colin_crop):
-    from MedTransferLib.preprocessing import Preprocessing
-    from MedTransferLib.shift import learn_landmarks
+    from MedTransferLib.data.histogram import learn_landmarks
+    from MedTransferLib.data.preprocessing import Preprocessing
 
     raw = mt.read_case(colin_crop["image"]).image
     for prep in (Preprocessing("MR"), Preprocessing("CT"),
@@ -158,7 +158,7 @@ def test_blocks_of_a_standardised_image_equal_the_whole(colin_crop):
 
 @pytest.mark.slow   # two trainings
 def test_a_trained_package_starts_the_next_task_in_2_5d_and_3d(blob_datalist, tmp_path):
-    from MedTransferLib.backbones import build_encoder
+    from MedTransferLib.package.sources import build_encoder
 
     first = mt.train(blob_datalist, tmp_path / "first", backbone="resnet18", weights=None, epochs=1,
                      steps_per_epoch=2, batch_size=2, patch=64)
@@ -169,11 +169,11 @@ def test_a_trained_package_starts_the_next_task_in_2_5d_and_3d(blob_datalist, tm
     second = mt.train(blob_datalist, tmp_path / "second", backbone=f"package:{first.package}", slices=5,
                       epochs=1, steps_per_epoch=2, batch_size=2, patch=64)
     m2 = ModelPackage.load(second.package)
-    assert m2.manifest["model"]["backbone"] == "resnet18" and m2.manifest["model"]["in_channels"] == 5
-    assert m2.manifest["training"]["backbone"] == f"package:{first.package}"
+    assert m2.manifest.model["backbone"] == "resnet18" and m2.manifest.model["in_channels"] == 5
+    assert m2.manifest.training["backbone"] == f"package:{first.package}"
     # and inflated into a 3D model
     third = mt.train(blob_datalist, tmp_path / "third", backbone=f"package:{first.package}", **TINY3D)
-    assert ModelPackage.load(third.package).manifest["model"]["spatial_dims"] == 3
+    assert ModelPackage.load(third.package).manifest.model["spatial_dims"] == 3
     with pytest.raises(mt.MedTransferError, match="does not exist"):
         build_encoder(f"package:{tmp_path / 'nothing'}")
 
@@ -207,8 +207,8 @@ def test_a_monai_bundle_is_fine_tuned_on_new_labels(blob_datalist, tmp_path):
     notes = " ".join(e.get("message", "") for e in events if e["event"] == "note")
     assert "re-initialised" in notes
     pkg = ModelPackage.load(run.package)
-    assert pkg.manifest["model"]["network_def"]["_target_"] == "UNet"
-    assert pkg.manifest["model"]["num_classes"] == 3
+    assert pkg.manifest.model["network_def"]["_target_"] == "UNet"
+    assert pkg.manifest.model["num_classes"] == 3
     shutil.rmtree(bundle)
     net = pkg.build_model()
     # a deep layer that fitted came from the bundle (and was then fine-tuned one step, so compare
@@ -233,7 +233,7 @@ def test_a_bundle_that_would_run_code_is_refused(tmp_path, bad, match, monkeypat
     (root / "models").mkdir()
     (root / "configs" / "inference.json").write_text(json.dumps({"num_classes": 2, "network_def": bad}))
     torch.save({}, root / "models" / "model.pt")
-    from MedTransferLib.backbones import build_network
+    from MedTransferLib.models.backbones import build_network
 
     with pytest.raises(mt.MedTransferError, match=match):
         build_network(f"bundle:{root}", None, 1, 3)
@@ -252,7 +252,7 @@ def test_3d_mode_refuses_what_cannot_work(blob_datalist, tmp_path):
 
 
 def test_3d_through_the_cli(blob_datalist, tmp_path):
-    from MedTransferLib.cli import main
+    from MedTransferLib.app.cli import main
 
     out = tmp_path / "run"
     assert main(["train", "--datalist", str(blob_datalist), "--out", str(out), "--mode", "3d",

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 import MedTransferLib as mt
-from MedTransferLib.advisor import LITTLE_DATA, SIMILAR_DOMAIN, bn_distance, data_size, recommend
-from MedTransferLib.progress import Reporter
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.training.advisor import (
+    LITTLE_DATA,
+    SIMILAR_DOMAIN,
+    bn_distance,
+    data_size,
+    recommend,
+)
 
 
 def test_distance_is_zero_on_the_source_statistics_and_grows_with_shift():
@@ -51,7 +57,7 @@ def test_the_two_by_two(size, distance, expected):
 
 
 def test_advise_on_real_mri_prints_the_numbers_behind_the_choice(colin_crop, capsys):
-    from MedTransferLib.cli import main
+    from MedTransferLib.app.cli import main
 
     assert main(["advise", "--datalist", str(colin_crop["datalist"]), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -78,8 +84,9 @@ def test_strategy_auto_trains_with_the_advisors_pick_and_records_it(colin_crop, 
 
 def test_advise_from_slicer_nodes(tmp_path):
     slicer = pytest.importorskip("slicer")
-    from MedTransferLib import slicer_bridge as sb
     from conftest import blob_volume
+
+    from MedTransferLib.slicer import bridge as sb
 
     scene = slicer.vtkMRMLScene()
     sb.segmentations_logic(scene)

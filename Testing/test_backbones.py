@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import MedTransferLib as mt
-from MedTransferLib.backbones import BACKBONES, adapt_stem, build_encoder
-from MedTransferLib.backbones.efficientnet_lite import EfficientNetLite0
-from MedTransferLib.backbones.weights import load_strict, read_state_dict
+from MedTransferLib.models.backbones import BACKBONES, adapt_stem, build_encoder
+from MedTransferLib.models.backbones.efficientnet_lite import EfficientNetLite0
+from MedTransferLib.models.backbones.weights import load_strict, read_state_dict
 
 
 def test_efficientnet_lite0_imagenet_weights_are_real():
@@ -22,7 +22,7 @@ def test_efficientnet_lite0_imagenet_weights_are_real():
     assert set(state) == set(net.state_dict())
     path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     rgb = np.asarray(Image.open(path).convert("RGB").resize((224, 224)), np.float32) / 255
-    from MedTransferLib.backbones import LiteEncoder
+    from MedTransferLib.models.backbones import LiteEncoder
 
     x = (torch.from_numpy(rgb).permute(2, 0, 1)[None] - torch.tensor(LiteEncoder.input_mean)[:, None, None]) \
         / torch.tensor(LiteEncoder.input_std)[:, None, None]

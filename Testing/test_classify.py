@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import blob_volume, digest, write_volume
 
 import MedTransferLib as mt
-from MedTransferLib.classify import (classification_metrics, evaluate_table, load_class_datalist,
-                                     predict_class)
-from MedTransferLib.package import ModelPackage
-from MedTransferLib.progress import Reporter
-from conftest import blob_volume, digest, write_volume
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.data.class_datalist import load_class_datalist
+from MedTransferLib.data.metrics import classification_metrics
+from MedTransferLib.inference.classify import evaluate_table, predict_class
+from MedTransferLib.package.store import ModelPackage
 
 
 def test_metrics_match_hand_computed_values():
@@ -55,8 +56,8 @@ def test_volume_classifier_trains_predicts_and_evaluates(blob_classes, tmp_path,
                    patch=64, val_fraction=0.5)
     assert digest(*sorted(blob_classes.parent.glob("v*.nii.gz"))) == before
     pkg = ModelPackage.load(run.package)
-    assert pkg.task == "classification" and pkg.manifest["classes"] == ["normal", "lesion"]
-    assert pkg.manifest["model"]["spatial_dims"] == (3 if mode == "3d" else 2)
+    assert pkg.task == "classification" and pkg.manifest.classes == ["normal", "lesion"]
+    assert pkg.manifest.model["spatial_dims"] == (3 if mode == "3d" else 2)
     assert sum(e["event"] == "validation" for e in events) == 2
     assert "2 of 4 cases held out" in " ".join(e.get("message", "") for e in events)
     dl = load_class_datalist(blob_classes)
@@ -79,7 +80,7 @@ def test_volume_classifier_trains_predicts_and_evaluates(blob_classes, tmp_path,
 
 
 def test_classification_through_the_cli_with_a_csv(blob_classes, tmp_path, capsys):
-    from MedTransferLib.cli import main
+    from MedTransferLib.app.cli import main
 
     table = tmp_path / "labels.csv"
     table.write_text("image,label\n" + "".join(f"{blob_classes.parent / f'v{i}.nii.gz'},"
@@ -116,7 +117,7 @@ def test_classification_through_the_cli_with_a_csv(blob_classes, tmp_path, capsy
         em_rows = list(csv.DictReader(f))
     classes = ["lesion", "normal"]
     before = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
-    source = np.array(mt.ModelPackage.load(out).manifest["calibration"]["source_prior"], float)
+    source = np.array(mt.ModelPackage.load(out).manifest.calibration["source_prior"], float)
     prior = source.copy()
     for _ in range(1000):
         adj = before * (prior / source)
@@ -177,8 +178,9 @@ def test_slice_level_hippocampus_task_from_the_sample_data(colin, tmp_path):
 def test_volume_nodes_are_classified_into_a_slicer_table(blob_classes, tmp_path):
     """Real MRML: two volume nodes → one table node with a row of probabilities per volume."""
     slicer = pytest.importorskip("slicer")
-    from MedTransferLib.slicer_bridge import (case_to_volume_node, classify_to_table, node_array,
-                                              table_node_rows)
+    from MedTransferLib.slicer.exchange import classify_to_table
+    from MedTransferLib.slicer.mrml import case_to_volume_node, node_array
+    from MedTransferLib.slicer.tables import table_node_rows
 
     run = mt.train(blob_classes, tmp_path / "run", backbone="resnet18", weights=None, epochs=1,
                    steps_per_epoch=1, batch_size=2, patch=64, val_fraction=0)

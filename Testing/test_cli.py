@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import digest
 
 import MedTransferLib as mt
-from MedTransferLib.cli import main
-from conftest import digest
+from MedTransferLib.app.cli import main
 
 
 def run_cli(*args, cwd=None):

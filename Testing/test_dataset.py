@@ -5,10 +5,17 @@ import pytest
 import torch
 
 import MedTransferLib as mt
-from MedTransferLib.case import Case, Geometry
-from MedTransferLib.dataset import SlabSampler, Volume, augment, from_slices_first, slab_indices, \
-    split_train_val, to_slices_first
-from MedTransferLib.preprocessing import Preprocessing
+from MedTransferLib.core.case import Case, Geometry
+from MedTransferLib.data.augment import augment
+from MedTransferLib.data.preprocessing import Preprocessing
+from MedTransferLib.data.sampling import SlabSampler
+from MedTransferLib.data.slabs import (
+    Volume,
+    from_slices_first,
+    slab_indices,
+    to_slices_first,
+)
+from MedTransferLib.data.split import split_train_val
 
 GEO = Geometry((12, 10, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 

@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from MedTransferLib.case import IGNORE
-from MedTransferLib.dataset import (SlabSampler, Volume, augment, crop_pad, largest_extent, padded_size,
-                                    split_train_val, value_lut)
-from MedTransferLib.dataset3d import PatchSampler3D, auto_patch_3d, crop_pad_nd
-from MedTransferLib.errors import MedTransferError
+from MedTransferLib.core.case import IGNORE
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.data.augment import augment
+from MedTransferLib.data.sampling import PatchSampler3D, SlabSampler
+from MedTransferLib.data.slabs import (
+    Volume,
+    auto_patch_3d,
+    crop_pad,
+    crop_pad_nd,
+    largest_extent,
+    padded_size,
+    value_lut,
+)
+from MedTransferLib.data.split import split_train_val
 
 
 class FixedDraws:
@@ -333,8 +342,8 @@ def test_a_batch_of_different_sizes_is_padded_to_the_largest_at_the_top_left():
 
 
 def test_volumes_without_labels_have_no_target():
-    from MedTransferLib.case import Case, Geometry
-    from MedTransferLib.preprocessing import Preprocessing
+    from MedTransferLib.core.case import Case, Geometry
+    from MedTransferLib.data.preprocessing import Preprocessing
 
     geo = Geometry((8, 6, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     case = Case(np.random.default_rng(0).normal(size=(4, 6, 8)).astype(np.float32), geo)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import MedTransferLib as mt
-from MedTransferLib.cli import main
-from MedTransferLib.package import ModelPackage
+from MedTransferLib.app.cli import main
+from MedTransferLib.package.store import ModelPackage
 
 TINY = dict(backbone="resnet18", weights=None, strategy="finetune", epochs=1, steps_per_epoch=1,
             batch_size=2, patch=64)
@@ -52,8 +52,8 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes_with_the_same_output(blo
 def test_export_names_what_it_cannot_do(blob_datalist, tmp_path, monkeypatch):
     import builtins
 
-    from MedTransferLib.errors import MedTransferError
-    from MedTransferLib.export import export_package
+    from MedTransferLib.core.errors import MedTransferError
+    from MedTransferLib.inference.export import export_package
 
     run = mt.train(blob_datalist, tmp_path / "run", **TINY)
     real_import = builtins.__import__

@@ -16,11 +16,11 @@ import json
 import re
 import shutil
 import subprocess
-import tomllib
 import urllib.parse
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTION = ROOT / "MedTransfer.json"

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import OBLIQUE, blob_volume, digest, write_volume
 
 import MedTransferLib as mt
-from conftest import OBLIQUE, blob_volume, digest, write_volume
 
 
 @pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])

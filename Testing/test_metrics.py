@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import MedTransferLib as mt
-from MedTransferLib.metrics import evaluate, hd95, summary
+from MedTransferLib.data.metrics import evaluate, hd95, summary
 
 IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 
@@ -85,7 +85,7 @@ def test_shapes_must_match():
 
 
 def test_the_cli_reports_dice_on_the_chosen_slices(tmp_path):
-    from MedTransferLib.cli import main
+    from MedTransferLib.app.cli import main
 
     pred, ref = _cube_right_on_two_slices()
     geo = mt.Geometry((20, 20, 20), (1.0, 1.0, 1.0), (0, 0, 0), IDENTITY)

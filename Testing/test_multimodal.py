@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import OBLIQUE, blob_volume, write_volume
 
 import MedTransferLib as mt
-from MedTransferLib.dataset import gather_slabs
-from MedTransferLib.datalist import parse_modality
-from MedTransferLib.package import ModelPackage
-from conftest import OBLIQUE, blob_volume, write_volume
+from MedTransferLib.data.datalist import parse_modality
+from MedTransferLib.data.slabs import gather_slabs
+from MedTransferLib.package.store import ModelPackage
 
 GEO = dict(spacing=(0.8, 0.8, 2.0), origin=(5.0, -3.0, 1.0), direction=OBLIQUE)
 
@@ -61,8 +61,8 @@ def test_t1_t2_trains_in_2_5d_and_predicts_from_both_images(t1_t2, tmp_path):
     run = mt.train(t1_t2, tmp_path / "run", backbone="resnet18", weights=None, stem="repeat", epochs=1,
                    steps_per_epoch=2, batch_size=2, patch=64)
     pkg = ModelPackage.load(run.package)
-    assert pkg.manifest["model"]["in_channels"] == 6 and pkg.manifest["slicing"]["channels"] == 2
-    assert pkg.manifest["preprocessing"]["channel_modalities"] == ["MR", "MR"]
+    assert pkg.manifest.model["in_channels"] == 6 and pkg.manifest.slicing.channels == 2
+    assert pkg.manifest.preprocessing.channel_modalities == ("MR", "MR")
     folder = t1_t2.parent
     case = mt.read_case([folder / "t1.nii.gz", folder / "t2.nii.gz"])
     pred = mt.predict(run.package, case)
@@ -76,7 +76,7 @@ def test_t1_t2_trains_in_2_5d_and_predicts_from_both_images(t1_t2, tmp_path):
 
 
 def test_ct_plus_pet_in_3d_through_the_cli(tmp_path):
-    from MedTransferLib.cli import main
+    from MedTransferLib.app.cli import main
 
     ct, label = blob_volume(seed=2)
     ct = (ct * 4 - 1000).astype(np.float32)                  # Hounsfield-like
@@ -91,8 +91,8 @@ def test_ct_plus_pet_in_3d_through_the_cli(tmp_path):
                  "--backbone", "segresnet", "--weights", "none", "--epochs", "1", "--steps-per-epoch", "1",
                  "--batch-size", "1", "--patch", "32", "--progress", "json"]) == 0
     pkg = ModelPackage.load(out)
-    assert pkg.manifest["model"]["in_channels"] == 2
-    assert pkg.manifest["preprocessing"]["channel_modalities"] == ["CT", "MR"]
+    assert pkg.manifest.model["in_channels"] == 2
+    assert pkg.manifest.preprocessing.channel_modalities == ("CT", "MR")
     assert main(["predict", "--model", str(out), "--image", str(tmp_path / "ct.nii.gz"),
                  str(tmp_path / "pet.nii.gz"), "--out", str(tmp_path / "seg.nii.gz")]) == 0
     assert mt.read_case(tmp_path / "seg.nii.gz").image.shape == (16, 40, 48)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from MedTransferLib.case import IGNORE
-from MedTransferLib.trainer import loss_function
+from MedTransferLib.core.case import IGNORE
+from MedTransferLib.training.losses import loss_function
 
 
 def one_hot_loss(logits, target, smooth=1.0):
@@ -69,7 +69,7 @@ def test_fast_loss_equals_the_one_hot_definition(shape, case, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_uses_fused_adamw_with_the_default_update(device):
-    from MedTransferLib.loop import adamw
+    from MedTransferLib.training.optim import adamw
 
     def trained(make_optimizer):
         torch.manual_seed(0)
@@ -100,7 +100,7 @@ def test_training_uses_fused_adamw_with_the_default_update(device):
 def test_moments_loaded_contiguous_take_a_channels_last_weights_layout_so_fused_steps_stay_right(device):
     """Saved moments come back contiguous; torch's fused AdamW assumes they share the weight's
     layout. Restored through match_layouts, the resumed step equals the uninterrupted one."""
-    from MedTransferLib.loop import adamw, match_layouts
+    from MedTransferLib.training.optim import adamw, match_layouts
 
     g = torch.Generator().manual_seed(3)
     start = torch.randn(4, 3, 3, 3, generator=g).to(device).contiguous(memory_format=torch.channels_last)
@@ -147,8 +147,8 @@ def test_augmentation_on_the_gpu_is_the_cpus(shape):
     """Training augments a batch where it trains; on a GPU the same draws give the same rotation,
     scale, intensity change and label map as on the CPU (the noise comes from the device's own
     generator, so it is switched off here)."""
-    from MedTransferLib.case import IGNORE
-    from MedTransferLib.dataset import augment
+    from MedTransferLib.core.case import IGNORE
+    from MedTransferLib.data.augment import augment
 
     g = torch.Generator().manual_seed(5)
     images = torch.randn(shape, generator=g)
@@ -167,7 +167,7 @@ def test_batches_come_in_order_and_exactly_as_many_as_steps(device, monkeypatch)
     calls per epoch in order (the random generators end the epoch where they would without it),
     and an error making a batch reaches the training loop. The thread's path runs here without
     a GPU: only the CUDA device index it sets is stood in for."""
-    from MedTransferLib.loop import batches
+    from MedTransferLib.training.loop import batches
 
     if device == "cuda" and not torch.cuda.is_available():
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 import MedTransferLib as mt
-from MedTransferLib.preprocessing import IMAGENET_MEAN, Preprocessing, detect_modality, imagenet_target_stats
+from MedTransferLib.data.preprocessing import (
+    IMAGENET_MEAN,
+    Preprocessing,
+    detect_modality,
+    imagenet_target_stats,
+)
 
 
 def test_mr_preset_clips_percentiles_and_z_scores():

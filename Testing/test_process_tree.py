@@ -16,10 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from MedTransferLib.rundir import read_state
-from MedTransferLib.runner import Job, popen_options
 from slicer_harness.launcher import write_launcher
+
+from MedTransferLib.core.rundir import read_state
+from MedTransferLib.core.runner import Job, popen_options
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name == "nt", reason="the launcher stand-in is a POSIX script")]
 
@@ -100,7 +100,7 @@ def test_cancel_without_a_written_model_is_cancelled(tmp_path):
 _SLICER = '''
 import json, sys, time
 sys.path.insert(0, {root!r})
-from MedTransferLib.runner import Job
+from MedTransferLib.core.runner import Job
 job = Job({args!r}, python={launcher!r}).start()
 while job.progress.step < 1:
     job.poll(); time.sleep(0.05)

@@ -10,8 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import MedTransferLib as mt
-from MedTransferLib.dataset import from_slices_first, gather_slabs, slab_indices, to_slices_first
-from MedTransferLib.errors import MedTransferError
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.data.slabs import (
+    from_slices_first,
+    gather_slabs,
+    slab_indices,
+    to_slices_first,
+)
 
 
 def _rotation(q):

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 import MedTransferLib as mt
-from MedTransferLib.backbones import BACKBONES, adapt_stem, build_encoder, build_network
-from MedTransferLib.backbones.inflate import inflate
+from MedTransferLib.models.backbones import (
+    BACKBONES,
+    adapt_stem,
+    build_encoder,
+    build_network,
+)
+from MedTransferLib.models.backbones.inflate import inflate
 
 ENCODERS_2D = [n for n, i in BACKBONES.items() if i.kind == "encoder" and i.dims == 2]
 ENCODERS_3D = [n for n, i in BACKBONES.items() if i.kind == "encoder" and i.dims == 3]
@@ -80,7 +85,7 @@ def test_torchvision_backbones_load_the_published_file_layout(tmp_path, name):
 
 
 def _medicalnet_file(path, depth):
-    from MedTransferLib.backbones.monai3d import medicalnet_resnet
+    from MedTransferLib.models.backbones.monai3d import medicalnet_resnet
 
     torch.manual_seed(depth)
     net = medicalnet_resnet(depth)
@@ -157,7 +162,7 @@ def test_stem_repeat_keeps_colour_filters_for_stacked_modalities():
 
 @pytest.mark.slow   # builds every registered network
 def test_backbones_command_lists_every_entry_with_parameters(capsys):
-    from MedTransferLib.cli import main
+    from MedTransferLib.app.cli import main
 
     assert main(["backbones", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import blob_volume, digest, write_volume
 
 import MedTransferLib as mt
-from MedTransferLib.cli import main
-from MedTransferLib.errors import MedTransferError
-from MedTransferLib.rundir import read_state
-from conftest import blob_volume, digest, write_volume
+from MedTransferLib.app.cli import main
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.core.rundir import read_state
 
 TINY = dict(backbone="resnet18", weights=None, strategy="finetune", epochs=1, steps_per_epoch=1, batch_size=2, patch=64)
 
@@ -116,7 +116,7 @@ def test_uint16_extremes_are_standardised_not_overflowed(tmp_path):
 def test_available_memory_is_what_the_system_can_give_not_only_free_pages(monkeypatch, tmp_path):
     """MemAvailable (free pages plus what the page cache gives back), not MemFree; within a cgroup
     v2 limit when there is one; the user's cap first."""
-    from MedTransferLib.trainer import available_memory_mb
+    from MedTransferLib.training.run import available_memory_mb
 
     monkeypatch.delenv("MEDTRANSFER_MEMORY_LIMIT_MB", raising=False)
     meminfo = tmp_path / "meminfo"
@@ -157,7 +157,7 @@ def test_an_unwritable_or_full_output_folder_fails_before_training(blob_datalist
     blocker.write_text("x")
     with pytest.raises(MedTransferError, match="cannot be written"):
         mt.train(blob_datalist, blocker / "run", **TINY)
-    import MedTransferLib.rundir as rundir
+    import MedTransferLib.core.rundir as rundir
 
     monkeypatch.setattr(rundir, "MIN_FREE_MB", 10**12)
     with pytest.raises(MedTransferError, match="MB free"):
@@ -169,7 +169,7 @@ def test_a_second_run_on_the_same_folder_refuses_and_a_stale_lock_is_taken_over(
     import socket
     import subprocess
 
-    from MedTransferLib.rundir import LOCK
+    from MedTransferLib.core.rundir import LOCK
 
     out = tmp_path / "run"
     out.mkdir()
@@ -191,7 +191,7 @@ def test_a_second_run_on_the_same_folder_refuses_and_a_stale_lock_is_taken_over(
 def test_cancel_leaves_a_valid_checkpoint_and_says_cancelled(blob_datalist, tmp_path):
     import time
 
-    from MedTransferLib.runner import Job
+    from MedTransferLib.core.runner import Job
 
     job = Job(["train", "--datalist", str(blob_datalist), "--out", str(tmp_path / "run"), "--backbone", "resnet18",
                "--weights", "none", "--strategy", "finetune", "--epochs", "50", "--steps-per-epoch", "2",
@@ -203,7 +203,7 @@ def test_cancel_leaves_a_valid_checkpoint_and_says_cancelled(blob_datalist, tmp_
     assert job.wait(timeout=60) == "cancelled"
     assert read_state(tmp_path / "run")["state"] == "cancelled"
     pkg = mt.ModelPackage.load(tmp_path / "run")          # the last complete checkpoint loads
-    assert pkg.manifest["complete"] is False and pkg.manifest["metrics"]["epoch"] >= 1
+    assert pkg.manifest.complete is False and pkg.manifest.metrics["epoch"] >= 1
     assert not any(p.name.startswith(".model-") for p in (tmp_path / "run").iterdir())   # no temp dirs left
 
 
@@ -238,8 +238,8 @@ def test_malicious_pickles_are_refused_by_every_loading_path_and_never_run(tmp_p
     pkg_dir.mkdir()
     m = json.loads((run.package / "manifest.json").read_text(encoding="utf-8"))
     (pkg_dir / "model.safetensors").write_bytes((tmp_path / "evil.pkl").read_bytes())
-    from MedTransferLib.fileutil import sha256_file
-    from MedTransferLib.package import fingerprint
+    from MedTransferLib.core.files import sha256_file
+    from MedTransferLib.package.store import fingerprint
 
     m["weights"]["sha256"] = sha256_file(pkg_dir / "model.safetensors")
     m.pop("files", None)
@@ -265,7 +265,7 @@ def test_malicious_pickles_are_refused_by_every_loading_path_and_never_run(tmp_p
 def test_a_package_cannot_name_files_outside_itself(blob_datalist, tmp_path):
     run = mt.train(blob_datalist, tmp_path / "run", **TINY)
     m = json.loads((run.package / "manifest.json").read_text(encoding="utf-8"))
-    from MedTransferLib.package import fingerprint
+    from MedTransferLib.package.store import fingerprint
 
     m["files"] = {"../../etc/passwd": "0" * 64}
     m["fingerprint"] = fingerprint(m)
@@ -327,7 +327,7 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_result(blob_datalist
     import signal
     import time
 
-    from MedTransferLib.runner import Job
+    from MedTransferLib.core.runner import Job
 
     args = ["--datalist", str(blob_datalist), "--backbone", "efficientnet-lite0", "--strategy",
             "gradual+discriminative", "--epochs", "4", "--steps-per-epoch", "3", "--batch-size", "2", "--patch", "64",
@@ -356,8 +356,8 @@ def test_out_of_memory_names_what_to_lower_and_oom_retry_halves_the_batch(blob_d
     CUDA's allocator (torch.OutOfMemoryError is what torch raises on CUDA and MPS)."""
     import torch.nn.functional as F
 
-    from MedTransferLib.errors import OutOfMemory
-    from MedTransferLib.progress import Reporter
+    from MedTransferLib.core.errors import OutOfMemory
+    from MedTransferLib.core.progress import Reporter
 
     real = F.conv2d
 
@@ -375,7 +375,7 @@ def test_out_of_memory_names_what_to_lower_and_oom_retry_halves_the_batch(blob_d
                    **{**TINY, "batch_size": 8}, oom_retry=True)
     notes = [e["message"] for e in events if e["event"] == "note" and "out of memory" in e["message"]]
     assert [n.split("--batch-size ")[1].split()[0] for n in notes] == ["4", "2"]
-    assert mt.ModelPackage.load(run.package).manifest["training"]["batch_size"] == 2
+    assert mt.ModelPackage.load(run.package).manifest.training["batch_size"] == 2
 
 
 def test_datalist_paths_cannot_climb_out_of_their_folder_unless_written_absolute(tmp_path):
@@ -395,7 +395,7 @@ def test_datalist_paths_cannot_climb_out_of_their_folder_unless_written_absolute
             with pytest.raises(MedTransferError, match="outside the datalist's folder"):
                 mt.load_datalist(inside / "dataset.json")
     (inside / "cls.csv").write_text("image,label\n../secret/img.nii.gz,a\n../secret/lab.nii.gz,b\n")
-    from MedTransferLib.classify import load_class_datalist
+    from MedTransferLib.data.class_datalist import load_class_datalist
 
     with pytest.raises(MedTransferError, match="outside the datalist's folder"):
         load_class_datalist(inside / "cls.csv")

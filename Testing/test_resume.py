@@ -4,11 +4,11 @@ stopped — model, AdamW moments, schedule, random generators and the gradual un
 back. Fast enough for the mutation runs (bench/mutation.py, group resume)."""
 
 import pytest
+from conftest import digest
 
 import MedTransferLib as mt
-from MedTransferLib.progress import Reporter
-from MedTransferLib.rundir import read_state
-from conftest import digest
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.core.rundir import read_state
 
 ARGS = dict(backbone="efficientnet-lite0", strategy="gradual+discriminative", epochs=3, steps_per_epoch=2,
             batch_size=2, patch=64, patience=100)

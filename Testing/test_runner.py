@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from MedTransferLib.runner import Job, event_text, parse_line
+from MedTransferLib.core.runner import Job, event_text, parse_line
 
 TINY = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune", "--batch-size", "2",
         "--patch", "64"]

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 import MedTransferLib as mt
-from MedTransferLib import sampledata
+from MedTransferLib.data import sampledata
 
 
 def test_sample_datalist_names_eight_aal_structures(colin):
@@ -47,7 +47,7 @@ def test_sparse_datalist_labels_every_tenth_axial_slice(colin, tmp_path):
 
 @pytest.mark.slow   # the whole main job
 def test_main_job_writes_every_output(colin, tmp_path, capsys):
-    from MedTransferLib.demo import run_demo
+    from MedTransferLib.app.demo import run_demo
 
     result = run_demo(tmp_path, cache=colin["datalist"].parent.parent, backbone="resnet18", weights=None,
                       epochs=1, steps_per_epoch=2, batch_size=2)

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from MedTransferLib import doctor, environment, wheelhouse
-from MedTransferLib.errors import MedTransferError
-from MedTransferLib.lifeline import Watchdog, pid_alive
+from MedTransferLib.core import environment
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.core.lifeline import Watchdog, pid_alive
+from MedTransferLib.system import doctor, wheelhouse
 
 
 # -- environment -------------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def test_doctor_reports_a_folder_it_cannot_write(tmp_path):
 
 
 def test_doctor_cli_json(tmp_path, capsys):
-    from MedTransferLib.cli import main
+    from MedTransferLib.app.cli import main
 
     code = main(["doctor", "--json", "--out-dir", str(tmp_path)])
     rep = json.loads(capsys.readouterr().out)
@@ -202,7 +203,7 @@ def test_the_watchdog_stops_when_the_application_has_died():
 
 # -- the apply request ----------------------------------------------------------------------------------
 def test_a_bad_apply_request_is_named(tmp_path):
-    from MedTransferLib.apply import load_request
+    from MedTransferLib.app.apply import load_request
 
     with pytest.raises(MedTransferError, match="cannot be read"):
         load_request(tmp_path / "missing.json")

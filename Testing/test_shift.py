@@ -9,9 +9,11 @@ import pytest
 
 import MedTransferLib as mt
 from MedTransferLib import shift
-from MedTransferLib.cli import main
-from MedTransferLib.errors import MedTransferError
-from MedTransferLib.preprocessing import Preprocessing
+from MedTransferLib.app.cli import main
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.data.histogram import landmarks
+from MedTransferLib.data.preprocessing import Preprocessing
+from MedTransferLib.shift.calibration import softmax
 
 
 def _gaussian_mixture(n, prior, rng):
@@ -26,7 +28,7 @@ def test_em_and_bbse_recover_a_known_target_prior():
     rng = np.random.default_rng(0)
     val_logits, val_y = _gaussian_mixture(4000, (0.5, 0.5), rng)
     target_logits, target_y = _gaussian_mixture(20000, (0.1, 0.9), rng)
-    probs = shift._softmax(target_logits)
+    probs = softmax(target_logits)
     prior, adjusted, _ = shift.em_prior(probs, [0.5, 0.5])
     assert prior == pytest.approx([0.1, 0.9], abs=0.02)
     acc_before = (probs.argmax(1) == target_y).mean()
@@ -41,8 +43,8 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_calibration_error(
     logits, y = _gaussian_mixture(5000, (0.5, 0.5), rng)
     t = shift.fit_temperature(3.0 * logits, y)         # a network three times too confident
     assert t == pytest.approx(3.0, rel=0.1)
-    before = shift.expected_calibration_error(shift._softmax(3.0 * logits), y)
-    after = shift.expected_calibration_error(shift._softmax(3.0 * logits / t), y)
+    before = shift.expected_calibration_error(softmax(3.0 * logits), y)
+    after = shift.expected_calibration_error(softmax(3.0 * logits / t), y)
     assert after < before / 2
     separated = np.array([[-5.0, 5.0], [4.0, -4.0], [-3.0, 6.0]])
     assert shift.fit_temperature(separated, np.array([1, 0, 1])) >= 1.0   # never sharpened
@@ -51,7 +53,7 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_calibration_error(
 def test_prior_correction_on_prediction_rows_reports_the_prior_and_changed_decisions():
     rng = np.random.default_rng(2)
     logits, _ = _gaussian_mixture(2000, (0.05, 0.95), rng)
-    p = shift._softmax(logits)
+    p = softmax(logits)
     rows = [{"case": f"c{i}", "predicted": "b" if q[1] > 0.5 else "a", "p_a": q[0], "p_b": q[1]} for i, q in enumerate(p)]
     out, report = shift.prior_correction(rows, ["a", "b"], {"source_prior": [0.5, 0.5]}, "em")
     assert report["estimated_prior"]["b"] == pytest.approx(0.95, abs=0.03) and report["decisions_changed"] > 0
@@ -131,7 +133,7 @@ def test_histogram_standardisation_maps_different_scanners_onto_one_scale():
     other = np.sqrt(img - img.min() + 1) * 40           # another scanner: a nonlinear response
     standard = shift.learn_landmarks([img, other])
     a, b = shift.apply_landmarks(img, standard), shift.apply_landmarks(other, standard)
-    la, lb = shift._landmarks(a), shift._landmarks(b)
+    la, lb = landmarks(a), landmarks(b)
     assert np.allclose(la, standard, atol=1.0) and np.allclose(lb, standard, atol=1.0)
     # the map is monotonic: order of intensities is kept
     order = np.argsort(other.ravel()[:500])
@@ -149,7 +151,7 @@ def trained(colin_crop, tmp_path_factory):
 def test_ood_score_ranks_scrambled_and_wrong_modality_cases_above_the_untouched_one(trained, colin_crop):
     case = mt.read_case(colin_crop["image"])
     pkg = mt.ModelPackage.load(trained.package)
-    ref = pkg.manifest["shift"]
+    ref = pkg.manifest.shift
     assert ref["ood"]["unusual_above"] > ref["ood"]["median"] > 0 and len(ref["ood"]["reference"]) >= 2
     assert len(pkg.preprocessing.histogram_landmarks) == len(shift.HIST_PERCENTILES)
     rng = np.random.default_rng(0)
@@ -198,7 +200,7 @@ def test_adabn_on_a_folder_of_target_cases_through_the_cli(trained, colin_crop, 
 def test_the_input_check_runs_before_training_and_names_the_odd_case(tmp_path):
     from conftest import blob_volume, write_volume
 
-    from MedTransferLib.progress import Reporter
+    from MedTransferLib.core.progress import Reporter
 
     entries = []
     for i in range(3):

@@ -5,9 +5,10 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-import MedTransferLib as mt  # noqa: E402
-from MedTransferLib import slicer_bridge as sb  # noqa: E402
 from conftest import OBLIQUE, blob_volume  # noqa: E402
+
+import MedTransferLib as mt  # noqa: E402
+from MedTransferLib.slicer import bridge as sb  # noqa: E402
 
 LABELS = [mt.Label(3, "Liver", (1.0, 0.0, 0.0)), mt.Label(7, "Spleen", (0.0, 1.0, 0.0)),
           mt.Label(9, "Kidney", (0.0, 0.0, 1.0))]
@@ -145,7 +146,7 @@ def test_learning_curve_table_and_chart_update_as_epochs_arrive(scene):
 def test_nodes_export_to_a_datalist_a_child_process_trains_on(scene, tmp_path):
     """What the GUI's background training does: nodes → files + dataset.json → the CLI in a child
     process (the runner) → a model; the sparse labelling survives the trip."""
-    from MedTransferLib.runner import Job
+    from MedTransferLib.core.runner import Job
 
     image, label = blob_volume()
     geo = mt.Geometry((48, 40, 16), (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
@@ -168,3 +169,38 @@ def test_nodes_export_to_a_datalist_a_child_process_trains_on(scene, tmp_path):
     assert job.wait(timeout=300) == "finished", job.error
     table, chart = sb.learning_curve_nodes(scene, job.progress.history)
     assert table.GetTable().GetNumberOfRows() == 1
+
+
+def test_slices_marked_empty_are_labelled_background_and_saved_on_the_node(scene):
+    geo = _geo()
+    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "vol")
+    label = np.zeros((8, 10, 12), np.uint8)
+    label[2, 3:7, 4:9] = 3
+    label[5, 3:7, 4:9] = 3
+    seg = sb.label_to_segmentation_node(scene, label, geo, LABELS[:1], "sparse")
+    sb.set_empty_slices(seg, [0, 7, 5])            # 5 is painted: it stays as painted
+    assert sb.empty_slices(seg) == [0, 5, 7] and sb.empty_slices(seg, axis=1) == []
+    sparse = sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore", axis=2)
+    assert [int(s) for s in np.nonzero((sparse != mt.IGNORE).any(axis=(1, 2)))[0]] == [0, 2, 5, 7]
+    assert (sparse[0] == 0).all() and (sparse[7] == 0).all() and np.array_equal(sparse[5], label[5])
+    assert seg.GetAttribute(sb.EMPTY_SLICES) == '{"2": [0, 5, 7]}'   # a node attribute: saved with the scene
+    sb.set_empty_slices(seg, [9])
+    with pytest.raises(mt.MedTransferError, match=r"marks slices \[9\] as empty, outside volume 'vol' \(8 slices"):
+        sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore")
+    seg.SetAttribute(sb.EMPTY_SLICES, "[not json")
+    with pytest.raises(mt.MedTransferError, match="attribute is not readable"):
+        sb.empty_slices(seg)
+
+
+def test_the_slice_a_view_shows_is_found_in_the_volumes_grid(scene):
+    geo = _geo()
+    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "vol")
+    view = slicer.vtkMRMLSliceNode()
+    view.SetSingletonTag("Red")
+    scene.AddNode(view)
+    for k in (0, 3, 7):
+        ras = geo.ijk_to_ras() @ np.array([5.0, 4.0, k, 1.0])   # a point of slice k, oblique grid
+        for r in range(3):
+            view.GetSliceToRAS().SetElement(r, 3, float(ras[r]))
+        view.UpdateMatrices()
+        assert sb.slice_index_in_view(vol, scene.GetSingletonNode("Red", "vtkMRMLSliceNode"), axis=2) == k

@@ -15,9 +15,10 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-import MedTransferLib as mt  # noqa: E402
-from MedTransferLib import slicer_bridge as sb  # noqa: E402
 from conftest import OBLIQUE, blob_volume  # noqa: E402
+
+import MedTransferLib as mt  # noqa: E402
+from MedTransferLib.slicer import bridge as sb  # noqa: E402
 
 pytestmark = pytest.mark.slow   # trains in child processes
 
@@ -56,7 +57,7 @@ def test_console_api_trains_in_background_predicts_evaluates_and_manages_the_mod
     made = []
 
     def factory(args, python=None, env=None):   # the runner passed into the Logic
-        from MedTransferLib.runner import Job
+        from MedTransferLib.core.runner import Job
 
         made.append(args)
         return Job(args, python=sys.executable, env=env)
@@ -85,7 +86,7 @@ def test_console_api_trains_in_background_predicts_evaluates_and_manages_the_mod
     text = logic.describeModel(job.package)
     assert "bright, dim" in text and logic.modelTask(job.package) == "segmentation"
     saved = logic.saveModel(job.package, str(tmp_path / "models"))
-    assert Path(saved).name == "run" and mt.ModelPackage.load(saved).manifest["fingerprint"]
+    assert Path(saved).name == "run" and mt.ModelPackage.load(saved).manifest.fingerprint
     paths = logic.exportModel(saved, str(tmp_path / "export"), formats=["torchscript"], askUser=False)
     assert paths["torchscript"].is_file() and paths["labels"].is_file()
     advice = logic.advise(pairs.pairs(), ["bright", "dim"], backbone="resnet18", weights="none")
@@ -122,7 +123,7 @@ def test_console_api_trains_a_classifier_in_background_and_fills_a_probability_t
 def test_console_api_resumes_a_cancelled_training(logic, tmp_path):
     import time
 
-    from MedTransferLib.rundir import read_state
+    from MedTransferLib.core.rundir import read_state
 
     vol, seg = _labelled(slicer.mrmlScene)
     job = logic.trainInBackground([(vol, seg)], ["bright", "dim"], str(tmp_path / "run"),

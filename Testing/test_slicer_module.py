@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
 pytest.importorskip("PyQt5")
 
 from PyQt5 import QtCore  # noqa: E402
-
-from MedTransferLib import slicer_bridge as bridge  # noqa: E402
 from slicer_harness.pythonqt import unwrap  # noqa: E402
 from slicer_harness.scenes import all_gone, colin_pair, quick_training, tree_of  # noqa: E402
+
+from MedTransferLib.slicer import bridge  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the PythonSlicer stand-in is a POSIX script")
 
@@ -283,7 +284,7 @@ def test_install_asks_once_installs_torch_through_the_extension_and_the_rest_wit
                                         "torchvision": ">=0.15"}]
     [(kind, reqs, constraints, opts)] = h.packaging.calls
     assert kind == "pip_ensure" and reqs == ["monai>=1.3", "einops>=0.6"] and opts["prompt_install"] is False
-    from MedTransferLib.environment import installed_version
+    from MedTransferLib.core.environment import installed_version
 
     for name in ("torch", "torchvision", "numpy", "SimpleITK"):   # pinned: never replaced
         assert f"{name}=={installed_version(name)}" in constraints.splitlines()
@@ -292,7 +293,6 @@ def test_install_asks_once_installs_torch_through_the_extension_and_the_rest_wit
 
 def test_declining_the_install_installs_nothing(make_harness):
     from PyQt5.QtWidgets import QMessageBox
-
     from slicer_harness.application import PyTorchUtilsLogic
 
     h = make_harness(absent={"torch", "torchvision"})
@@ -306,7 +306,6 @@ def test_declining_the_install_installs_nothing(make_harness):
 
 def test_cpu_only_asks_the_extension_for_the_cpu_build(make_harness):
     from PyQt5.QtWidgets import QMessageBox
-
     from slicer_harness.application import PyTorchUtilsLogic
 
     h = make_harness(absent={"torch", "torchvision"})
@@ -344,7 +343,7 @@ def test_older_slicer_installs_through_pip_install_with_the_constraints(make_har
 
 
 def test_a_package_installed_in_a_too_old_version_counts_as_missing(make_harness, monkeypatch):
-    from MedTransferLib import environment
+    from MedTransferLib.core import environment
 
     h = make_harness()
     real = environment.installed_version
@@ -354,8 +353,9 @@ def test_a_package_installed_in_a_too_old_version_counts_as_missing(make_harness
 
 
 def test_an_old_torch_is_named_and_never_replaced(make_harness, monkeypatch):
-    from MedTransferLib import environment
     from slicer_harness.application import PyTorchUtilsLogic
+
+    from MedTransferLib.core import environment
 
     h = make_harness()
     real = environment.installed_version
@@ -369,7 +369,7 @@ def test_an_old_torch_is_named_and_never_replaced(make_harness, monkeypatch):
 def test_install_from_folder_installs_offline_and_copies_the_weights(make_harness, tmp_path, monkeypatch):
     from PyQt5.QtWidgets import QMessageBox
 
-    from MedTransferLib.fileutil import write_json
+    from MedTransferLib.core.files import write_json
 
     folder = tmp_path / "wheelhouse"
     (folder / "wheels").mkdir(parents=True)
@@ -417,3 +417,31 @@ def test_self_test_with_dependencies_trains_applies_and_checks_the_segmentation(
         _self_test(h)
     assert "MedTransfer self-test passed" in caplog.text
     assert any(s.GetName() == "MRHead MedTransfer" for s in _nodes(h.scene, "vtkMRMLSegmentationNode"))
+
+
+def test_mark_slice_empty_counts_the_slice_in_view_as_labelled(harness, colin_crop):
+    h = harness
+    h.load()
+    h.enter()
+    ui = h.ui
+    volume, seg, _, painted = colin_pair(h.scene, colin_crop)
+    h.click("addAllPairsButton")
+    assert unwrap(ui.pairsTableWidget).item(0, 2).text() == f"{len(painted)} / 36"
+    # the Red view, as Slicer's layout makes it, showing slice 1 (nothing painted there)
+    red = slicer.vtkMRMLSliceNode()
+    red.SetSingletonTag("Red")
+    h.scene.AddNode(red)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    ras = ijk_to_ras.MultiplyPoint([3.0, 4.0, 1.0, 1.0])
+    for r in range(3):
+        red.GetSliceToRAS().SetElement(r, 3, ras[r])
+    red.UpdateMatrices()
+    assert 1 not in painted
+    h.click("markEmptySliceButton")
+    assert unwrap(ui.pairsTableWidget).item(0, 2).text() == f"{len(painted) + 1} / 36 (1 marked empty)"
+    assert "slice 1 of 'Colin' marked as labelled" in ui.segmentsStatusLabel.text
+    assert bridge.empty_slices(seg) == [1]
+    h.click("markEmptySliceButton")   # again: unmarked
+    assert unwrap(ui.pairsTableWidget).item(0, 2).text() == f"{len(painted)} / 36"
+    assert bridge.empty_slices(seg) == []

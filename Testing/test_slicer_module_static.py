@@ -3,11 +3,12 @@ widgets that exist, every MRML selector gets the scene, and the install lists ag
 package's dependencies."""
 
 import re
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from MedTransferLib import environment
+import tomllib
+
+from MedTransferLib.core import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 UI = ROOT / "MedTransfer" / "Resources" / "UI" / "MedTransfer.ui"

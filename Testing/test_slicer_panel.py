@@ -9,11 +9,13 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-import MedTransferLib as mt  # noqa: E402
-from MedTransferLib import slicer_bridge as sb  # noqa: E402
-from MedTransferLib.errors import MedTransferError  # noqa: E402
-from MedTransferLib.package import ModelPackage  # noqa: E402
 from conftest import OBLIQUE, blob_volume  # noqa: E402
+
+import MedTransferLib as mt  # noqa: E402
+from MedTransferLib.core.errors import MedTransferError  # noqa: E402
+from MedTransferLib.core.labels import default_color  # noqa: E402
+from MedTransferLib.package.store import ModelPackage  # noqa: E402
+from MedTransferLib.slicer import bridge as sb  # noqa: E402
 
 GEO = mt.Geometry((48, 40, 16), (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
 LIVER_TERM = ("Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure"
@@ -34,7 +36,7 @@ def _pair(scene, name, segments, painted_slices=None, seed=0):
         keep = np.zeros(label.shape[0], bool)
         keep[list(painted_slices)] = True
         label = np.where(keep[:, None, None], label, 0).astype(np.uint8)
-    labels = [mt.Label(v, n, mt.labels.default_color(v)) for v, n in segments]
+    labels = [mt.Label(v, n, default_color(v)) for v, n in segments]
     seg = sb.label_to_segmentation_node(scene, label, GEO, labels, f"{name} segmentation", reference_volume=vol)
     return vol, seg, label
 
@@ -97,7 +99,7 @@ def test_training_list_adds_removes_and_refuses_what_cannot_train(scene):
 def test_terminology_survives_training_and_results_sit_with_the_volume(scene, tmp_path):
     """Segments painted with a terminology come back from prediction with it; the result nodes
     go under the volume's study in the subject hierarchy; inputs are untouched."""
-    from MedTransferLib.runner import Job
+    from MedTransferLib.core.runner import Job
 
     vol, seg, _ = _pair(scene, "MR", [(1, "Liver"), (2, "dim")], painted_slices=range(0, 16, 2))
     liver = seg.GetSegmentation().GetNthSegment(0)
@@ -129,7 +131,7 @@ def test_terminology_survives_training_and_results_sit_with_the_volume(scene, tm
 
 
 def test_classification_training_data_from_volumes_and_typed_classes(scene, tmp_path):
-    from MedTransferLib.classify import load_class_datalist
+    from MedTransferLib.data.class_datalist import load_class_datalist
 
     vols = [sb.case_to_volume_node(scene, mt.Case(blob_volume(seed=i)[0], GEO), f"V{i}") for i in range(3)]
     path = sb.export_classification_data(vols, ["lesion", "normal", " lesion "], tmp_path / "cls")
@@ -166,7 +168,7 @@ def test_model_summary_and_a_verified_copy(blob_datalist, tmp_path):
 def test_device_choices_offer_auto_and_cpu_and_say_what_auto_is():
     import torch
 
-    from MedTransferLib.device import available_devices
+    from MedTransferLib.core.device import available_devices
 
     choices = available_devices()
     keys = [c["key"] for c in choices]
@@ -178,7 +180,7 @@ def test_device_choices_offer_auto_and_cpu_and_say_what_auto_is():
 
 
 def test_label_audit_of_two_segmentations_becomes_a_table_beside_the_volume(scene):
-    from MedTransferLib.shift import label_audit
+    from MedTransferLib.shift.audit import label_audit
 
     vol, seg_a, label = _pair(scene, "MR", [(1, "bright"), (2, "dim")])
     shifted = np.roll(label, 2, axis=2)          # a second reader, two voxels to the side
@@ -196,9 +198,8 @@ def test_label_audit_of_two_segmentations_becomes_a_table_beside_the_volume(scen
 
 
 def test_bad_volume_nodes_are_named(scene):
-    from vtk.util import numpy_support
-
     import vtk
+    from vtk.util import numpy_support
 
     vol = sb.case_to_volume_node(scene, mt.Case(np.ones((4, 5, 6), np.float64) * 1e300, _geo_small()), "huge")
     with pytest.raises(MedTransferError, match="beyond the float32 range"):

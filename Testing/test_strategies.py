@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import MedTransferLib as mt
-from MedTransferLib.model import SegmentationNet
-from MedTransferLib.strategies import get_strategy
-from MedTransferLib.trainer import loss_function
+from MedTransferLib.models.segmentation import SegmentationNet
+from MedTransferLib.training.losses import loss_function
+from MedTransferLib.training.strategies import get_strategy
 
 
 def _steps(strategy_name, backbone="efficientnet-lite0", steps=3):
@@ -91,8 +91,8 @@ def reference():
 def _run(colin_crop, tmp_path, strategy, epochs=1, steps=2):
     from safetensors.torch import load_file
 
-    from MedTransferLib.package import WEIGHTS
-    from MedTransferLib.progress import Reporter
+    from MedTransferLib.core.progress import Reporter
+    from MedTransferLib.package.store import WEIGHTS
 
     events = []
     run = mt.train(colin_crop["datalist"], tmp_path / strategy.replace(":", "_"), strategy=strategy,
@@ -234,7 +234,7 @@ def test_adabn_statistics_are_the_plain_average_over_all_batches():
     import torch
     from torch import nn
 
-    from MedTransferLib.strategies import adapt_bn
+    from MedTransferLib.shift.adabn import adapt_bn
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Dropout(0.9))

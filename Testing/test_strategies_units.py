@@ -9,9 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from MedTransferLib.errors import MedTransferError
-from MedTransferLib.strategies import (AdaBN, BNOnly, Discriminative, FineTune, Frozen, Gradual, Partial, adapt_bn,
-                                       get_strategy)
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.shift.adabn import adapt_bn
+from MedTransferLib.training.strategies import (
+    AdaBN,
+    BNOnly,
+    Discriminative,
+    FineTune,
+    Frozen,
+    Gradual,
+    Partial,
+    get_strategy,
+)
 
 
 class Tiny(nn.Module):

@@ -5,11 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import OBLIQUE, blob_volume, digest, write_volume
 
 import MedTransferLib as mt
-from MedTransferLib.package import MANIFEST, WEIGHTS, ModelPackage
-from MedTransferLib.progress import Reporter
-from conftest import OBLIQUE, blob_volume, digest, write_volume
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.package.store import MANIFEST, WEIGHTS, ModelPackage
 
 TINY = dict(backbone="resnet18", weights=None, epochs=2, steps_per_epoch=3, batch_size=2, patch=64)
 
@@ -73,7 +73,7 @@ def test_prediction_is_in_the_input_geometry_with_volumes(trained, colin_crop, t
 def test_frozen_strategy_leaves_the_pretrained_encoder_untouched(colin_crop, tmp_path):
     from safetensors.torch import load_file
 
-    from MedTransferLib.backbones import build_encoder
+    from MedTransferLib.models.backbones import build_encoder
 
     run = mt.train(colin_crop["datalist"], tmp_path, strategy="frozen", epochs=1, steps_per_epoch=2,
                    batch_size=2, val_fraction=0)

@@ -44,8 +44,8 @@ def photo_batches(encoder, n_crops: int = 16, seed: int = 0):
 
 def main() -> None:
     import MedTransferLib as mt
-    from MedTransferLib.advisor import _stage_distances, advise, bn_distance
-    from MedTransferLib.backbones import build_encoder
+    from MedTransferLib.models.backbones import build_encoder
+    from MedTransferLib.training.advisor import _stage_distances, advise, bn_distance
 
     enc = build_encoder("efficientnet-lite0")
     photos = bn_distance(enc, photo_batches(enc))

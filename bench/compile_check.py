@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(2)
-    from MedTransferLib.backbones import build_encoder
-    from MedTransferLib.backbones.monai3d import build_unet
-    from MedTransferLib.model import SegmentationNet
+    from MedTransferLib.models.backbones import build_encoder
+    from MedTransferLib.models.backbones.monai3d import build_unet
+    from MedTransferLib.models.segmentation import SegmentationNet
 
     torch.manual_seed(0)
     print(json.dumps(measure("2.5D Lite0 U-Net, 16×3×128²",

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from MedTransferLib import dataset, trainer
-from MedTransferLib.case import IGNORE
-from MedTransferLib.demo import run_demo
+from MedTransferLib.app.demo import run_demo
+from MedTransferLib.core.case import IGNORE
+from MedTransferLib.data import split as dataset
+from MedTransferLib.training import segmentation as trainer
 
 
 def tutorial_loss():

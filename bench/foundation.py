@@ -42,7 +42,7 @@ def machine() -> str:
 
 def run_variant(name: str, kw: dict, out: Path) -> dict:
     """Each variant in its own process, so peak memory (RSS) is per variant."""
-    code = ("import json,sys; from MedTransferLib.demo import run_demo; "
+    code = ("import json,sys; from MedTransferLib.app.demo import run_demo; "
             f"r = run_demo({str(out)!r}, log=sys.stderr, **json.loads(sys.argv[1])); print(json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], capture_output=True, text=True)
     if proc.returncode != 0:

@@ -23,7 +23,7 @@ def prepare(folder: Path) -> None:
     import shutil
 
     import MedTransferLib as mt
-    from MedTransferLib.backbones import _lite0_imagenet_file
+    from MedTransferLib.models.backbones import lite0_imagenet_file
 
     folder.mkdir(parents=True, exist_ok=True)
     dl = mt.load_datalist(mt.sample_data())
@@ -32,7 +32,7 @@ def prepare(folder: Path) -> None:
     np.savez_compressed(folder / "colin27.npz", image=case.image.astype(np.uint8), label=case.label,
                         size=g.size, spacing=g.spacing, origin=g.origin, direction=g.direction)
     (folder / "labels.json").write_text(json.dumps([lab.to_dict() for lab in dl.labels]))
-    shutil.copyfile(_lite0_imagenet_file(), folder / "lite0.pth")
+    shutil.copyfile(lite0_imagenet_file(), folder / "lite0.pth")
     for name in ("ch2.nii.gz", "deep_grey_matter.nii.gz"):   # for the MONAI loop of gpu_check.sh
         shutil.copyfile(Path(mt.sample_data()).parent / name, folder / name)
 
@@ -51,9 +51,10 @@ def check(folder: Path, epochs: int) -> None:
     import torch
 
     from MedTransferLib import Case, predict
-    from MedTransferLib.case import IGNORE
-    from MedTransferLib.progress import Reporter
-    from MedTransferLib.trainer import TrainConfig, train
+    from MedTransferLib.core.case import IGNORE
+    from MedTransferLib.core.progress import Reporter
+    from MedTransferLib.training.config import TrainConfig
+    from MedTransferLib.training.segmentation import train
 
     full_case, labels = load_prepared(folder)
     full = full_case.label

@@ -71,8 +71,8 @@ def synthetic_ct(depth: int, seed: int = 0, size: int = 512):
 def child_build(cases: int, depth: int) -> dict:
     import numpy as np
 
-    from MedTransferLib.dataset import Volume
-    from MedTransferLib.preprocessing import Preprocessing
+    from MedTransferLib.data.preprocessing import Preprocessing
+    from MedTransferLib.data.slabs import Volume
 
     data = [synthetic_ct(depth, seed=i) for i in range(cases)]
     prep = Preprocessing(modality="CT")

@@ -43,9 +43,9 @@ def median_s(fn, repeat: int = 6, warmup: int = 2) -> float:
 
 
 def nets():
-    from MedTransferLib.backbones import build_encoder
-    from MedTransferLib.backbones.monai3d import build_unet
-    from MedTransferLib.model import SegmentationNet
+    from MedTransferLib.models.backbones import build_encoder
+    from MedTransferLib.models.backbones.monai3d import build_unet
+    from MedTransferLib.models.segmentation import SegmentationNet
 
     torch.manual_seed(0)
     return [("2.5D Lite0 U-Net, 16×3×128²", lambda: SegmentationNet(build_encoder("efficientnet-lite0", None, 3, 2,
@@ -56,7 +56,7 @@ def nets():
 def training_step(make, shape, channels_last: bool, bf16: bool = False, **adamw):
     """``(step, optimizer)``: one forward, MedTransfer's loss, backward and AdamW step of the
     network ``make()`` on a random batch of ``shape``, in the memory format asked for."""
-    from MedTransferLib.trainer import loss_function
+    from MedTransferLib.training.losses import loss_function
 
     loss_fn = loss_function()
     net = make()
@@ -90,7 +90,7 @@ def formats() -> None:
 
 
 def windows() -> None:
-    from MedTransferLib.backbones.monai3d import build_unet
+    from MedTransferLib.models.backbones.monai3d import build_unet
 
     torch.manual_seed(0)
     net = build_unet(1, 9).eval()
@@ -118,8 +118,8 @@ def argmax() -> None:
 def loss() -> None:
     from test_performance import one_hot_loss
 
-    from MedTransferLib.case import IGNORE
-    from MedTransferLib.trainer import loss_function
+    from MedTransferLib.core.case import IGNORE
+    from MedTransferLib.training.losses import loss_function
 
     ours = loss_function()
     for shape in ((2, 9, 64, 64, 64), (16, 9, 128, 128)):

@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
-from MedTransferLib.loop import adamw  # noqa: E402
-from MedTransferLib.progress import Reporter  # noqa: E402
+from MedTransferLib.core.progress import Reporter  # noqa: E402
+from MedTransferLib.training.optim import adamw  # noqa: E402
 
 PATCH, BATCH, LR = 64, 2, 2e-3
 
@@ -78,13 +78,18 @@ def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, 
     batch into the network's input and target; MedTransfer's loss, AdamW. On a GPU as the
     tutorials' fast-training variant does: ``workers`` loader processes, autocast (bf16 where
     the card has it, else fp16 with a GradScaler), ``loss.item()`` each step."""
+    import nibabel  # what LoadImaged reads NIfTI with (no SimpleITK on a GPU machine)
     from monai.data import DataLoader, Dataset
-    from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld,
-                                  ScaleIntensityRanged, Spacingd)
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        RandCropByPosNegLabeld,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
-    from MedTransferLib.trainer import loss_function
-
-    import nibabel   # what LoadImaged reads NIfTI with (no SimpleITK on a GPU machine)
+    from MedTransferLib.training.losses import loss_function
 
     arr = np.asarray(nibabel.load(str(image)).dataobj, np.float32)
     lo, hi = (float(v) for v in np.percentile(arr, (0.5, 99.5)))
@@ -126,15 +131,15 @@ def monai_tutorial_rate(image: Path, label: Path, net, crop, batch: int, to_xy, 
 
 
 def net_3d(num_classes):
-    from MedTransferLib.backbones.monai3d import build_unet
+    from MedTransferLib.models.backbones.monai3d import build_unet
 
     torch.manual_seed(0)
     return build_unet(1, num_classes)
 
 
 def net_25d(num_classes, weights):
-    from MedTransferLib.backbones import build_encoder
-    from MedTransferLib.model import SegmentationNet
+    from MedTransferLib.models.backbones import build_encoder
+    from MedTransferLib.models.segmentation import SegmentationNet
 
     torch.manual_seed(0)
     return SegmentationNet(build_encoder("efficientnet-lite0", weights, 3, 2, "mean"), num_classes, 3)
@@ -158,8 +163,8 @@ def random_stepper(net, x_shape, num_classes: int, device: str):
     ``step(model, optimizer)`` — one training step of ``model`` (``net`` or a compiled ``net``) on
     random tensors already on the device, with autocast as MedTransfer uses it and its loss, ending
     with the loss read back (a GPU step is then complete)."""
-    from MedTransferLib.device import autocast, memory_format
-    from MedTransferLib.trainer import loss_function
+    from MedTransferLib.core.device import autocast, memory_format
+    from MedTransferLib.training.losses import loss_function
 
     dev = torch.device(device)
     net = net.to(dev)
@@ -204,9 +209,9 @@ def prediction(package: str, case, device: str = "cpu") -> dict:
     there), on ``device`` for both."""
     from monai.inferers import sliding_window_inference
 
-    from MedTransferLib.dataset import from_slices_first, to_slices_first
-    from MedTransferLib.device import autocast
-    from MedTransferLib.prediction import _window_batch
+    from MedTransferLib.core.device import autocast
+    from MedTransferLib.data.slabs import from_slices_first, to_slices_first
+    from MedTransferLib.inference.segment import _window_batch
 
     pkg = mt.ModelPackage.load(package)
     dev = torch.device(device)
@@ -225,7 +230,7 @@ def prediction(package: str, case, device: str = "cpu") -> dict:
         t0 = time.perf_counter()   # both sides from the loaded package to labels: building the network counts
         net = pkg.build_model(dev)
         prep = pkg.preprocessing
-        inf = pkg.manifest["inference"]
+        inf = pkg.manifest.inference
 
         def run(x):
             with autocast(dev):

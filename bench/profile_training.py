@@ -22,8 +22,9 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
-import MedTransferLib.trainer as trainer  # noqa: E402
-from MedTransferLib import loop  # noqa: E402
+import MedTransferLib.training.segmentation as trainer  # noqa: E402
+import MedTransferLib.training.skeleton as skeleton  # noqa: E402
+from MedTransferLib.training import loop  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from performance import medtransfer_rate, sample, settings  # noqa: E402
@@ -68,12 +69,12 @@ def profiled(mode: str, steps: int, out: Path, device: str = "cpu", data_dir: st
         report["s_per_step"] = total / (config.epochs * config.steps_per_epoch)
         return result
 
-    trainer.fit, trainer.augment = fit, timed_augment
+    skeleton.fit, trainer.augment = fit, timed_augment
     try:
         mt.train(data, out / mode, strategy="finetune", epochs=1, steps_per_epoch=steps, val_fraction=0,
                  device=device, **kw)
     finally:
-        trainer.fit, trainer.augment = real_fit, real_augment
+        skeleton.fit, trainer.augment = real_fit, real_augment
     print(f"== {mode}: {report['s_per_step']:.3f} s/step (profiled), data sampling + augmentation "
           f"{100 * report['batch_share']:.1f} % of the loop: {1e3 * t_batch[0] / steps:.1f} ms a batch, "
           f"{1e3 * t_augment[0] / steps:.1f} ms of it augmenting")

@@ -26,8 +26,8 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 
 from MedTransferLib import read_case, sample_data  # noqa: E402
-from MedTransferLib import slicer_bridge as sb  # noqa: E402
-from MedTransferLib.package import ModelPackage  # noqa: E402
+from MedTransferLib.package.store import ModelPackage  # noqa: E402
+from MedTransferLib.slicer import bridge as sb  # noqa: E402
 
 
 def _write_png(window, path: Path) -> None:

@@ -38,9 +38,9 @@ import torch  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
 from MedTransferLib import shift  # noqa: E402
-from MedTransferLib.dataset import from_slices_first, to_slices_first  # noqa: E402
-from MedTransferLib.inference import predict_slices  # noqa: E402
-from MedTransferLib.metrics import evaluate, summary  # noqa: E402
+from MedTransferLib.data.metrics import evaluate, summary  # noqa: E402
+from MedTransferLib.data.slabs import from_slices_first, to_slices_first  # noqa: E402
+from MedTransferLib.inference.windows import predict_slices  # noqa: E402
 
 
 def shifts(image: np.ndarray, spacing, rng) -> dict:
@@ -107,7 +107,7 @@ def part_a(model_path: Path, out: Path) -> list[dict]:
 
 
 def part_b(out: Path, steps: int) -> list[dict]:
-    from MedTransferLib.classify import predict_class
+    from MedTransferLib.inference.classify import predict_class
 
     data = mt.sample_data()
     folder = Path(data).parent
@@ -122,7 +122,7 @@ def part_b(out: Path, steps: int) -> list[dict]:
                    patch=96, val_fraction=0.2)
     train_s = time.monotonic() - t0
     pkg = mt.ModelPackage.load(run.package)
-    cal = pkg.manifest["calibration"]
+    cal = pkg.manifest.calibration
     # judged on the unlabelled slices of the labelled range (20–139): slices far outside it are
     # trivially negative and would only dilute the errors
     others = [s for s in range(20, 140) if s not in labelled]

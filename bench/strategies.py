@@ -59,8 +59,8 @@ def main() -> None:
     if a.replot:
         return replot(Path(a.out))
     import MedTransferLib as mt
-    from MedTransferLib.advisor import advise
-    from MedTransferLib.fileutil import write_json
+    from MedTransferLib.core.files import write_json
+    from MedTransferLib.training.advisor import advise
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,8 +108,8 @@ def main() -> None:
 
 def replot(out: Path) -> None:
     import MedTransferLib as mt
-    from MedTransferLib.advisor import advise
-    from MedTransferLib.fileutil import write_json
+    from MedTransferLib.core.files import write_json
+    from MedTransferLib.training.advisor import advise
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     for budget, v in results["budgets"].items():

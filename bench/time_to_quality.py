@@ -36,15 +36,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/bench_ttq")
     ap.add_argument("--fraction", type=float, default=0.9)
     a = ap.parse_args(argv)
-    import MedTransferLib as mt
-    from MedTransferLib import trainer
-    from MedTransferLib.dataset import Volume
-    from MedTransferLib.demo import EVERY
-    from MedTransferLib.inference import dice_per_class, predict_slices, predict_volume_3d
-    from MedTransferLib.loop import Validation
-    from MedTransferLib.progress import Reporter
-    from MedTransferLib.sampledata import sample_data, sparse_datalist
     from foundation import machine
+
+    import MedTransferLib as mt
+    from MedTransferLib.app.demo import EVERY
+    from MedTransferLib.core.progress import Reporter
+    from MedTransferLib.data.sampledata import sample_data, sparse_datalist
+    from MedTransferLib.data.slabs import Volume
+    from MedTransferLib.inference.windows import (
+        dice_per_class,
+        predict_slices,
+        predict_volume_3d,
+    )
+    from MedTransferLib.training import segmentation as trainer
+    from MedTransferLib.training import skeleton
+    from MedTransferLib.training.hooks import EarlyStopping, Validation
 
     out = Path(a.out) / a.mode
     out.mkdir(parents=True, exist_ok=True)
@@ -65,8 +71,7 @@ def main(argv=None) -> int:
         captured["patch"] = patch
         return sampler3d(volumes, items, num_classes, patch, **kw)
 
-    def fit_with_scoring(model, strategy, opt, config, device, next_batch, loss_fn, reporter, validate,
-                         metric, on_best, *rest, **kw):
+    def fit_with_scoring(model, strategy, opt, config, device, next_batch, loss_fn, reporter, metric, hooks):
         prep = captured["prep"]
         vol = Volume.from_case(full, prep, 2, values)
         num_classes = len(values) + 1
@@ -92,19 +97,20 @@ def main(argv=None) -> int:
 
         config.patience = 10 ** 6    # the demo has no early stop: run every epoch
         clock["start"] = time.perf_counter()
-        # no checkpoint at each improvement either (the default run writes none during training)
-        return fit(model, strategy, opt, config, device, next_batch, loss_fn, reporter, score, metric, None,
-                   *rest, **kw)
+        # scored every epoch in place of the run's own validation, and no checkpoint at each
+        # improvement (the default run writes none during training)
+        hooks = [EarlyStopping(score, config.patience)] + [h for h in hooks if not isinstance(h, EarlyStopping)]
+        return fit(model, strategy, opt, config, device, next_batch, loss_fn, reporter, metric, hooks)
 
-    make_prep, fit, sampler3d = trainer.make_preprocessing, trainer.fit, trainer.PatchSampler3D
-    trainer.make_preprocessing, trainer.fit, trainer.PatchSampler3D = capture_prep, fit_with_scoring, capture_patch
+    make_prep, fit, sampler3d = trainer.make_preprocessing, skeleton.fit, trainer.PatchSampler3D
+    trainer.make_preprocessing, skeleton.fit, trainer.PatchSampler3D = capture_prep, fit_with_scoring, capture_patch
     torch.set_num_threads(min(torch.get_num_threads(), 16))
     t0 = time.perf_counter()
     kw = dict(mode="3d") if a.mode == "3d" else {}
     try:
         mt.train(sparse, out / "run", reporter=Reporter(stream=None, bar=False), **kw)
     finally:
-        trainer.make_preprocessing, trainer.fit, trainer.PatchSampler3D = make_prep, fit, sampler3d
+        trainer.make_preprocessing, skeleton.fit, trainer.PatchSampler3D = make_prep, fit, sampler3d
     total = time.perf_counter() - t0
     final = curve[-1]["mean_dice"]
     reached = next(r for r in curve if r["mean_dice"] >= a.fraction * final)

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from performance import sample, synthetic_ct  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
-from performance import sample, synthetic_ct  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -11,5 +11,5 @@ wires together, in small files.
 - :mod:`.widget` — binds :mod:`.panel` to the Qt widgets of ``MedTransfer.ui``;
 - :mod:`.selftest` — the self-test Slicer's ctest runs.
 
-MRML conversion lives in :mod:`MedTransferLib.slicer_bridge`.
+MRML conversion lives in :mod:`MedTransferLib.slicer.mrml`.
 """

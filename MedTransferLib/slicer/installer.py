@@ -22,8 +22,9 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from .. import environment, wheelhouse
-from ..errors import MedTransferError
+from MedTransferLib.core import environment
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.system import wheelhouse
 
 PYTORCH_EXTENSION_MISSING = ("MedTransfer needs PyTorch, which Slicer installs through the PyTorch extension: "
                              "install 'PyTorch' from the Extensions Manager, restart Slicer, then press Install "

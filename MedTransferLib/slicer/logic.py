@@ -1,7 +1,7 @@
 """The module's Logic: the Python-console API and the panel's engine, with no Qt.
 
 Every step that runs torch — training, Apply (segmentation and classification), Advise, Export,
-Check setup — runs in a child process through :mod:`MedTransferLib.runner` (Slicer's
+Check setup — runs in a child process through :mod:`MedTransferLib.core.runner` (Slicer's
 ``PythonSlicer``), returned as a :class:`~.tasks.Task` to poll; the synchronous console calls
 (``train``, ``predict``, ``classify``, ``advise``, ``exportModel``) are the same tasks, waited
 for. So Slicer's own process never imports torch, and keeps working before it is installed.
@@ -15,7 +15,6 @@ Example (Slicer's Python console)::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -23,11 +22,11 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from .. import slicer_bridge as bridge
-from ..errors import MedTransferError
-from ..package import ModelPackage
-from .installer import Installer
-from .tasks import Task
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.package.store import ModelPackage
+from MedTransferLib.slicer import apply_files, bridge
+from MedTransferLib.slicer.installer import Installer
+from MedTransferLib.slicer.tasks import Task
 
 
 def _scene():
@@ -36,13 +35,9 @@ def _scene():
     return slicer.mrmlScene
 
 
-def _alive(node) -> bool:
-    return node is not None and node.GetScene() is not None and node.GetScene().GetNodeByID(node.GetID()) is node
-
-
 class Logic:
     """``jobFactory(args, python=..., env=...)`` makes the child-process runner (default
-    :class:`MedTransferLib.runner.Job`); passed in, as in SlicerNNUnet, so tests can swap it.
+    :class:`MedTransferLib.core.runner.Job`); passed in, as in SlicerNNUnet, so tests can swap it.
     ``python``: the interpreter for children (default: Slicer's PythonSlicer, found on PATH)."""
 
     def __init__(self, jobFactory=None, python: str | None = None, installer: Installer | None = None):
@@ -82,6 +77,17 @@ class Logic:
         return bridge.segment_names(segmentationNode)
 
     @staticmethod
+    def emptySlices(segmentationNode, axis: int = 2) -> list:
+        """Slices marked as labelled with none of the structures on them (saved with the scene)."""
+        return bridge.empty_slices(segmentationNode, axis)
+
+    @staticmethod
+    def setEmptySlices(segmentationNode, slices, axis: int = 2) -> None:
+        """Mark these slices (indices along ``axis`` of the paired volume) as labelled and empty:
+        with 'unpainted slices are unlabelled', training learns that nothing is there."""
+        bridge.set_empty_slices(segmentationNode, slices, axis)
+
+    @staticmethod
     def tableRows(tableNode):
         return bridge.table_node_rows(tableNode)
 
@@ -91,7 +97,7 @@ class Logic:
 
     def _job(self, args: list[str], python: str | None = None):
         """Start the CLI in a child process with MedTransferLib importable."""
-        from ..runner import Job
+        from MedTransferLib.core.runner import Job
 
         self._requireDependencies()
         lib_dir = str(Path(__file__).resolve().parents[2])
@@ -165,77 +171,15 @@ class Logic:
         package = ModelPackage.load(modelFolder)   # verified here too: a bad model fails at once
         work = self._workdir("apply")
         try:
-            request = self._write_request(nodes, package, referenceSegmentation, device, prior, work)
+            request = apply_files.write_request(nodes, package, referenceSegmentation, device, prior, work)
             job = self._job(["apply", "--request", request], python)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         if package.task == "classification":
-            return Task("apply", job, lambda j: self._load_classes(j.result, nodes, prior), work)
-        return Task("apply", job, lambda j: self._load_segmentations(j.result, nodes, package, referenceSegmentation),
+            return Task("apply", job, lambda j: apply_files.load_classes(j.result, nodes, prior), work)
+        return Task("apply", job, lambda j: apply_files.load_segmentations(j.result, nodes, package, referenceSegmentation),
                     work)
-
-    @staticmethod
-    def _write_request(nodes, package, reference, device, prior, work) -> str:
-        from ..fileutil import write_json
-        from ..io import write_image, write_label
-
-        cases = []
-        common = []
-        if reference is not None and package.task == "segmentation":
-            names = set(bridge.segment_names(reference))
-            common = [lab for lab in package.labels if lab.name in names]
-            if not common:
-                raise MedTransferError(f"reference '{reference.GetName()}' has none of the model's segments "
-                                       f"{[lab.name for lab in package.labels]}")
-        for i, node in enumerate(nodes):
-            case = bridge.volume_node_to_case(node, node.GetName())
-            entry = {"id": node.GetName(), "image": [write_image(Path(work) / f"case{i}.nrrd", case.image,
-                                                                 case.geometry, compress=False).name],
-                     "out": f"case{i}_seg.nrrd"}
-            if common:
-                ref = bridge.segmentation_to_label(reference, node, common)
-                entry["reference"] = write_label(Path(work) / f"case{i}_ref.nrrd", ref, case.geometry).name
-                entry["reference_labels"] = [lab.value for lab in common]
-            cases.append(entry)
-        path = Path(work) / "apply.json"
-        write_json(path, {"model": str(package.path), "device": device, "prior": prior, "cases": cases})
-        return str(path)
-
-    @staticmethod
-    def _load_segmentations(result, nodes, package, reference):
-        from ..io import read_image
-
-        out = []
-        labels = package.labels
-        for node, case in zip(nodes, result["cases"]):
-            if not _alive(node):   # removed from the scene while the child worked
-                out.append(None)
-                continue
-            scene = node.GetScene()
-            label, geometry = read_image(case["segmentation"], "segmentation")
-            seg = bridge.label_to_segmentation_node(scene, label, geometry, labels,
-                                                    f"{node.GetName()} MedTransfer", reference_volume=node)
-            volumes = bridge.rows_to_table_node(scene, case["volumes"], f"{node.GetName()} volumes")
-            if case.get("warnings"):
-                volumes.SetAttribute("MedTransfer.Warnings", "\n".join(case["warnings"]))
-            metrics = None
-            if case.get("metrics"):
-                metrics = bridge.rows_to_table_node(scene, case["metrics"], f"{node.GetName()} metrics")
-            bridge.place_with_volume(node, [seg, volumes, metrics])
-            out.append((seg, volumes, metrics))
-        return out
-
-    @staticmethod
-    def _load_classes(result, nodes, prior):
-        alive = [n for n in nodes if _alive(n)]
-        if not alive:
-            raise MedTransferError("the volumes were removed from the scene before the classification finished")
-        table = bridge.rows_to_table_node(alive[0].GetScene(), result["predictions"], "MedTransfer classes")
-        if result.get("prior"):
-            table.SetAttribute("MedTransfer.Prior", json.dumps(result["prior"]))
-        bridge.place_with_volume(alive[0], [table])
-        return table
 
     def predict(self, volumeNodes, modelFolder, referenceSegmentation=None, device="auto"):
         """Segment one volume node or a list of them and wait; returns a tuple
@@ -291,7 +235,7 @@ class Logic:
     def exportModel(self, modelFolder, outputFolder, formats=("torchscript", "onnx"), askUser=True):
         """Export and wait; ONNX only if the ``onnx`` package is installed (``askUser``: offer to
         install it). Returns ``{format: path}``."""
-        from ..environment import installed_version
+        from MedTransferLib.core.environment import installed_version
 
         formats = list(formats)
         if "onnx" in formats and installed_version("onnx") is None:
@@ -310,7 +254,7 @@ class Logic:
     def doctorInBackground(self, outputFolder=".", python=None) -> Task:
         """``medtransfer doctor`` in a child process: ``outputs`` is its report (checks, devices,
         backbones). Runs with dependencies missing too (it says what is missing)."""
-        from ..runner import Job
+        from MedTransferLib.core.runner import Job
 
         lib_dir = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
@@ -323,8 +267,8 @@ class Logic:
     def learningCurve(self, history, table=None, chart=None):
         """Create or update the learning-curve table and plot chart nodes; returns (table, chart).
         Nodes no longer in the scene (closed meanwhile) are made anew."""
-        table = table if _alive(table) else None
-        chart = chart if _alive(chart) else None
+        table = table if apply_files.alive(table) else None
+        chart = chart if apply_files.alive(chart) else None
         return bridge.learning_curve_nodes(_scene(), history, table, chart)
 
     @staticmethod

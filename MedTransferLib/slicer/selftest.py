@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from ..errors import MedTransferError
+from MedTransferLib.core.errors import MedTransferError
 
 EVERY = 12   # paint every 12th axial slice
 
@@ -27,8 +27,8 @@ def paint_bright_structure(volume):
     (the brightest tenth of each of those slices), the way a user paints a few slices."""
     import slicer
 
-    from .. import slicer_bridge as bridge
-    from ..labels import Label
+    from MedTransferLib.core.labels import Label
+    from MedTransferLib.slicer import bridge
 
     arr = slicer.util.arrayFromVolume(volume)
     mask = np.zeros(arr.shape, np.uint8)

@@ -1,6 +1,6 @@
 """A background task: a CLI child process and what to do with its result.
 
-Training, Apply, Advise, Export and Check setup all run as a :class:`~MedTransferLib.runner.Job`
+Training, Apply, Advise, Export and Check setup all run as a :class:`~MedTransferLib.core.runner.Job`
 (a child process: Slicer's GUI thread never runs torch). A :class:`Task` adds the step that
 needs the scene — loading a predicted label map into a segmentation node, a table into a table
 node — which runs once, in the thread that polls (Slicer's GUI thread, from the panel's timer),

@@ -16,8 +16,15 @@ from __future__ import annotations
 import slicer
 from slicer.util import VTKObservationMixin
 
-from ..errors import MedTransferError
-from .panel import DEFAULT_BACKBONES, DEFAULT_DEVICES, STRATEGY_PRESETS, Panel, is_set
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.slicer.panel import (
+    DEFAULT_BACKBONES,
+    DEFAULT_DEVICES,
+    STRATEGY_PRESETS,
+    Panel,
+    is_set,
+)
+from MedTransferLib.slicer.widget_training_list import TrainingListSlots
 
 TIMER_MS = 500
 # panel action → its button
@@ -25,7 +32,7 @@ BUTTONS = {"train": "trainButton", "advise": "adviseButton", "apply": "applyButt
            "save": "saveModelButton", "export": "exportModelButton", "install": "installButton"}
 
 
-class PanelWidget(VTKObservationMixin):
+class PanelWidget(TrainingListSlots, VTKObservationMixin):
     def __init__(self, uiPath: str, logic, parentWidget=None):
         VTKObservationMixin.__init__(self)
         import qt
@@ -53,6 +60,7 @@ class PanelWidget(VTKObservationMixin):
                 ("addPairButton", "clicked(bool)", self.onAddPair),
                 ("removePairButton", "clicked(bool)", self.onRemovePair),
                 ("addAllPairsButton", "clicked(bool)", self.onAddAllPairs),
+                ("markEmptySliceButton", "clicked(bool)", self.onMarkEmptySlice),
                 ("pairsTableWidget", "cellChanged(int,int)", self.onPairCellChanged),
                 ("segmentsListWidget", "itemChanged(QListWidgetItem*)", self.onSegmentsChanged),
                 ("backboneComboBox", "currentIndexChanged(int)", self.onBackboneChanged),
@@ -118,7 +126,7 @@ class PanelWidget(VTKObservationMixin):
         self._parameterNode = node
         if node is not None:
             if not is_set(node.outputFolder):
-                from .panel import default_runs_folder
+                from MedTransferLib.slicer.panel import default_runs_folder
 
                 node.outputFolder = str(default_runs_folder())
             self._guiTag = node.connectGui(self.ui)
@@ -201,99 +209,6 @@ class PanelWidget(VTKObservationMixin):
         if self._parameterNode is not None and not self._updating:
             self._parameterNode.modelFolder = path
             self.showManifest()
-
-    # -- training data ---------------------------------------------------------------------------------
-    def onAddPair(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not add the volume.", waitCursor=True):
-            self.panel.pairs.add(p.pairVolume, p.pairSegmentation)
-            self.refreshPairs()
-
-    def onRemovePair(self) -> None:
-        row = self.ui.pairsTableWidget.currentRow()
-        if 0 <= row < len(self.panel.pairs):
-            self.panel.pairs.remove(row)
-            self.refreshPairs()
-
-    def onAddAllPairs(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not list the segmentations.", waitCursor=True):
-            problems = self.panel.pairs.add_all(slicer.mrmlScene)
-            self.refreshPairs()
-            if problems:
-                self.ui.segmentsStatusLabel.text = "\n".join(problems)
-
-    def onUnpaintedToggled(self, checked) -> None:
-        # labelled-slice counts depend on it; use the signal's value (this slot may run before
-        # the parameter node's own binding has stored it)
-        self.refreshTable(unpainted="ignore" if checked else "background")
-
-    def onPairCellChanged(self, row, column) -> None:
-        if column == 3 and not self._updating and 0 <= row < len(self.panel.pairs):
-            self.panel.pairs.set_class(row, self.ui.pairsTableWidget.item(row, column).text())
-            self.updateGUI()
-
-    def onSegmentsChanged(self, item=None) -> None:
-        if self._updating or self._parameterNode is None:
-            return
-        names = []
-        for i in range(self.ui.segmentsListWidget.count):
-            it = self.ui.segmentsListWidget.item(i)
-            if it.checkState() == 2:   # Qt.Checked
-                names.append(it.text())
-        self._parameterNode.segmentsToLearn = names
-        self.refreshTable()   # not the list itself: this runs inside the list's own signal
-
-    def refreshPairs(self) -> None:
-        """Redraw the training list, the segments every case has (mismatches named) and the
-        labelled-slice counts."""
-        import qt
-
-        p = self._parameterNode
-        common, missing = self.panel.pairs.segments()
-        wanted = [n for n in (p.segmentsToLearn if p is not None else []) if n in common]
-        if p is not None and not wanted and common:
-            wanted = list(common)
-        self._updating = True
-        try:
-            self.ui.segmentsListWidget.clear()
-            for name in common:
-                item = qt.QListWidgetItem(name)
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(qt.Qt.Checked if name in wanted else qt.Qt.Unchecked)
-                self.ui.segmentsListWidget.addItem(item)
-        finally:
-            self._updating = False
-        self.refreshTable(wanted)
-        self.ui.segmentsStatusLabel.text = "\n".join(
-            f"{seg} lacks {', '.join(names)}; rename segments so every case uses the same names"
-            for seg, names in missing.items())
-        if p is not None and list(p.segmentsToLearn) != wanted:
-            p.segmentsToLearn = wanted   # triggers updateGUI
-        else:
-            self.updateGUI()
-
-    def refreshTable(self, wanted=None, unpainted=None) -> None:
-        """Redraw the training list's rows: names, labelled slices / slices, class."""
-        import qt
-
-        p = self._parameterNode
-        if wanted is None:
-            wanted = list(p.segmentsToLearn) if p is not None else []
-        if unpainted is None:
-            unpainted = "ignore" if (p is None or p.unpaintedSlicesUnlabelled) else "background"
-        rows = self.panel.pairs.table(wanted, unpainted)
-        self._updating = True
-        try:
-            table = self.ui.pairsTableWidget
-            table.setRowCount(len(rows))
-            for r, row in enumerate(rows):
-                for c, key in enumerate(("volume", "segmentation", "labelled", "class")):
-                    item = qt.QTableWidgetItem(str(row[key]))
-                    if key != "class":
-                        item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
-                    table.setItem(r, c, item)
-        finally:
-            self._updating = False
 
     # -- background tasks --------------------------------------------------------------------------------
     def _started(self, task) -> None:

@@ -26,9 +26,8 @@ import time
 import types
 from pathlib import Path
 
-from PyQt5 import QtCore, QtWidgets
-
 import slicer
+from PyQt5 import QtCore, QtWidgets
 
 from . import parameters, pythonqt, scripted, widgets
 from .uiloader import QUiLoader
@@ -215,7 +214,7 @@ class Harness:
         self.user = User()
         self.absent = set(absent)
         self.scene = slicer.vtkMRMLScene()
-        from MedTransferLib import slicer_bridge as bridge
+        from MedTransferLib.slicer import bridge
 
         bridge.segmentations_logic(self.scene)
         for cls in ("vtkMRMLLayoutNode", "vtkMRMLSelectionNode"):   # as the application creates them
@@ -240,13 +239,13 @@ class Harness:
 
     # -- the environment ---------------------------------------------------------------------------
     def installed(self, requirements) -> None:
-        from MedTransferLib.environment import requirement_name
+        from MedTransferLib.core.environment import requirement_name
 
         for r in requirements:
             self.absent.discard(requirement_name(str(r)))
 
     def _install(self, pytorch_extension) -> None:
-        from MedTransferLib import environment
+        from MedTransferLib.core import environment
 
         p = self.patch
         qt = pythonqt.qt_module({"QUiLoader": QUiLoader})
@@ -306,7 +305,7 @@ class Harness:
         if name != "MRHead":
             raise ValueError(f"the harness has no sample '{name}'")
         import MedTransferLib as mt
-        from MedTransferLib import slicer_bridge as bridge
+        from MedTransferLib.slicer import bridge
 
         image = Path(mt.sample_data()).parent / "ch2.nii.gz"
         return bridge.case_to_volume_node(self.scene, mt.read_case(image), "MRHead")

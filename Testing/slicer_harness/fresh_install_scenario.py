@@ -8,7 +8,7 @@ import sys
 
 from PyQt5.QtWidgets import QMessageBox
 
-from MedTransferLib import slicer_bridge as bridge
+from MedTransferLib.slicer import bridge
 from slicer_harness import blocker
 from slicer_harness.application import PyTorchUtilsLogic
 from slicer_harness.scenes import all_gone, colin_pair, quick_training, tree_of

@@ -9,8 +9,8 @@ import time
 import numpy as np
 
 import MedTransferLib as mt
-from MedTransferLib import slicer_bridge as bridge
-from MedTransferLib.labels import default_color
+from MedTransferLib.core.labels import default_color
+from MedTransferLib.slicer import bridge
 
 STRUCTURES = ("Caudate_L", "Putamen_L")
 
@@ -43,7 +43,7 @@ def colin_pair(scene, crop: dict, every: int = 4, structures=STRUCTURES, name: s
 def quick_training(logic, steps: int = 2, extra=()):
     """Short trainings for tests: the panel's own arguments plus a step count and a small batch
     (the panel has no field for them). Everything else is what the panel sends."""
-    from MedTransferLib.runner import Job
+    from MedTransferLib.core.runner import Job
 
     def factory(args, python=None, env=None):
         if args[0] == "train" and "--resume" not in args:

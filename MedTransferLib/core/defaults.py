@@ -1,0 +1,32 @@
+"""The training defaults, in one place: read by :class:`~MedTransferLib.training.config.TrainConfig`
+(the Python API), the ``medtransfer`` CLI and the Slicer module's parameters. Pure Python, so the
+Slicer panel can read it before torch is installed. They are the product's recommendation for a
+new task, measured on the sample task (bench/RESULTS.md)."""
+
+TRAINING = {
+    "mode": "2.5d",                  # "2.5d" (k slices → 2D network) or "3d" (patches → 3D network)
+    "backbone": "efficientnet-lite0",
+    "weights": "pretrained",         # the backbone's pretrained weights, a file path, or None
+    "strategy": "auto",              # the advisor picks from data size × domain distance
+    "slices": 3,                     # 2.5D: k adjacent slices as channels
+    "epochs": 16,
+    "steps_per_epoch": 50,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "warmup_fraction": 0.05,
+    "patience": 4,                   # epochs without validation improvement before stopping
+    "val_fraction": 0.2,
+    "overlap": 0.25,                 # 3D sliding-window overlap at validation and prediction
+    "stem": "mean",                  # how the first conv is adapted to k ≠ 3 channels
+    "modality": "auto",
+    "device": "auto",
+    "seed": 0,
+    "max_seconds": None,             # a time budget for training, in seconds (None: the full schedule)
+}
+
+# epochs when a run continues an earlier model (`--from`): it already knows the task
+CONTINUE_EPOCHS = 4
+
+# the strategies the Slicer panel offers (any name `medtransfer train --strategy` accepts works too)
+STRATEGY_PRESETS = ["auto", "finetune", "frozen", "partial:2", "gradual", "discriminative",
+                    "gradual+discriminative", "bn-only", "adabn"]

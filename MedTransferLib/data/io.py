@@ -1,0 +1,235 @@
+"""Reading images and label maps (NIfTI, NRRD, MHA, DICOM series) into :class:`Case`, and writing
+label maps back in the input's exact geometry. SimpleITK does the file formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from MedTransferLib.core.case import IGNORE, Case, Geometry
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.core.files import atomic_path
+
+SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a folder holding one DICOM series"
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def geometry_of(img) -> Geometry:
+    return Geometry(tuple(int(s) for s in img.GetSize()), tuple(float(s) for s in img.GetSpacing()),
+                    tuple(float(o) for o in img.GetOrigin()), tuple(float(d) for d in img.GetDirection()))
+
+
+def _read_sitk(path: Path, what: str):
+    sitk = _sitk()
+    if not path.exists():
+        raise MedTransferError(f"{what} '{path}' does not exist; check the path (relative paths in a "
+                               f"datalist are relative to the datalist's folder)")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise MedTransferError(f"{what} '{path}' is a folder with no DICOM series; give a "
+                                       f"file ({SUPPORTED})")
+            if len(series) > 1:
+                raise MedTransferError(f"{what} '{path}' holds {len(series)} DICOM series; put each "
+                                       f"series in its own folder")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except MedTransferError:
+        raise
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "ERROR" in line or "exception" in line.lower()), "")
+        raise MedTransferError(f"{what} '{path}' could not be read (truncated, corrupt or not an "
+                               f"image?{' ' + detail.strip()[:160] if detail else ''}); re-export "
+                               f"it as {SUPPORTED}") from None
+
+
+def _nifti_truncated(path: Path) -> str | None:
+    """Why a .nii/.nii.gz file is shorter than its header says, or None.
+
+    ITK reads a truncated NIfTI without complaint (missing voxels become zeros), so the data
+    length is checked against the header here.
+    """
+    import gzip
+    import struct
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+            if len(head) < 348:
+                return "header is incomplete"
+            for endian in "<>":
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size == 348:
+                    dims = struct.unpack(endian + "8h", head[40:56])
+                    bitpix = struct.unpack(endian + "h", head[72:74])[0]
+                    offset = int(struct.unpack(endian + "f", head[108:112])[0])
+                    break
+                if size == 540:
+                    bitpix = struct.unpack(endian + "h", head[14:16])[0]
+                    dims = struct.unpack(endian + "8q", head[16:80])
+                    offset = struct.unpack(endian + "q", head[168:176])[0]
+                    break
+            else:
+                return None  # not a NIfTI header we know: let ITK judge
+            n = int(np.prod([max(1, d) for d in dims[1:1 + max(1, min(7, dims[0]))]]))
+            needed = offset + n * bitpix // 8
+            have = len(head)
+            while have < needed:
+                block = f.read(min(1 << 22, needed - have))
+                if not block:
+                    break
+                have += len(block)
+    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+        return f"compressed stream is broken ({type(exc).__name__})"
+    return None if have >= needed else f"holds {have} of {needed} bytes"
+
+
+def read_image(path, what: str = "image") -> tuple[np.ndarray, Geometry]:
+    """Read a 3D scalar image; return ``(array (k, j, i), geometry)``.
+
+    Example:
+        >>> arr, geo = read_image("ch2.nii.gz")  # doctest: +SKIP
+    """
+    path = Path(path)
+    img = _read_sitk(path, what)
+    if path.is_file() and (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        why = _nifti_truncated(path)
+        if why:
+            raise MedTransferError(f"{what} '{path}' could not be read: the file is truncated or "
+                                   f"corrupt ({why}); copy or export it again")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise MedTransferError(f"{what} '{path}' has {img.GetNumberOfComponentsPerPixel()} "
+                               f"components per voxel (colour or vector image); give one scalar "
+                               f"3D volume per file")
+    if img.GetDimension() != 3:
+        kind = "2D" if img.GetDimension() == 2 else f"{img.GetDimension()}D"
+        fix = ("stack the slices into a 3D volume" if img.GetDimension() == 2
+               else "split it into 3D volumes (one per time point or channel)")
+        raise MedTransferError(f"{what} '{path}' is a {kind} image of size {img.GetSize()}; "
+                               f"MedTransfer needs a 3D volume: {fix}")
+    if min(img.GetSize()) < 1:
+        raise MedTransferError(f"{what} '{path}' is empty (size {img.GetSize()})")
+    return _sitk().GetArrayFromImage(img), geometry_of(img)
+
+
+def read_case(image, label=None, case_id: str | None = None, labelled_slices=None,
+              slice_axis: int = 2, label_values=None) -> Case:
+    """Read an image (and optionally its label map) into a :class:`Case`.
+
+    ``image`` may be a list of files on one voxel grid (T1 + T2, CT + PET): the case then holds
+    a ``(C, k, j, i)`` array, one channel per file, in that order.
+
+    ``labelled_slices``: indices along voxel axis ``slice_axis`` that were labelled; every other
+    slice becomes :data:`IGNORE`. ``label_values``: the values the label map may hold (others are
+    an error); 0 is background and 255 means unlabelled.
+
+    Example:
+        >>> case = read_case("ch2.nii.gz", "labels.nii.gz", labelled_slices=[50, 60])  # doctest: +SKIP
+    """
+    paths = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not paths:
+        raise MedTransferError("no image given")
+    channels, geo = [], None
+    for path in paths:
+        arr, g = read_image(path, "image")
+        arr = np.asarray(arr)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise MedTransferError(f"image '{path}' has non-numeric voxels ({arr.dtype})")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise MedTransferError(f"image '{path}' has {int((~finite).sum())} NaN/Inf voxels; fix or "
+                                   f"mask them before use (e.g. replace with the background value)")
+        if geo is None:
+            geo = g
+        elif geo.matches(g):
+            raise MedTransferError(f"image '{path}' is not on the voxel grid of '{paths[0]}' "
+                                   f"({'; '.join(geo.matches(g))}); the images of one case (T1 + T2, "
+                                   f"CT + PET) must share a grid: resample them onto the first "
+                                   f"(Slicer: Resample Scalar/Vector/DWI Volume)")
+        with np.errstate(over="ignore"):
+            arr32 = arr.astype(np.float32, copy=False)
+        if arr32.dtype != arr.dtype and not np.isfinite(arr32).all():
+            raise MedTransferError(f"image '{path}' has values beyond the float32 range (±3.4e38; here "
+                                   f"{float(np.min(arr)):.3g} … {float(np.max(arr)):.3g}); rescale it to "
+                                   f"physical units (HU, or a normal MR range) before use")
+        channels.append(arr32)
+    image = paths[0]
+    case = Case(channels[0] if len(channels) == 1 else np.stack(channels), geo, None,
+                case_id or Path(str(image)).name.split(".")[0],
+                {"image_path": str(image) if len(paths) == 1 else [str(p) for p in paths]})
+    if label is None:
+        return case
+    lab, lgeo = read_image(label, "label map")
+    problems = geo.matches(lgeo)
+    if problems:
+        raise MedTransferError(f"label map '{label}' is not on the image's voxel grid ("
+                               f"{'; '.join(problems)} for label vs image '{image}'); resample the "
+                               f"label onto the image (Slicer: Resample Image (BRAINS) with "
+                               f"nearest neighbour, or export the segmentation with the image as "
+                               f"reference)")
+    if np.issubdtype(lab.dtype, np.floating):
+        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
+            raise MedTransferError(f"label map '{label}' has non-integer values; save it as an "
+                                   f"integer label map")
+    lab = lab.astype(np.int64)
+    if label_values is not None:
+        allowed = set(int(v) for v in label_values) | {0, IGNORE}
+        present = set(np.unique(lab).tolist())
+        extra = sorted(present - allowed)
+        if extra:
+            raise MedTransferError(f"label map '{label}' holds values {extra[:10]} that the "
+                                   f"datalist's 'labels' do not name (named: {sorted(allowed - {IGNORE})}); "
+                                   f"add them to 'labels' or relabel them to 0")
+    if labelled_slices is not None:
+        idx = [int(s) for s in labelled_slices]
+        n = geo.size[slice_axis]
+        bad = [s for s in idx if not 0 <= s < n]
+        if bad:
+            raise MedTransferError(f"labelled_slices {bad[:5]} for '{label}' are outside 0..{n - 1} "
+                                   f"along voxel axis {slice_axis}")
+        keep = np.zeros(n, bool)
+        keep[idx] = True
+        shape = [1, 1, 1]
+        shape[2 - slice_axis] = n
+        lab = np.where(keep.reshape(shape), lab, IGNORE)
+    case.label = lab.astype(np.uint8 if lab.max() <= 255 else np.int32, copy=False)
+    case.meta["label_path"] = str(label)
+    return case
+
+
+def write_label(path, label: np.ndarray, geometry: Geometry) -> Path:
+    """Write a label map in ``geometry`` (atomically); the format follows the file name."""
+    sitk = _sitk()
+    dtype = np.uint8 if label.max(initial=0) <= 255 else np.uint16
+    img = sitk.GetImageFromArray(np.ascontiguousarray(label.astype(dtype)))
+    img.SetSpacing(geometry.spacing)
+    img.SetOrigin(geometry.origin)
+    img.SetDirection(geometry.direction)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), True)
+    return path
+
+
+def write_image(path, image: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
+    """Write a scalar volume in ``geometry`` (atomically; ``compress=False`` for exchange files
+    another process reads at once, where gzip costs more than the disk it saves)."""
+    sitk = _sitk()
+    img = sitk.GetImageFromArray(np.ascontiguousarray(image))
+    img.SetSpacing(geometry.spacing)
+    img.SetOrigin(geometry.origin)
+    img.SetDirection(geometry.direction)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), compress)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""Stage 6 — using a package: whole-volume segmentation, classification, export."""

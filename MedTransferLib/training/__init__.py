@@ -1,0 +1,2 @@
+"""Stage 7 — training: settings, the loss, transfer strategies, the advisor, the loop and its
+hooks, and one skeleton for segmentation and classification."""

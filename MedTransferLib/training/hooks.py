@@ -1,0 +1,176 @@
+"""The parts of a training run around the loop, each testable alone (the idea of MONAI's
+handlers): the training step with mixed precision and out-of-memory handling, AdaBN before the
+first epoch, validation with early stopping, and (in :mod:`.checkpoints`) the resumable state.
+
+The loop (:func:`.loop.fit`) owns a :class:`LoopState` and calls every hook's ``start`` once,
+``epoch_end`` after each epoch (in the order given: validation before the checkpoint, so the
+checkpoint holds the epoch's score) and ``should_stop`` after the epoch's event."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from MedTransferLib.core import distributed
+from MedTransferLib.core.device import autocast
+
+
+@dataclass
+class Validation:
+    score: float                                # higher is better
+    record: dict = field(default_factory=dict)  # stored in the epoch's history entry
+    event: dict = field(default_factory=dict)   # extra fields of the 'validation' event
+
+
+@dataclass
+class LoopState:
+    """What the loop and its hooks share."""
+
+    model: torch.nn.Module
+    strategy: object
+    opt: object                   # training.optim.Optimisation
+    reporter: object
+    metric: str = "val_score"     # the validation score's name in records and events
+    epoch: int = 0
+    first_epoch: int = 1
+    step: int = 0
+    history: list = field(default_factory=list)
+    record: dict = field(default_factory=dict)   # the current epoch's history entry
+    best: float = -math.inf
+    best_state: dict | None = None
+    stale: int = 0                # epochs since the score last improved
+    resumed: bool = False         # restored from a checkpoint (AdaBN already in the weights)
+    validating: bool = False
+
+
+class Hook:
+    resuming = False   # restores a saved run at start
+
+    def start(self, s: LoopState) -> None: ...
+
+    def epoch_end(self, s: LoopState) -> None: ...
+
+    def should_stop(self, s: LoopState) -> bool:
+        return False
+
+    def step_end(self, s: LoopState) -> bool:
+        """After every step; True ends the run now (the epoch is closed and scored as usual)."""
+        return False
+
+
+class TimeBudget(Hook):
+    """Ends training once the next step would not finish within ``seconds`` of the loop's start
+    (the step time is the longest seen so far), so a run given a budget keeps it and still writes
+    a valid package; writing the package and its references comes after."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.clock = float(seconds), clock
+        self.spent = False
+
+    def start(self, s: LoopState) -> None:
+        self.t0 = self.last = self.clock()
+        self.longest = 0.0
+
+    def step_end(self, s: LoopState) -> bool:
+        now = self.clock()
+        self.longest, self.last = max(self.longest, now - self.last), now
+        if now - self.t0 + self.longest <= self.seconds:
+            return False
+        self.spent = True
+        s.reporter.emit("note", message=f"time budget: stopping after step {s.step} "
+                                        f"({now - self.t0:.0f} of {self.seconds:g} s)")
+        return True
+
+    def should_stop(self, s: LoopState) -> bool:
+        return self.spent
+
+
+class TrainStep:
+    """One optimisation step: forward under autocast (bf16, or fp16 with a gradient scaler, on
+    CUDA; nothing on the CPU), the loss in float32, backward, gradients averaged across processes
+    (torchrun), the optimizer step. Out of memory → :class:`~MedTransferLib.core.errors.OutOfMemory`
+    naming the batch, with the gradients dropped and CUDA's cache emptied so the device stays
+    usable (``--oom-retry`` then halves the batch: :mod:`.run`)."""
+
+    def __init__(self, model, loss_fn: Callable, optimizer, device: torch.device):
+        self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        try:
+            with autocast(self.device):
+                out = self.model(x)
+            loss = self.loss_fn(out.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            distributed.average_gradients(self.model)    # torchrun: every process, the same step
+        except torch.OutOfMemoryError:
+            from MedTransferLib.core.errors import OutOfMemory
+
+            out = loss = None
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()   # leave the GPU usable (Slicer, the next run)
+            raise OutOfMemory(len(x), tuple(x.shape), str(self.device)) from None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
+
+
+class AdaBNFirst(Hook):
+    """For a strategy that re-estimates BatchNorm statistics before training (``adabn``):
+    the encoder's running statistics from ``inputs()`` (label-free batches of the training
+    images). Skipped on resume: the statistics are in the saved weights."""
+
+    def __init__(self, inputs: Callable, device: torch.device):
+        self.inputs, self.device = inputs, device
+
+    def start(self, s: LoopState) -> None:
+        if s.resumed or not getattr(s.strategy, "adapt_bn_first", False):
+            return
+        from MedTransferLib.shift.adabn import adapt_bn
+        from MedTransferLib.training.strategies import encoder_stages
+
+        n = adapt_bn(s.model, (x.to(self.device) for x in self.inputs()), encoder_stages(s.model))
+        s.reporter.emit("note", message=f"AdaBN: re-estimated the running statistics of {n} encoder "
+                                        f"BatchNorm layers on the training images (no labels used)")
+
+
+class EarlyStopping(Hook):
+    """Scores the model after every epoch (``validate()``), keeps the best weights (restored by
+    the loop at the end), calls ``on_best(history, epoch, score)`` at each improvement (e.g. to
+    write a checkpoint package) and stops after ``patience`` epochs without one."""
+
+    def __init__(self, validate: Callable[[], Validation], patience: int,
+                 on_best: Callable[[list, int, float], None] | None = None):
+        self.validate, self.patience, self.on_best = validate, patience, on_best
+
+    def start(self, s: LoopState) -> None:
+        s.validating = True
+
+    def epoch_end(self, s: LoopState) -> None:
+        v = self.validate()
+        improved = v.score > s.best
+        s.record.update({s.metric: v.score, **v.record})
+        s.reporter.emit("validation", epoch=s.epoch, **{s.metric: v.score}, best=improved,
+                        train_loss=s.record["train_loss"], **v.event)
+        if improved:
+            s.best, s.stale = v.score, 0
+            s.best_state = {k: t.detach().cpu().clone() for k, t in s.model.state_dict().items()}
+            if self.on_best is not None:
+                self.on_best(list(s.history), s.epoch, s.best)
+        else:
+            s.stale += 1
+
+    def should_stop(self, s: LoopState) -> bool:
+        if s.stale < self.patience:
+            return False
+        name = s.metric.replace("val_", "validation ").replace("_", " ")
+        s.reporter.emit("note", message=f"early stop: {name} did not improve for {self.patience} epochs "
+                                        f"(best {s.best:.3f})")
+        return True

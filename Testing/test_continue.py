@@ -1,0 +1,88 @@
+"""Continuing a trained model (`--from`) and training to a time budget (`--max-seconds`)."""
+
+import json
+
+import pytest
+import torch
+from conftest import blob_volume, write_volume
+
+import MedTransferLib as mt
+from MedTransferLib.app.cli import main
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.package.store import ModelPackage
+
+TINY = dict(backbone="resnet18", weights=None, strategy="finetune", epochs=2, steps_per_epoch=2, batch_size=2,
+            patch=64, val_fraction=0)
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """Two synthetic cases (the suite's blobs) and a tiny model trained on them."""
+    folder = tmp_path_factory.mktemp("blobs")
+    entries = []
+    for i in range(2):
+        image, label = blob_volume(seed=i)
+        write_volume(folder / f"img{i}.nii.gz", image, (0.8, 0.8, 2.0))
+        write_volume(folder / f"lab{i}.nii.gz", label, (0.8, 0.8, 2.0))
+        entries.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"})
+    datalist = folder / "dataset.json"
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "bright", "2": "dim"}, "modality": "MR",
+                                    "training": entries}))
+    return datalist, mt.train(datalist, folder / "first", reporter=Reporter(stream=None, bar=False), **TINY)
+
+
+def _weights(package):
+    return ModelPackage.load(package).state_dict()
+
+
+def test_from_starts_with_the_whole_earlier_network(first, tmp_path):
+    datalist, run = first
+    events = []
+    # a learning rate so small that one step leaves every weight where it started: what the run
+    # starts from is then what it ends with
+    cont = mt.train(datalist, tmp_path / "more", reporter=Reporter(sink=events.append, stream=None, bar=False),
+                    **dict(TINY, init_from=str(run.package.parent), strategy="auto", epochs=1, steps_per_epoch=1,
+                           lr=1e-12, weight_decay=0.0))
+    before, after = _weights(run.package), _weights(cont.package)
+    weights = [k for k in before if "running" not in k and "num_batches" not in k]
+    assert len(weights) > 50 and any(k.startswith("head") or "decoder" in k for k in weights)
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in weights)
+    fresh = mt.train(datalist, tmp_path / "fresh", reporter=Reporter(stream=None, bar=False),
+                     **dict(TINY, epochs=1, steps_per_epoch=1, lr=1e-12, weight_decay=0.0))
+    assert not all(torch.allclose(before[k], _weights(fresh.package)[k], atol=1e-6) for k in weights)
+    m = ModelPackage.load(cont.package).manifest
+    assert m.training["init_from"] == str(run.package.parent) and m.strategy["strategy"] == "finetune"
+    assert m.preprocessing == ModelPackage.load(run.package).manifest.preprocessing
+    assert "continuing a model trained on this task" in next(e["message"] for e in events
+                                                              if e["event"] == "note" and "auto →" in e["message"])
+
+
+def test_from_refuses_other_structures_or_settings(first, tmp_path):
+    datalist, run = first
+    data = json.loads(datalist.read_text())
+    data["labels"] = {"0": "background", "1": "bright", "2": "faint"}
+    renamed = datalist.with_name("renamed.json")
+    renamed.write_text(json.dumps(data))
+    with pytest.raises(mt.MedTransferError, match=r"learnt \[\(1, 'bright'\), \(2, 'dim'\)\].*--backbone package:"):
+        mt.train(renamed, tmp_path / "a", **dict(TINY, init_from=str(run.package)))
+    with pytest.raises(mt.MedTransferError, match="trained with slices 3; continue it with the same settings "
+                                                  r"\(slices 5 given\)"):
+        mt.train(datalist, tmp_path / "b", **dict(TINY, init_from=str(run.package), slices=5))
+
+
+def test_the_cli_continues_with_a_short_schedule_and_keeps_a_time_budget(first, tmp_path, capsys):
+    datalist, run = first
+    args = ["train", "--datalist", str(datalist), "--backbone", "resnet18", "--weights", "none", "--batch-size", "2",
+            "--patch", "64", "--val-fraction", "0", "--steps-per-epoch", "1", "--progress", "json"]
+    assert main(args + ["--out", str(tmp_path / "cont"), "--from", str(run.package.parent)]) == 0
+    m = ModelPackage.load(tmp_path / "cont").manifest
+    assert m.training["epochs"] == 4 and m.metrics["epochs_run"] == 4
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "budget"), "--epochs", "50", "--max-seconds", "0.01"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    pkg = ModelPackage.load(tmp_path / "budget")
+    assert pkg.manifest.metrics["steps_run"] == 1 and pkg.manifest.metrics["stopped_early"]
+    assert pkg.manifest.complete and any("time budget" in e.get("message", "") for e in events)
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "x"), "--max-seconds", "abc"])
+    assert main(args + ["--out", str(tmp_path / "y"), "--max-seconds", "-1"]) == 2

@@ -1,0 +1,221 @@
+"""The training loop's hooks, each alone, on a tiny network: the step, early stopping, AdaBN,
+checkpoints — and the loop calling them in order."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from MedTransferLib.core.errors import OutOfMemory
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.training.checkpoints import Checkpoints
+from MedTransferLib.training.hooks import (
+    AdaBNFirst,
+    EarlyStopping,
+    Hook,
+    LoopState,
+    TrainStep,
+    Validation,
+)
+from MedTransferLib.training.loop import fit
+from MedTransferLib.training.optim import Optimisation
+from MedTransferLib.training.strategies import get_strategy
+
+
+class Events(Reporter):
+    def __init__(self):
+        super().__init__(stream=None, bar=False)
+        self.seen = []
+
+    def emit(self, event, **fields):
+        self.seen.append((event, fields))
+
+
+def _state(model=None, metric="val_dice"):
+    model = model or torch.nn.Linear(2, 2)
+    return LoopState(model, SimpleNamespace(adapt_bn_first=False), None, Events(), metric)
+
+
+def test_the_step_is_plain_adamw_on_the_cpu():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    twin = torch.nn.Linear(3, 2)
+    twin.load_state_dict(net.state_dict())
+    w0 = net.weight.detach().clone()
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    step = TrainStep(net, torch.nn.functional.cross_entropy, torch.optim.AdamW(net.parameters(), lr=0.1),
+                     torch.device("cpu"))
+    loss = step(x, y)
+    ref_opt = torch.optim.AdamW(twin.parameters(), lr=0.1)
+    ref = torch.nn.functional.cross_entropy(twin(x), y)
+    ref.backward()
+    ref_opt.step()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()))
+    assert torch.equal(net.weight, twin.weight) and not torch.equal(net.weight, w0)
+
+
+def test_out_of_memory_becomes_a_named_error_and_drops_the_gradients():
+    class Hungry(torch.nn.Linear):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CPU out of memory")
+
+    net = Hungry(3, 2)
+    net.weight.grad = torch.ones_like(net.weight)
+    step = TrainStep(net, torch.nn.functional.cross_entropy, torch.optim.AdamW(net.parameters()), torch.device("cpu"))
+    with pytest.raises(OutOfMemory, match="batch of 5"):
+        step(torch.zeros(5, 3), torch.zeros(5, dtype=torch.long))
+    assert net.weight.grad is None
+
+
+def test_early_stopping_keeps_the_best_calls_on_best_and_stops_after_patience():
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])
+    calls = []
+    hook = EarlyStopping(lambda: Validation(next(scores), {"extra": 1}), patience=2,
+                         on_best=lambda hist, epoch, best: calls.append((len(hist), epoch, best)))
+    s = _state()
+    hook.start(s)
+    stops = []
+    for epoch in range(1, 5):
+        s.epoch, s.record = epoch, {"epoch": epoch, "train_loss": 1.0}
+        s.history.append(s.record)
+        with torch.no_grad():
+            s.model.weight.fill_(epoch)
+        hook.epoch_end(s)
+        stops.append(hook.should_stop(s))
+    assert calls == [(1, 1, 0.5), (2, 2, 0.7)]
+    assert stops == [False, False, False, True] and s.best == 0.7 and s.stale == 2
+    assert torch.all(s.best_state["weight"] == 2)       # the weights of epoch 2
+    assert s.history[2] == {"epoch": 3, "train_loss": 1.0, "val_dice": 0.6, "extra": 1}
+    assert s.reporter.seen[-1][1]["message"].startswith("early stop: validation dice did not improve for 2")
+
+
+def test_adabn_runs_once_and_not_on_resume():
+    torch.manual_seed(0)
+    class Net(torch.nn.Sequential):
+        def stages(self):
+            return [self]
+
+    net = Net(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    batches = [torch.randn(4, 1, 8, 8) * 3 + 5 for _ in range(2)]
+    hook = AdaBNFirst(lambda: iter(batches), torch.device("cpu"))
+    s = _state(net)
+    s.strategy = SimpleNamespace(adapt_bn_first=True)
+    s.resumed = True
+    hook.start(s)
+    assert torch.equal(net[1].running_mean, torch.zeros(2))       # resumed: untouched
+    s.resumed = False
+    hook.start(s)
+    with torch.no_grad():
+        expected = torch.stack([net[0](b).mean((0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(net[1].running_mean, expected, atol=1e-5)
+
+
+def test_checkpoints_restore_what_they_saved(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=4, steps_per_epoch=2, warmup_fraction=0.05)
+    strategy = get_strategy("finetune")
+    opt = Optimisation(net, strategy, config)
+    rng = np.random.default_rng(7)
+    rng.random(3)
+    s = LoopState(net, strategy, opt, Events(), epoch=2, step=4, stale=1, best=0.5,
+                  history=[{"epoch": 1}, {"epoch": 2}], best_state={"weight": torch.ones(2, 3), "bias": torch.zeros(2)})
+    Checkpoints(tmp_path / "state", [rng]).epoch_end(s)
+    expected_draw = rng.random()
+
+    net2 = torch.nn.Linear(3, 2)
+    rng2 = np.random.default_rng(0)
+    hook = Checkpoints(tmp_path / "state", [rng2], resume=True)
+    assert hook.resuming
+    s2 = LoopState(net2, strategy, Optimisation(net2, strategy, config), Events())
+    hook.start(s2)
+    assert s2.first_epoch == 3 and s2.step == 4 and s2.stale == 1 and s2.best == 0.5
+    assert s2.history == [{"epoch": 1}, {"epoch": 2}] and torch.equal(s2.best_state["weight"], torch.ones(2, 3))
+    assert torch.equal(net2.weight, net.weight) and rng2.random() == expected_draw
+    assert not Checkpoints(tmp_path / "fresh", []).resuming
+
+
+def test_the_loop_calls_hooks_in_order_and_restores_the_best_weights():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=3, steps_per_epoch=2, warmup_fraction=0.05)
+    strategy = get_strategy("finetune")
+    order = []
+
+    class Spy(Hook):
+        def __init__(self, name):
+            self.name = name
+
+        def start(self, s):
+            order.append(("start", self.name))
+
+        def epoch_end(self, s):
+            order.append((s.epoch, self.name, len(s.history)))
+
+    scores = iter([0.9, 0.1, 0.2])
+    weights_at_best = {}
+
+    def validate():
+        weights_at_best.setdefault("w", net.weight.detach().clone())
+        return Validation(next(scores))
+
+    history, metrics = fit(net, strategy, Optimisation(net, strategy, config), config, torch.device("cpu"),
+                           lambda: (torch.randn(4, 3), torch.tensor([0, 1, 0, 1])), torch.nn.functional.cross_entropy,
+                           Events(), "val_x", [Spy("a"), EarlyStopping(validate, patience=5), None, Spy("b")])
+    assert order[:2] == [("start", "a"), ("start", "b")]
+    assert order[2:] == [(e, n, e) for e in (1, 2, 3) for n in ("a", "b")]
+    assert metrics["best_val_x"] == 0.9 and metrics["steps_run"] == 6 and not metrics["stopped_early"]
+    assert torch.equal(net.weight, weights_at_best["w"])   # epoch 1's weights are back
+    assert [h["val_x"] for h in history] == [0.9, 0.1, 0.2]
+
+
+def test_without_validation_there_is_no_best_score_and_adabn_strategies_need_their_hook():
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=1, steps_per_epoch=1, warmup_fraction=0.05)
+    strategy = get_strategy("finetune")
+    batch = lambda: (torch.randn(2, 3), torch.tensor([0, 1]))  # noqa: E731
+    _, metrics = fit(net, strategy, Optimisation(net, strategy, config), config, torch.device("cpu"), batch,
+                     torch.nn.functional.cross_entropy, Events(), "val_x")
+    assert metrics["best_val_x"] is None and math.isfinite(metrics["train_seconds"])
+    adabn = SimpleNamespace(adapt_bn_first=True)
+    with pytest.raises(ValueError, match="AdaBNFirst"):
+        fit(net, adabn, None, config, torch.device("cpu"), batch, None, Events())
+
+
+def test_the_time_budget_stops_before_a_step_would_overrun_it():
+    from MedTransferLib.training.hooks import TimeBudget
+
+    ticks = iter([0.0, 1.0, 2.0, 3.5, 4.0])   # start, then the end of each step
+    budget = TimeBudget(5.0, clock=lambda: next(ticks))
+    s = _state()
+    budget.start(s)
+    ends = []
+    for step in range(1, 5):
+        s.step = step
+        ends.append(budget.step_end(s))
+    # after step 3 (3.5 s, longest step 1.5 s) a fourth would end at 5.0: still in; after step 4
+    # (4.0 s) the next would end at 5.5: stop
+    assert ends == [False, False, False, True] and budget.should_stop(s)
+    assert "after step 4 (4 of 5 s)" in s.reporter.seen[-1][1]["message"]
+
+
+def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=3, steps_per_epoch=4, warmup_fraction=0.05)
+    strategy = get_strategy("finetune")
+
+    class AfterSix(Hook):
+        def step_end(self, s):
+            return s.step == 6
+
+        def should_stop(self, s):
+            return s.step == 6
+
+    history, metrics = fit(net, strategy, Optimisation(net, strategy, config), config, torch.device("cpu"),
+                           lambda: (torch.randn(4, 3), torch.tensor([0, 1, 0, 1])), torch.nn.functional.cross_entropy,
+                           Events(), "val_x", [EarlyStopping(lambda: Validation(0.5), patience=9), AfterSix()])
+    assert metrics["steps_run"] == 6 and metrics["epochs_run"] == 2 and metrics["stopped_early"]
+    assert [h["val_x"] for h in history] == [0.5, 0.5]

@@ -1,0 +1,170 @@
+"""A simulated annotator: MedTransfer's interactive loop against Slicer's *Fill between slices*
+(ITK's MorphologicalContourInterpolator) at the same labelled slices.
+
+On the sample task (Colin27 T1, 8 AAL deep grey-matter structures) the annotator labels a few
+axial slices, then more in rounds. Each round, on exactly the same labelled slices:
+
+- **Fill between slices**: ITK's MorphologicalContourInterpolator along the axial axis, as the
+  Segment Editor effect runs it (every structure interpolated between the slices that hold it);
+- **MedTransfer**: the first round trains from the pretrained encoder for ``--first-seconds``
+  (a time budget, default 60 s); each later round continues the previous model (``--from``) for
+  ``--update-seconds`` on the enlarged set of labelled slices.
+
+Both are scored by Dice on the never-labelled slices (mean and worst structure); the update's
+wall-clock time (training + prediction of the whole volume) is recorded.
+
+    .venv/bin/pip install itk-morphologicalcontourinterpolation      # the bench's one extra
+    .venv/bin/python bench/interactive.py --out runs/bench_interactive [--budgets 3 5 8 12 19]
+                     [--order even|random] [--first-seconds 60] [--update-seconds 60]
+
+Writes ``results.json`` and ``dice_vs_slices.png`` in --out, prints a Markdown table with the
+CPU model and its vector extensions. Not a test: ~10 min on 2 CPU cores with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def cpu() -> str:
+    """The CPU model and whether it has AVX-512 or only AVX2 (the same step can take 4× longer)."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    vec = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name}, {os.cpu_count()} cores, {vec}"
+
+
+def choose(head: np.ndarray, n: int, order: str, seed: int, have: list[int]) -> list[int]:
+    """``n`` axial slices over the head's extent: evenly spaced, or the ones already labelled plus
+    random new ones (an annotator adding slices)."""
+    lo, hi = int(head[0]), int(head[-1])
+    if order == "even":
+        return sorted({int(round(v)) for v in np.linspace(lo, hi, n)})
+    rng = np.random.default_rng(seed + n)
+    pool = [s for s in range(lo, hi + 1) if s not in have]
+    return sorted(set(have) | set(rng.choice(pool, n - len(have), replace=False).tolist()))
+
+
+def fill_between_slices(label: np.ndarray, labelled: list[int]) -> np.ndarray:
+    """Slicer's Fill between slices: ITK's morphological contour interpolation along the axial
+    axis (ITK index 2 = the array's first axis), every label value on its own."""
+    import itk
+
+    sparse = np.zeros_like(label, dtype=np.uint8)
+    sparse[labelled] = label[labelled]
+    image = itk.image_from_array(sparse)
+    return itk.array_from_image(itk.morphological_contour_interpolator(image, axis=2)).astype(label.dtype)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="runs/bench_interactive")
+    p.add_argument("--budgets", type=int, nargs="+", default=[3, 5, 8, 12, 19])
+    p.add_argument("--order", choices=["even", "random"], default="even")
+    p.add_argument("--first-seconds", type=float, default=60.0)
+    p.add_argument("--update-seconds", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+
+    import MedTransferLib as mt
+    from MedTransferLib.core.defaults import CONTINUE_EPOCHS
+    from MedTransferLib.core.files import write_json
+    from MedTransferLib.core.labels import Label
+    from MedTransferLib.core.progress import Reporter
+    from MedTransferLib.data.metrics import evaluate, summary
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    datalist = mt.sample_data()
+    data = json.loads(Path(datalist).read_text())
+    entry = data["training"][0]
+    root = Path(datalist).parent
+    case = mt.read_case(root / entry["image"], root / entry["label"])
+    labels = [Label(int(k), v, (0.5, 0.5, 0.5)) for k, v in data["labels"].items() if int(k) > 0]
+    ref = case.label                                        # (k, j, i): k is axial
+    head = np.flatnonzero((case.image > np.percentile(case.image, 60)).any(axis=(1, 2)))
+    rows, previous, have = [], None, []
+    for n in a.budgets:
+        labelled = choose(head, n, a.order, a.seed, have)
+        have = labelled
+        held_out = [s for s in range(ref.shape[0]) if s not in set(labelled)]
+        t0 = time.perf_counter()
+        filled = fill_between_slices(ref, labelled)
+        itk_s = time.perf_counter() - t0
+        fill = summary(evaluate(filled, ref, labels, case.geometry, held_out, axis=2))
+
+        round_dl = out / f"round{n}.json"
+        round_data = dict(data, training=[dict(entry, image=str((root / entry["image"]).resolve()),
+                                               label=str((root / entry["label"]).resolve()),
+                                               labelled_slices=labelled, slice_axis=2)])
+        write_json(round_dl, round_data)
+        kw = (dict(init_from=str(previous), epochs=CONTINUE_EPOCHS, max_seconds=a.update_seconds)
+              if previous else dict(max_seconds=a.first_seconds))
+        t0 = time.perf_counter()
+        run = mt.train(round_dl, out / f"run{n}", reporter=Reporter(stream=None, bar=False), **kw)
+        pred = mt.predict(run.package, case)
+        update_s = time.perf_counter() - t0
+        ours = summary(evaluate(pred.label, ref, labels, case.geometry, held_out, axis=2))
+        previous = run.package
+        row = {"labelled": len(labelled), "slices": labelled, "medtransfer_mean": ours["mean_dice"],
+               "medtransfer_worst": ours["min_dice"], "fill_mean": fill["mean_dice"], "fill_worst": fill["min_dice"],
+               "update_seconds": round(update_s, 1), "steps": run.metrics["steps_run"],
+               "fill_seconds": round(itk_s, 2)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"machine": cpu(), "date": datetime.date.today().isoformat(), "order": a.order,
+              "first_seconds": a.first_seconds, "update_seconds": a.update_seconds, "rounds": rows}
+    write_json(out / "results.json", result)
+    print(f"\nMeasured {result['date']} on {result['machine']}; order {a.order}, first training "
+          f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--from the previous round).\n")
+    print("| labelled slices | MedTransfer mean / worst | Fill between slices mean / worst | update (s) | steps |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['labelled']} | {r['medtransfer_mean']:.3f} / {r['medtransfer_worst']:.3f} | "
+              f"{r['fill_mean']:.3f} / {r['fill_worst']:.3f} | {r['update_seconds']:.0f} | {r['steps']} |")
+    plot(rows, out / "dice_vs_slices.png")
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["labelled"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [r["medtransfer_mean"] for r in rows], "o-", label="MedTransfer, mean")
+    ax.plot(x, [r["medtransfer_worst"] for r in rows], "o--", label="MedTransfer, worst structure")
+    ax.plot(x, [r["fill_mean"] for r in rows], "s-", label="Fill between slices, mean")
+    ax.plot(x, [r["fill_worst"] for r in rows], "s--", label="Fill between slices, worst structure")
+    ax.set_xlabel("labelled axial slices")
+    ax.set_ylabel("Dice on never-labelled slices")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
