@@ -436,3 +436,41 @@ def test_3d_patch_origins_jitter_a_quarter_each_way_and_stay_in_the_volume():
     shallow = _origins_3d(6, (3, 30, 30), (8, 32, 32))
     # 6 slices, 8-slice patches: the volume sits anywhere from plane 0 to plane 2 of the patch
     assert (shallow[:, 0].min(), shallow[:, 0].max()) == (-2, 0)
+
+
+def test_adabn_inputs_in_2_5d_are_padded_slabs_spread_over_the_volume():
+    from MedTransferLib.data.preprocessing import Preprocessing
+    from MedTransferLib.data.sampling import bn_inputs_2d
+
+    image = np.random.default_rng(0).normal(size=(10, 20, 30)).astype(np.float32)
+    prep = Preprocessing(target_mean=(0.5,), target_std=(2.0,))
+    batches = [b.numpy() for b in bn_inputs_2d(image, 3, prep, max_slices=4, batch_size=3)]
+    assert [b.shape for b in batches] == [(3, 3, 32, 32), (1, 3, 32, 32)]
+    expected = []
+    for s in (0, 3, 6, 9):                            # np.linspace(0, 9, 4) rounded
+        slab = image[[max(0, s - 1), s, min(9, s + 1)]]
+        expected.append(np.pad(slab, ((0, 0), (0, 12), (0, 2)), mode="edge") * 2.0 + 0.5)
+    np.testing.assert_allclose(np.concatenate(batches), np.stack(expected), rtol=1e-6)
+
+
+def test_adabn_inputs_in_3d_are_seeded_random_patches_padded_with_the_minimum():
+    from MedTransferLib.data.preprocessing import Preprocessing
+    from MedTransferLib.data.sampling import bn_inputs_3d
+
+    image = np.random.default_rng(1).normal(size=(10, 12, 14)).astype(np.float32)
+    prep = Preprocessing(target_mean=(0.5,), target_std=(2.0,))
+    patch = (8, 16, 8)                                # taller than the image along the second axis
+    batches = [b.numpy() for b in bn_inputs_3d(image, patch, prep, count=5, batch_size=2, seed=3)]
+    assert [b.shape for b in batches] == [(2, 1, 8, 16, 8), (2, 1, 8, 16, 8), (1, 1, 8, 16, 8)]
+    rng = np.random.default_rng(3)
+    lo = float(image.min())
+    crops = []
+    for _ in range(5):
+        origin = [int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(image.shape, patch)]
+        out = np.full(patch, lo, np.float32)
+        src = tuple(slice(max(0, o), min(n, o + p)) for o, n, p in zip(origin, image.shape, patch))
+        dst = tuple(slice(s.start - o, s.stop - o) for s, o in zip(src, origin))
+        out[dst] = image[src]
+        crops.append(out[None] * 2.0 + 0.5)
+    np.testing.assert_allclose(np.concatenate(batches), np.stack(crops), rtol=1e-6)
+    assert all((b[:, 0] == lo * 2.0 + 0.5).any() for b in batches)   # every crop reaches past the image

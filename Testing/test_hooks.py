@@ -219,3 +219,42 @@ def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():
                            Events(), "val_x", [EarlyStopping(lambda: Validation(0.5), patience=9), AfterSix()])
     assert metrics["steps_run"] == 6 and metrics["epochs_run"] == 2 and metrics["stopped_early"]
     assert [h["val_x"] for h in history] == [0.5, 0.5]
+
+
+def test_the_time_budget_fits_the_learning_rate_decay_to_the_steps_it_leaves():
+    from MedTransferLib.training.hooks import TimeBudget
+
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=10, steps_per_epoch=10, warmup_fraction=0.05)
+    strategy = get_strategy("finetune")
+    opt = Optimisation(net, strategy, config)
+    clock = iter(float(t) for t in range(0, 1000))          # one second per step
+    budget = TimeBudget(20.0, clock=lambda: next(clock), fit_schedule=True)
+    s = LoopState(net, strategy, opt, Events())
+    budget.start(s)
+    assert opt.horizon == 100
+    stopped = []
+    while not stopped:
+        opt.optimizer.step()
+        opt.schedule.step()
+        s.step += 1
+        if budget.step_end(s):
+            stopped.append(s.step)
+    assert stopped == [20] and opt.horizon == 20               # 10 steps done, 10 more fit in 20 s
+    assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)   # decayed by the end
+
+
+def test_without_fitting_the_budget_leaves_the_planned_schedule():
+    from MedTransferLib.training.hooks import TimeBudget
+
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=10, steps_per_epoch=10, warmup_fraction=0.05)
+    opt = Optimisation(net, get_strategy("finetune"), config)
+    clock = iter(float(t) for t in range(0, 1000))
+    budget = TimeBudget(20.0, clock=lambda: next(clock))
+    s = LoopState(net, get_strategy("finetune"), opt, Events())
+    budget.start(s)
+    for step in range(1, 21):
+        s.step = step
+        budget.step_end(s)
+    assert opt.horizon == 100

@@ -182,3 +182,54 @@ def test_summary_of_nothing_warns_nothing():
         warnings.simplefilter("error")     # no "mean of empty slice" from numpy
         s = summary([{"dice": float("nan"), "hd95_mm": float("nan")}])
     assert all(math.isnan(v) for v in s.values())
+
+
+def test_surface_distances_of_two_plates_match_a_brute_force_computation():
+    """Two one-voxel-thick plates (every voxel on the surface), of different sizes, anisotropic
+    voxels: HD95 and the average symmetric surface distance against every pair's distance."""
+    from MedTransferLib.data.metrics import surface_distances
+
+    spacing = (0.8, 1.3, 2.5)                       # x, y, z in mm; arrays are (z, y, x)
+    pred = np.zeros((9, 12, 14), bool)
+    ref = np.zeros_like(pred)
+    pred[2, 1:11, 1:13] = True                      # 10 × 12 plate
+    ref[5, 3:7, 4:8] = True                         # 4 × 4 plate, 3 slices above
+    pts = lambda m: np.argwhere(m)[:, ::-1] * np.array(spacing)  # noqa: E731  (x, y, z) in mm
+    d = np.linalg.norm(pts(pred)[:, None] - pts(ref)[None], axis=2)
+    d1, d2 = d.min(1), d.min(0)                     # pred → ref, ref → pred
+    hd, assd = surface_distances(pred, ref, spacing)
+    assert d1.size == 120 and d2.size == 16
+    assert hd == pytest.approx(max(np.percentile(d1, 95), np.percentile(d2, 95)), rel=1e-5)
+    assert assd == pytest.approx((d1.sum() + d2.sum()) / (d1.size + d2.size), rel=1e-5)
+    assert assd > 3 * 2.5                           # the plates are 7.5 mm apart and offset
+    assert all(math.isnan(v) for v in surface_distances(pred, np.zeros_like(pred), spacing))
+
+
+def test_classification_metrics_with_a_class_never_seen_and_three_way_auc():
+    from MedTransferLib.data.metrics import classification_metrics
+
+    # three classes; 'c' is predicted once but never true; 'b' has a single item
+    probs = [[0.7, 0.2, 0.1], [0.5, 0.1, 0.4], [0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]]
+    truth = np.array([0.0, 0.0, 0.0, 1.0, 0.0])       # floats, as a table column would give them
+    m = classification_metrics(probs, truth, ["a", "b", "c"])
+    assert m["n"] == 5 and m["classes"] == ["a", "b", "c"]
+    assert m["confusion"] == [[3, 0, 1], [0, 1, 0], [0, 0, 0]]
+    assert all(type(v) is int for row in m["confusion"] for v in row)
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1) / 2)     # 'c' has no true items
+    # one-vs-rest AUC by pair counting, for the classes in the truth only:
+    # a: positives 0.7 0.5 0.2 0.6 against negative 0.1 → 4/4; b: 0.8 against 0.2 0.1 0.3 0.3 → 4/4
+    assert m["auc"] == pytest.approx(1.0)
+    probs[1] = [0.05, 0.9, 0.05]                       # an 'a' item now outranks the 'b' item for b
+    m = classification_metrics(probs, truth, ["a", "b", "c"])
+    auc_a = np.mean([p > 0.1 for p in (0.7, 0.05, 0.2, 0.6)])          # 3/4
+    auc_b = 3 / 4                                                       # 0.8 beats 0.2 0.3 0.3, not 0.9
+    assert m["auc"] == pytest.approx((auc_a + auc_b) / 2)
+
+
+def test_classification_metrics_of_nothing_are_not_numbers():
+    from MedTransferLib.data.metrics import classification_metrics
+
+    m = classification_metrics(np.zeros((0, 2)), np.zeros(0, int), ["a", "b"])
+    assert m["n"] == 0 and m["confusion"] == [[0, 0], [0, 0]]
+    assert math.isnan(m["accuracy"]) and math.isnan(m["balanced_accuracy"]) and math.isnan(m["auc"])

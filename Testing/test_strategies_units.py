@@ -243,3 +243,15 @@ def test_adabn_re_estimates_only_the_given_modules():
     assert adapt_bn(net, x, modules=[net.s0]) == 1
     assert not torch.equal(net.s0[1].running_mean, torch.zeros(2)) and torch.equal(net.s2[1].running_mean, before)
     assert np.isclose(float(net.s0[1].momentum), 0.1)
+
+
+def test_a_parameter_shared_by_two_stages_trains_once():
+    """Stages that share a module (as some backbones' stage lists do) must not put its parameters
+    into the optimizer twice: torch refuses a parameter in two groups, and one group would step it
+    twice."""
+    net = Tiny()
+    net.s2.add_module("shared", net.s1[0])      # s1's convolution is also part of s2
+    [enc, head] = Partial(2).param_groups(net, 0.01)
+    params = enc["params"]
+    assert len(params) == len(ids(params)) == len(ids(list(net.s1.parameters()) + list(net.s2.parameters())))
+    torch.optim.AdamW([enc, head], lr=0.01)     # raises on a parameter listed twice

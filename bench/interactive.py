@@ -54,26 +54,52 @@ def cpu() -> str:
     return f"{name}, {os.cpu_count()} cores, {vec}"
 
 
-def choose(head: np.ndarray, n: int, order: str, seed: int, have: list[int]) -> list[int]:
-    """``n`` axial slices over the head's extent: evenly spaced, or the ones already labelled plus
-    random new ones (an annotator adding slices)."""
-    lo, hi = int(head[0]), int(head[-1])
+def choose(extent: dict, n: int, order: str, seed: int, have: list[int]) -> list[int]:
+    """``n`` axial slices to paint over the structures' extent (``extent``: structure → its axial
+    slices): evenly spaced and centred, or the ones already painted plus random new ones (an
+    annotator adding slices); then each structure still on none gets its middle slice (an
+    annotator paints every structure at least once), so a budget may grow by one or two."""
+    lo = min(min(v) for v in extent.values())
+    hi = max(max(v) for v in extent.values())
     if order == "even":
-        return sorted({int(round(v)) for v in np.linspace(lo, hi, n)})
-    rng = np.random.default_rng(seed + n)
-    pool = [s for s in range(lo, hi + 1) if s not in have]
-    return sorted(set(have) | set(rng.choice(pool, n - len(have), replace=False).tolist()))
+        picked = {int(lo + (i + 0.5) * (hi - lo + 1) / n) for i in range(n)}
+    else:
+        rng = np.random.default_rng(seed + n)
+        pool = [s for s in range(lo, hi + 1) if s not in have]
+        picked = set(have) | set(rng.choice(pool, max(0, n - len(have)), replace=False).tolist())
+    for slices in extent.values():
+        if not picked & set(slices):
+            picked.add(int(slices[len(slices) // 2]))
+    return sorted(picked)
 
 
-def fill_between_slices(label: np.ndarray, labelled: list[int]) -> np.ndarray:
+FILL = """
+import sys, time
+import numpy as np
+import itk
+sparse = np.load(sys.argv[1])
+itk.morphological_contour_interpolator(itk.image_from_array(np.zeros((3, 3, 3), np.uint8)), axis=2)  # ITK loads lazily
+t0 = time.perf_counter()
+out = itk.array_from_image(itk.morphological_contour_interpolator(itk.image_from_array(sparse), axis=2))
+seconds = time.perf_counter() - t0
+np.save(sys.argv[2], out)
+print(seconds)
+"""
+
+
+def fill_between_slices(label: np.ndarray, labelled: list[int], work: Path) -> tuple[np.ndarray, float]:
     """Slicer's Fill between slices: ITK's morphological contour interpolation along the axial
-    axis (ITK index 2 = the array's first axis), every label value on its own."""
-    import itk
+    axis (ITK index 2 = the array's first axis), every label value on its own. Returns the filled
+    label map and the filter's own seconds. It runs in a child process: ITK's and torch's native
+    libraries in one process crashed at exit (malloc) on this machine."""
+    import subprocess
 
     sparse = np.zeros_like(label, dtype=np.uint8)
     sparse[labelled] = label[labelled]
-    image = itk.image_from_array(sparse)
-    return itk.array_from_image(itk.morphological_contour_interpolator(image, axis=2)).astype(label.dtype)
+    np.save(work / "sparse.npy", sparse)
+    done = subprocess.run([sys.executable, "-c", FILL, str(work / "sparse.npy"), str(work / "filled.npy")],
+                          capture_output=True, text=True, check=True)
+    return np.load(work / "filled.npy").astype(label.dtype), float(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -84,6 +110,8 @@ def main() -> None:
     p.add_argument("--first-seconds", type=float, default=60.0)
     p.add_argument("--update-seconds", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-empty", dest="empty", action="store_false",
+                   help="do not mark two slices beyond the structures as empty")
     a = p.parse_args()
 
     import MedTransferLib as mt
@@ -102,21 +130,23 @@ def main() -> None:
     case = mt.read_case(root / entry["image"], root / entry["label"])
     labels = [Label(int(k), v, (0.5, 0.5, 0.5)) for k, v in data["labels"].items() if int(k) > 0]
     ref = case.label                                        # (k, j, i): k is axial
-    head = np.flatnonzero((case.image > np.percentile(case.image, 60)).any(axis=(1, 2)))
+    extent = {lab.name: np.flatnonzero((ref == lab.value).any(axis=(1, 2))).tolist() for lab in labels}
+    lo, hi = min(min(v) for v in extent.values()), max(max(v) for v in extent.values())
+    # two slices marked empty, 10 slices beyond the structures on either side (one click each in
+    # the panel): MedTransfer learns where nothing is; Fill between slices cannot use them
+    empty = [max(0, lo - 10), min(ref.shape[0] - 1, hi + 10)] if a.empty else []
     rows, previous, have = [], None, []
     for n in a.budgets:
-        labelled = choose(head, n, a.order, a.seed, have)
+        labelled = choose(extent, n, a.order, a.seed, have)
         have = labelled
-        held_out = [s for s in range(ref.shape[0]) if s not in set(labelled)]
-        t0 = time.perf_counter()
-        filled = fill_between_slices(ref, labelled)
-        itk_s = time.perf_counter() - t0
+        held_out = [s for s in range(ref.shape[0]) if s not in set(labelled) | set(empty)]
+        filled, itk_s = fill_between_slices(ref, labelled, out)
         fill = summary(evaluate(filled, ref, labels, case.geometry, held_out, axis=2))
 
         round_dl = out / f"round{n}.json"
         round_data = dict(data, training=[dict(entry, image=str((root / entry["image"]).resolve()),
                                                label=str((root / entry["label"]).resolve()),
-                                               labelled_slices=labelled, slice_axis=2)])
+                                               labelled_slices=sorted(labelled + empty), slice_axis=2)])
         write_json(round_dl, round_data)
         kw = (dict(init_from=str(previous), epochs=CONTINUE_EPOCHS, max_seconds=a.update_seconds)
               if previous else dict(max_seconds=a.first_seconds))
@@ -126,7 +156,7 @@ def main() -> None:
         update_s = time.perf_counter() - t0
         ours = summary(evaluate(pred.label, ref, labels, case.geometry, held_out, axis=2))
         previous = run.package
-        row = {"labelled": len(labelled), "slices": labelled, "medtransfer_mean": ours["mean_dice"],
+        row = {"labelled": len(labelled), "slices": labelled, "empty": empty, "medtransfer_mean": ours["mean_dice"],
                "medtransfer_worst": ours["min_dice"], "fill_mean": fill["mean_dice"], "fill_worst": fill["min_dice"],
                "update_seconds": round(update_s, 1), "steps": run.metrics["steps_run"],
                "fill_seconds": round(itk_s, 2)}
@@ -136,7 +166,8 @@ def main() -> None:
               "first_seconds": a.first_seconds, "update_seconds": a.update_seconds, "rounds": rows}
     write_json(out / "results.json", result)
     print(f"\nMeasured {result['date']} on {result['machine']}; order {a.order}, first training "
-          f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--from the previous round).\n")
+          f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--from the previous round); "
+          f"MedTransfer also gets {len(empty)} slices marked empty.\n")
     print("| labelled slices | MedTransfer mean / worst | Fill between slices mean / worst | update (s) | steps |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -14,6 +14,7 @@ MedTransferError: user-facing text, whose key words tests match).
     python bench/mutation.py                      # every group (about an hour on 2 cores)
     python bench/mutation.py --groups metrics loss
     python bench/mutation.py --groups shift --show   # print each surviving mutant's diff
+    python bench/mutation.py --groups metrics --merge  # re-run one group, keep the others' results
 
 Writes ``bench/MUTATION.md`` (per-module kill rates and the survivors) and prints the table.
 Numbers are only comparable on the same code: mutmut numbers mutants per function.
@@ -38,7 +39,8 @@ EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.txt"
 RELIABILITY = "Testing/test_reliability.py"
 # group → files to mutate, tests to run, and (optionally) only these functions count
 GROUPS = {
-    "metrics": (["MedTransferLib/data/metrics.py"], ["Testing/test_metrics.py"], None),
+    "metrics": (["MedTransferLib/data/metrics.py"],
+                ["Testing/test_metrics.py", "Testing/test_classify.py::test_metrics_match_hand_computed_values"], None),
     "loss": (["MedTransferLib/training/losses.py"], ["Testing/test_performance.py"], ["loss_function"]),
     "datasets": (["MedTransferLib/data/split.py", "MedTransferLib/data/sampling.py", "MedTransferLib/data/slabs.py",
                   "MedTransferLib/data/augment.py"],
@@ -51,23 +53,35 @@ GROUPS = {
                     "Testing/test_strategies.py::test_frozen_keeps_encoder_weights_and_bn_statistics_bit_identical",
                     "Testing/test_strategies.py::test_finetune_trains_every_layer"], None),
     "package": (["MedTransferLib/package/store.py", "MedTransferLib/package/manifest.py"],
-                ["Testing/test_manifest.py", "Testing/test_train_predict.py",
+                ["Testing/test_manifest.py",
                  f"{RELIABILITY}::test_malicious_pickles_are_refused_by_every_loading_path_and_never_run",
                  f"{RELIABILITY}::test_a_package_cannot_name_files_outside_itself"], None),
     "weights": (["MedTransferLib/models/backbones/weights.py"],
-                ["Testing/test_registry.py",
+                ["Testing/test_registry.py::test_torchvision_backbones_load_the_published_file_layout",
+                 "Testing/test_registry.py::test_medicalnet_weights_load_from_a_local_file_and_wrong_depths_are_named",
+                 "Testing/test_registry.py::test_swinunetr_self_supervised_weights_load_through_monai_load_from",
                  f"{RELIABILITY}::test_malicious_pickles_are_refused_by_every_loading_path_and_never_run"], None),
     "geometry": (["MedTransferLib/core/case.py", "MedTransferLib/data/io.py"],
                  ["Testing/test_io.py", "Testing/test_properties.py"], None),
     "preprocessing": (["MedTransferLib/data/preprocessing.py", "MedTransferLib/data/histogram.py"],
-                      ["Testing/test_preprocessing.py", "Testing/test_shift.py"], None),
+                      ["Testing/test_preprocessing.py",
+                       "Testing/test_shift.py::test_histogram_standardisation_maps_different_scanners_onto_one_scale",
+                       "Testing/test_shift.py::test_input_check_names_wrong_modality_presets_and_off_ranges"], None),
     "shift": (["MedTransferLib/shift/input_check.py", "MedTransferLib/shift/ood.py", "MedTransferLib/shift/calibration.py",
                "MedTransferLib/shift/prior.py", "MedTransferLib/shift/audit.py", "MedTransferLib/shift/adabn.py"],
-              ["Testing/test_shift.py",
-               "Testing/test_strategies.py::test_adabn_statistics_are_the_plain_average_over_all_batches"], None),
+              [f"Testing/test_shift.py::{name}" for name in (
+                  "test_em_and_bbse_recover_a_known_target_prior",
+                  "test_temperature_scaling_undoes_overconfidence_and_lowers_calibration_error",
+                  "test_prior_correction_on_prediction_rows_reports_the_prior_and_changed_decisions",
+                  "test_label_audit_reproduces_hand_computed_agreement",
+                  "test_site_audit_flags_the_site_that_draws_structures_larger",
+                  "test_input_check_names_wrong_modality_presets_and_off_ranges",
+                  "test_stats_distance_against_hand_computed_values")]
+              + ["Testing/test_strategies_units.py",
+                 "Testing/test_strategies.py::test_adabn_statistics_are_the_plain_average_over_all_batches"], None),
     "resume": (["MedTransferLib/training/checkpoints.py", "MedTransferLib/training/optim.py",
                 "MedTransferLib/training/loop.py"],
-               ["Testing/test_hooks.py", "Testing/test_performance.py", "Testing/test_resume.py",
+               ["Testing/test_hooks.py", "Testing/test_performance.py",
                 f"{RELIABILITY}::test_a_crash_between_the_two_renames_of_a_checkpoint_leaves_the_previous_one_usable"],
                ["save_state", "load_state", "match_layouts", "batches", "start", "epoch_end"]),
 }
@@ -200,12 +214,16 @@ def main(argv=None) -> int:
     ap.add_argument("--report", default=str(ROOT / "bench" / "MUTATION.md"))
     ap.add_argument("--show", action="store_true", help="print each surviving mutant's diff")
     ap.add_argument("--children", type=int, default=1, help="mutants tested at once (1: torch uses the cores)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other groups' last results (--workdir's runs.json) in the report")
     a = ap.parse_args(argv)
-    runs = []
+    saved = Path(a.workdir) / "runs.json"
+    runs = {r["group"]: r for r in json.loads(saved.read_text())} if a.merge and saved.exists() else {}
     for name in a.groups:
         print(f"== {name}", flush=True)
-        runs.append(run_group(name, Path(a.workdir), a.timeout, a.children))
-        json.dump(runs, open(Path(a.workdir) / "runs.json", "w"), indent=1)
+        runs[name] = run_group(name, Path(a.workdir), a.timeout, a.children)
+        saved.write_text(json.dumps(list(runs.values()), indent=1))
+    runs = [runs[g] for g in GROUPS if g in runs]
     text = report(runs, load_equivalents(), a.show)
     Path(a.report).write_text(text, encoding="utf-8")
     print(text)

@@ -120,13 +120,11 @@ def classification_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[s
     present = confusion.sum(1) > 0
     recall = np.diag(confusion)[present] / confusion.sum(1)[present]
     auc = float("nan")
-    if present.sum() >= 2:
+    if present.sum() >= 2:   # then every class in the truth is also absent from some item
         onehot = np.eye(n)[truth]
-        cols = [c for c in range(n) if 0 < onehot[:, c].sum() < len(truth)]
-        if cols:
-            auc = float(compute_roc_auc(torch.from_numpy(probs[:, cols]), torch.from_numpy(onehot[:, cols]),
-                                        average="macro")) if len(cols) > 1 else \
-                float(compute_roc_auc(torch.from_numpy(probs[:, cols[0]]), torch.from_numpy(onehot[:, cols[0]])))
+        cols = [c for c in range(n) if present[c]]
+        auc = float(compute_roc_auc(torch.from_numpy(probs[:, cols]), torch.from_numpy(onehot[:, cols]),
+                                    average="macro"))
     return {"n": int(len(truth)), "accuracy": float((pred == truth).mean()) if len(truth) else float("nan"),
             "balanced_accuracy": float(recall.mean()) if len(recall) else float("nan"),
             "auc": auc, "confusion": confusion.tolist(), "classes": list(classes)}

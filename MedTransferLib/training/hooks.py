@@ -65,19 +65,31 @@ class Hook:
 class TimeBudget(Hook):
     """Ends training once the next step would not finish within ``seconds`` of the loop's start
     (the step time is the longest seen so far), so a run given a budget keeps it and still writes
-    a valid package; writing the package and its references comes after."""
+    a valid package; writing the package and its references comes after.
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
-        self.seconds, self.clock = float(seconds), clock
+    ``fit_schedule``: every ``every`` steps, fit the learning-rate schedule into the steps the
+    budget leaves at the average pace, so a run cut short still ends at a small rate. Used when a
+    run continues a trained model, where it measured better (bench/interactive.py,
+    bench/RESULTS.md); a first run keeps the planned schedule, whose new decoder learns at the full
+    rate for as long as the budget allows."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, every: int = 10,
+                 fit_schedule: bool = False):
+        self.seconds, self.clock, self.every, self.fit_schedule = float(seconds), clock, every, fit_schedule
         self.spent = False
 
     def start(self, s: LoopState) -> None:
         self.t0 = self.last = self.clock()
         self.longest = 0.0
+        self.first_step = s.step
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
         self.longest, self.last = max(self.longest, now - self.last), now
+        done = s.step - self.first_step
+        if self.fit_schedule and done % self.every == 0:
+            pace = (now - self.t0) / done
+            s.opt.fit_horizon(s.step + (self.seconds - (now - self.t0)) / pace)
         if now - self.t0 + self.longest <= self.seconds:
             return False
         self.spent = True

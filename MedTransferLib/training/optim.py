@@ -52,12 +52,19 @@ class Optimisation:
         self.groups = strategy.param_groups(model, config.lr)
         self.optimizer = adamw(self.groups, lr=config.lr, weight_decay=config.weight_decay)
         self.total = config.epochs * config.steps_per_epoch
-        warmup = max(1, int(config.warmup_fraction * self.total))
-        total = self.total
+        self.horizon = self.total       # the steps the schedule spans (see fit_horizon)
+        fraction = config.warmup_fraction
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+            lambda s: (min(1.0, (s + 1) / max(1, int(fraction * self.horizon)))
+                       * 0.5 * (1 + math.cos(math.pi * min(1.0, s / self.horizon)))))
         self.info = strategy.describe(model)   # after param_groups: counts what will train
+
+    def fit_horizon(self, steps: int) -> None:
+        """Fit the schedule (warm-up, then the cosine decay) into ``steps`` steps instead of the
+        planned total: a run with a time budget that will not reach the total still warms up
+        briefly and ends at a small learning rate."""
+        self.horizon = max(1, min(self.total, int(steps)))
 
     def summary(self) -> list[dict]:
         return [{"name": g["name"], "lr": g.get("initial_lr", g["lr"]),

@@ -117,7 +117,8 @@ def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter |
                                EarlyStopping(task.validate, config.patience, task.on_best(out, manifest) if main else None)
                                if task.has_validation else None,
                                Checkpoints(out / STATE_DIR, task.rngs, resume) if main else None,
-                               TimeBudget(config.max_seconds) if config.max_seconds else None])
+                               TimeBudget(config.max_seconds, fit_schedule=bool(config.init_from))
+                               if config.max_seconds else None])
     if not main:   # rank 0 writes the package; the others hold the same model and are done
         distributed.barrier()
         return TrainResult(out / "model", metrics, history)
