@@ -55,13 +55,19 @@ def test_label_to_segmentation_and_back_keeps_names_colours_and_values(scene):
     assert set(np.unique(only_liver)) == {0, 3}
 
 
-def test_unpainted_slices_can_mean_unlabelled(scene):
+def _sparse_pair(scene):
+    """A volume and a segmentation with one structure painted on slices 2 and 5 of 8."""
     geo = _geo()
     vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "vol")
     label = np.zeros((8, 10, 12), np.uint8)
     label[2, 3:7, 4:9] = 3
     label[5, 3:7, 4:9] = 3
     seg = sb.label_to_segmentation_node(scene, label, geo, LABELS[:1], "sparse")
+    return vol, seg, label
+
+
+def test_unpainted_slices_can_mean_unlabelled(scene):
+    vol, seg, label = _sparse_pair(scene)
     sparse = sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore", axis=2)
     assert [int(s) for s in np.nonzero((sparse != mt.IGNORE).any(axis=(1, 2)))[0]] == [2, 5]
     dense = sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="background")
@@ -172,12 +178,7 @@ def test_nodes_export_to_a_datalist_a_child_process_trains_on(scene, tmp_path):
 
 
 def test_slices_marked_empty_are_labelled_background_and_saved_on_the_node(scene):
-    geo = _geo()
-    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "vol")
-    label = np.zeros((8, 10, 12), np.uint8)
-    label[2, 3:7, 4:9] = 3
-    label[5, 3:7, 4:9] = 3
-    seg = sb.label_to_segmentation_node(scene, label, geo, LABELS[:1], "sparse")
+    vol, seg, label = _sparse_pair(scene)
     sb.set_empty_slices(seg, [0, 7, 5])            # 5 is painted: it stays as painted
     assert sb.empty_slices(seg) == [0, 5, 7] and sb.empty_slices(seg, axis=1) == []
     sparse = sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore", axis=2)
