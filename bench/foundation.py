@@ -13,8 +13,6 @@ import argparse
 import datetime
 import io
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -27,17 +25,9 @@ VARIANTS = {
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
+    from machine import describe  # bench/machine.py
 
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return describe()
 
 
 def run_variant(name: str, kw: dict, out: Path) -> dict:
@@ -86,4 +76,7 @@ def markdown(results: dict) -> str:
 
 
 if __name__ == "__main__":
+    from machine import print_machine  # bench/machine.py
+
+    print_machine()
     main()

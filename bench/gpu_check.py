@@ -98,6 +98,9 @@ if __name__ == "__main__":
         prepare(a.prepare)
     elif a.data:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from machine import print_machine  # bench/machine.py
+
+        print_machine()
         check(a.data, a.epochs)
     else:
         p.error("give --prepare DIR or --data DIR")

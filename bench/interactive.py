@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,22 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def cpu() -> str:
-    """The CPU model and whether it has AVX-512 or only AVX2 (the same step can take 4× longer)."""
-    name, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    vec = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name}, {os.cpu_count()} cores, {vec}"
+from machine import cpu  # noqa: E402  (bench/machine.py)
 
 
 def choose(extent: dict, n: int, order: str, seed: int, have: list[int]) -> list[int]:
@@ -198,4 +181,7 @@ def plot(rows, path: Path) -> None:
 
 
 if __name__ == "__main__":
+    from machine import print_machine  # bench/machine.py
+
+    print_machine()
     main()

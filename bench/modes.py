@@ -47,4 +47,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from machine import print_machine  # bench/machine.py
+
+    print_machine()
     main()

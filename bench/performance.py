@@ -386,4 +386,7 @@ def table(r: dict) -> str:
 
 
 if __name__ == "__main__":
+    from machine import print_machine  # bench/machine.py
+
+    print_machine()
     raise SystemExit(main())

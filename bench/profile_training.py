@@ -124,4 +124,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from machine import print_machine  # bench/machine.py
+
+    print_machine()
     raise SystemExit(main())

@@ -172,4 +172,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
+    from machine import print_machine  # bench/machine.py
+
+    print_machine()
     main()
