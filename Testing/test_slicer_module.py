@@ -445,3 +445,78 @@ def test_mark_slice_empty_counts_the_slice_in_view_as_labelled(harness, colin_cr
     h.click("markEmptySliceButton")   # again: unmarked
     assert unwrap(ui.pairsTableWidget).item(0, 2).text() == f"{len(painted)} / 36"
     assert bridge.empty_slices(seg) == []
+
+
+def _red_view_on(h, volume, k):
+    """The Red view as Slicer's layout makes it (slice and composite nodes), showing ``volume``
+    at axial slice ``k``."""
+    red = slicer.vtkMRMLSliceNode()
+    red.SetSingletonTag("Red")
+    h.scene.AddNode(red)
+    composite = slicer.vtkMRMLSliceCompositeNode()
+    composite.SetSingletonTag("Red")
+    h.scene.AddNode(composite)
+    composite.SetBackgroundVolumeID(volume.GetID())
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    ras = ijk_to_ras.MultiplyPoint([3.0, 4.0, float(k), 1.0])
+    for r in range(3):
+        red.GetSliceToRAS().SetElement(r, 3, ras[r])
+    red.UpdateMatrices()
+    return red
+
+
+@pytest.mark.slow   # two trainings in child processes
+def test_training_shows_a_live_preview_and_update_continues_the_model(harness, colin_crop):
+    import json
+
+    from MedTransferLib.data.io import read_image
+    from MedTransferLib.package.store import ModelPackage
+
+    h = harness
+    h.load()
+    h.enter()
+    ui, p = h.ui, h.widget.logic.getParameterNode()
+    volume, seg, _, painted = colin_pair(h.scene, colin_crop, every=8)
+    h.click("addAllPairsButton")
+    ui.epochsSpinBox.value = 1
+    assert not ui.updateButton.enabled and "Train first" in ui.updateButton.toolTip
+    assert not ui.suggestSliceButton.enabled
+    _red_view_on(h, volume, 7)
+    # a preview after every step's worth of time (--preview-seconds 0: still ≤ 10 % of the time)
+    quick_training(h.widget.logic, steps=4, extra=["--preview-seconds", "0"])
+    h.click("trainButton")
+    h.wait_for(lambda: not _busy(h), 600, "training")
+    assert _task(h).state == "finished", _task(h).error
+    run = h.widget.panel.panel.last_run
+    # the panel told the training which slices the Red view shows: case 0, slice 7 and its neighbours
+    assert json.loads((run / "preview" / "view.json").read_text()) == {"case": 0, "slices": [6, 7, 8]}
+    shown = [e for e in _task(h).events if e.get("event") == "preview"]
+    assert shown and all(e["viewed"] == [6, 7, 8] for e in shown[1:])
+    previews = [s for s in _nodes(h.scene, "vtkMRMLSegmentationNode") if s.GetName() == "MedTransfer preview"]
+    assert len(previews) == 1 and bridge.segment_names(previews[0]) == ["Caudate_L", "Putamen_L"]
+    drawn = bridge.segmentation_to_label(previews[0], volume, bridge.labels_from_segments(previews[0], [
+        "Caudate_L", "Putamen_L"]))
+    written, _ = read_image(run / "preview" / "preview.nrrd", "preview")
+    assert np.array_equal(drawn, written)   # the node holds the last preview file, as written
+    assert any(line.startswith("preview: step") for line in ui.logTextEdit.toPlainText().splitlines())
+    first_model = p.modelFolder
+    # Next slice: the Red view moves to the slice the last preview suggests, ≥ 3 slices from painted ones
+    suggested = [e["suggest"] for e in shown if e["suggest"]][-1][0]
+    assert ui.suggestSliceButton.enabled and min(abs(suggested - k) for k in painted) >= 3
+    h.click("suggestSliceButton")
+    red = h.scene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+    assert bridge.slice_index_in_view(volume, red) == suggested
+    assert f"slice {suggested} of 'Colin'" in ui.segmentsStatusLabel.text
+
+    # Update: continue that model for a time budget, into a new run folder, the preview replaced in place
+    h.click("updateButton")
+    h.wait_for(lambda: not _busy(h), 600, "the update")
+    assert _task(h).kind == "update" and _task(h).state == "finished", _task(h).error
+    assert h.widget.panel.panel.last_run != run and p.modelFolder != first_model
+    m = ModelPackage.load(p.modelFolder).manifest
+    assert m.training["init_from"] == first_model and m.training["max_seconds"] == 60
+    assert m.training["epochs"] == 4 and m.strategy["strategy"] == "finetune"
+    assert [s for s in _nodes(h.scene, "vtkMRMLSegmentationNode") if s.GetName() == "MedTransfer preview"] == previews
+    assert ui.statusLabel.text.startswith("Model updated, written to")
+    assert h.user.errors() == []

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop training within S seconds, with a valid model (default: the full schedule)")
     s.add_argument("--oom-retry", action="store_true",
                    help="if a batch does not fit in (GPU) memory, start again with half the batch")
+    s.add_argument("--preview", metavar="DIR",
+                   help="live preview: every few seconds write the slices predicted so far to DIR/preview.nrrd "
+                        "(and a 'preview' event); DIR/view.json may name the slices to show first")
+    s.add_argument("--preview-seconds", type=float, default=None, metavar="S",
+                   help="seconds between previews (default 5 on a GPU, 25 on a CPU; never more than 10%% "
+                        "of the training time)")
     s.add_argument("--histogram-standardise", action="store_true",
                    help="MR: Nyúl histogram standardisation learnt from the training images")
     s.add_argument("--progress", default="auto", choices=["auto", "bar", "json"],

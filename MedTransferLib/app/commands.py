@@ -68,7 +68,8 @@ def cmd_train(a) -> int:
                   steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr, patch=a.patch,
                   device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
                   patience=a.patience, histogram_standardise=a.histogram_standardise, oom_retry=a.oom_retry,
-                  max_seconds=a.max_seconds, init_from=a.init_from)
+                  max_seconds=a.max_seconds, init_from=a.init_from, preview=a.preview,
+                  preview_seconds=a.preview_seconds)
     if a.axis is not None:
         config["axis"] = a.axis
     from MedTransferLib.core.files import write_json

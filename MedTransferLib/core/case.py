@@ -15,6 +15,11 @@ import numpy as np
 IGNORE = 255  # label value meaning "not labelled" in sparse label maps
 
 
+def _mm(values) -> tuple:
+    """Values as a user reads them in a message: plain numbers to 4 decimals (not numpy reprs)."""
+    return tuple(round(float(v), 4) for v in values)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Voxel grid of a 3D image: ``size`` (i, j, k), spacing in mm, LPS origin and direction."""
@@ -55,7 +60,7 @@ class Geometry:
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             scale = max(1.0, float(np.abs(a).max()))
             if not np.allclose(a, b, atol=tol * scale, rtol=0):
-                problems.append(f"{name} {tuple(np.round(b, 4))} vs {tuple(np.round(a, 4))}")
+                problems.append(f"{name} {_mm(b)} vs {_mm(a)}")
         return problems
 
 

@@ -27,6 +27,14 @@ TRAINING = {
 # epochs when a run continues an earlier model (`--from`): it already knows the task
 CONTINUE_EPOCHS = 4
 
+# the live preview while training (training/preview.py) and the panel's Update: the files the
+# panel and the training process share in the preview folder, how often a preview comes, and the
+# time budget of an Update (continuing the last model on the corrected slices)
+PREVIEW_FILE = "preview.nrrd"
+VIEW_FILE = "view.json"
+PREVIEW_EVERY = {"cuda": 5.0, "cpu": 25.0}   # seconds between previews (never over 10 % of the time)
+UPDATE_SECONDS = 60
+
 # the strategies the Slicer panel offers (any name `medtransfer train --strategy` accepts works too)
 STRATEGY_PRESETS = ["auto", "finetune", "frozen", "partial:2", "gradual", "discriminative",
                     "gradual+discriminative", "bn-only", "adabn"]

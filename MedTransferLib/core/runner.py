@@ -63,6 +63,8 @@ def event_text(event: dict) -> str | None:
                            if k not in ("event", "epoch", "epochs", "eta_s", "time_s")
                            and isinstance(v, (int, float)) and not isinstance(v, bool))
         return f"epoch {event.get('epoch')}: {values}"
+    if kind == "preview":
+        return f"preview: step {event.get('step')}, {100 * float(event.get('covered', 0)):.0f} % of the volume shown"
     if kind in ("note", "error", "done"):
         return f"{kind}: {event.get('message', '')}"
     return None

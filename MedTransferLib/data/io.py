@@ -46,11 +46,22 @@ def _read_sitk(path: Path, what: str):
     except MedTransferError:
         raise
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "ERROR" in line or "exception" in line.lower()), "")
         raise MedTransferError(f"{what} '{path}' could not be read (truncated, corrupt or not an "
-                               f"image?{' ' + detail.strip()[:160] if detail else ''}); re-export "
-                               f"it as {SUPPORTED}") from None
+                               f"image? {_itk_reason(str(exc))}); re-export it as {SUPPORTED}") from None
+
+
+def _itk_reason(text: str) -> str:
+    """What an ITK read error says, for a user: its ``ERROR:`` line without the C++ source
+    location and object address, and its last line (the reader's own words) if that adds to it."""
+    import re
+
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    error = next((line for line in lines if "ERROR:" in line), "")
+    reason = re.sub(r"\(0x[0-9a-fA-F]+\)", "", error.split("ERROR:", 1)[1]).strip() if error else ""
+    last = lines[-1] if lines else ""
+    if last and last != error and "ERROR:" not in last:
+        reason = f"{reason} … {last}" if reason else last
+    return reason[:240] or "no reason given"
 
 
 def _nifti_truncated(path: Path) -> str | None:

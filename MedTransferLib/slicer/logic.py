@@ -125,7 +125,7 @@ class Logic:
         for key, value in config.items():
             if value is None:
                 continue
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            args += ["--from" if key == "init_from" else f"--{key.replace('_', '-')}", str(value)]
         return args
 
     def trainInBackground(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True,
@@ -148,6 +148,47 @@ class Logic:
     def resumeInBackground(self, outputFolder, python=None) -> Task:
         """Continue an interrupted (cancelled, crashed) training from its last complete epoch."""
         return Task("train", self._job(["train", "--resume", str(outputFolder)], python))
+
+    def updateInBackground(self, pairs, segmentNames, outputFolder, modelFolder, seconds=None,
+                           unpaintedSlicesUnlabelled=True, python=None, **config) -> Task:
+        """Continue ``modelFolder`` (its whole network) on the training list as it is now — after
+        correcting or adding slices — for ``seconds`` (default ``UPDATE_SECONDS``) into a new run
+        folder: ``medtransfer train --from``. The same structures as the model's are needed."""
+        from MedTransferLib.core.defaults import UPDATE_SECONDS
+
+        config = dict(config, init_from=str(modelFolder), max_seconds=seconds or UPDATE_SECONDS)
+        config.setdefault("strategy", "auto")   # continuing: every layer adapts (the advisor says so)
+        return self.trainInBackground(pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled, python,
+                                      **config)
+
+    @staticmethod
+    def labelsOf(segmentationNode, segmentNames):
+        """The training labels (values 1..N, names, colours) of these segments, as exported."""
+        return bridge.labels_from_segments(segmentationNode, list(segmentNames))
+
+    @staticmethod
+    def writePreviewView(folder, case: int, slices) -> None:
+        """Tell a training with a live preview which slices of which case the user looks at
+        (indices along the slice axis); it predicts them first at each preview."""
+        from MedTransferLib.core.defaults import VIEW_FILE
+        from MedTransferLib.core.files import write_json
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_json(Path(folder) / VIEW_FILE, {"case": int(case), "slices": [int(k) for k in slices]})
+
+    @staticmethod
+    def showPreview(path, volumeNode, labels, node=None, name="MedTransfer preview"):
+        """Load a preview label map (``--preview``) as the segmentation ``node`` — its segments
+        replaced in place — or a new node beside ``volumeNode``; returns the node."""
+        from MedTransferLib.data.io import read_image
+
+        label, geometry = read_image(path, "preview")
+        fresh = not apply_files.alive(node)
+        node = bridge.label_to_segmentation_node(volumeNode.GetScene(), label, geometry, labels, name,
+                                                 reference_volume=volumeNode, node=None if fresh else node)
+        if fresh:
+            bridge.place_with_volume(volumeNode, [node])
+        return node
 
     def train(self, pairs, segmentNames, outputFolder, unpaintedSlicesUnlabelled=True, **config):
         """Train and wait (console and scripts): returns the finished :class:`Task` (``.package``)."""

@@ -241,6 +241,18 @@ def slice_index_in_view(volume_node, slice_node, axis: int = 2) -> int:
     return int(round(ijk[axis]))
 
 
+def show_slice(volume_node, slice_node, k: int, axis: int = 2) -> None:
+    """Move a slice view to slice ``k`` (along voxel ``axis``) of ``volume_node``, through the
+    middle of the volume's other two axes."""
+    _, vtk, _ = _mods()
+    dims = volume_node.GetImageData().GetDimensions()
+    ijk = [(d - 1) / 2.0 for d in dims] + [1.0]
+    ijk[axis] = float(k)
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    slice_node.JumpSliceByOffsetting(*m.MultiplyPoint(ijk)[:3])
+
+
 def nodes_to_case(volume_node, segmentation_node, labels: list[Label], unpainted: str = "background",
                   axis: int = 2) -> Case:
     """A training :class:`Case` from a volume and its segmentation (input nodes are not modified)."""
@@ -250,12 +262,17 @@ def nodes_to_case(volume_node, segmentation_node, labels: list[Label], unpainted
 
 
 def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, labels: list[Label],
-                               name: str = "MedTransfer segmentation", reference_volume=None):
-    """A new segmentation node with one segment per label (names and colours from ``labels``)."""
+                               name: str = "MedTransfer segmentation", reference_volume=None, node=None):
+    """A new segmentation node with one segment per label (names and colours from ``labels``);
+    with ``node`` (a segmentation node of ``scene``), that node's segments are replaced instead."""
     _, vtk, _ = _mods()
     logic = segmentations_logic(scene)
-    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    seg_node.CreateDefaultDisplayNodes()
+    if node is not None and node.GetScene() is scene and scene.GetNodeByID(node.GetID()) is node:
+        seg_node = node
+        seg_node.GetSegmentation().RemoveAllSegments()
+    else:
+        seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        seg_node.CreateDefaultDisplayNodes()
     if reference_volume is not None:
         seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     with _Scratch(scene):

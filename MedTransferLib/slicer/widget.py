@@ -28,7 +28,7 @@ from MedTransferLib.slicer.widget_training_list import TrainingListSlots
 
 TIMER_MS = 500
 # panel action → its button
-BUTTONS = {"train": "trainButton", "advise": "adviseButton", "apply": "applyButton", "cancel": "cancelButton",
+BUTTONS = {"train": "trainButton", "update": "updateButton", "suggest": "suggestSliceButton", "advise": "adviseButton", "apply": "applyButton", "cancel": "cancelButton",
            "save": "saveModelButton", "export": "exportModelButton", "install": "installButton"}
 
 
@@ -61,6 +61,7 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
                 ("removePairButton", "clicked(bool)", self.onRemovePair),
                 ("addAllPairsButton", "clicked(bool)", self.onAddAllPairs),
                 ("markEmptySliceButton", "clicked(bool)", self.onMarkEmptySlice),
+                ("suggestSliceButton", "clicked(bool)", self.onSuggestSlice),
                 ("pairsTableWidget", "cellChanged(int,int)", self.onPairCellChanged),
                 ("segmentsListWidget", "itemChanged(QListWidgetItem*)", self.onSegmentsChanged),
                 ("backboneComboBox", "currentIndexChanged(int)", self.onBackboneChanged),
@@ -72,6 +73,7 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
                 ("applyVolumesSelector", "checkedNodesChanged()", self.updateGUI),
                 ("adviseButton", "clicked(bool)", self.onAdvise),
                 ("trainButton", "clicked(bool)", self.onTrain),
+                ("updateButton", "clicked(bool)", self.onUpdate),
                 ("cancelButton", "clicked(bool)", self.onCancel),
                 ("applyButton", "clicked(bool)", self.onApply),
                 ("loadModelButton", "clicked(bool)", self.onLoadModel),
@@ -224,6 +226,26 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
             self._started(self.panel.start_train(self._parameterNode))
             self.ui.statusLabel.text = f"Training into {self.panel.last_run}"
 
+    def onUpdate(self) -> None:
+        """Continue the current model on the corrected or added slices, for a minute."""
+        with slicer.util.tryWithErrorDisplay("The update could not start.", waitCursor=True):
+            self._started(self.panel.start_update(self._parameterNode))
+
+    def onSuggestSlice(self) -> None:
+        with slicer.util.tryWithErrorDisplay("No slice to suggest.", waitCursor=False):
+            red = slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+            if self.panel.preview is None:
+                raise MedTransferError("no slice to suggest yet: Train or Update first (the preview suggests one)")
+            self.ui.segmentsStatusLabel.text = self.panel.preview.show_suggestion(red)
+
+    def viewed(self):
+        """The training case and slices the Red view shows (for the live preview)."""
+        red = slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+        composite = slicer.mrmlScene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+        if self.panel.preview is None:
+            return None
+        return self.panel.preview.view_of(red, composite.GetBackgroundVolumeID() if composite is not None else None)
+
     def onAdvise(self) -> None:
         with slicer.util.tryWithErrorDisplay("The advisor could not start.", waitCursor=True):
             self._started(self.panel.start_advise(self._parameterNode))
@@ -243,7 +265,7 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
             self.ui.statusLabel.text = text
 
     def onTimer(self) -> None:
-        tick = self.panel.tick(self.currentParameterNode)
+        tick = self.panel.tick(self.currentParameterNode, self.viewed)
         for line in tick.lines:
             self.ui.logTextEdit.appendPlainText(line)
         if tick.progress is not None:
@@ -258,7 +280,7 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
             setup = self.panel.setup
             if setup.get("backbones") or setup.get("devices"):
                 self.fillChoices(setup.get("backbones") or DEFAULT_BACKBONES, setup.get("devices") or DEFAULT_DEVICES)
-        if task.kind == "train" and task.state == "finished":
+        if task.kind in ("train", "update") and task.state == "finished":
             self.showManifest()
         if tick.error:
             slicer.util.errorDisplay(tick.error)

@@ -45,6 +45,8 @@ class TrainConfig:
     oom_retry: bool = False            # on an out-of-memory batch, start again with half the batch
     init_from: str | None = None       # continue from this model (run folder or package): --from
     max_seconds: float | None = D["max_seconds"]  # stop training within this many seconds (None: no limit)
+    preview: str | None = None         # folder for the live preview while training (training.preview)
+    preview_seconds: float | None = None  # seconds between previews (None: 5 on a GPU, 25 on a CPU)
 
     def check(self) -> None:
         if self.mode not in ("2.5d", "3d"):
@@ -75,6 +77,8 @@ class TrainConfig:
             raise MedTransferError("--lr must be positive")
         if self.max_seconds is not None and not (self.max_seconds > 0):
             raise MedTransferError(f"--max-seconds must be positive, not {self.max_seconds}")
+        if self.preview_seconds is not None and not (self.preview_seconds >= 0):
+            raise MedTransferError(f"--preview-seconds must be 0 or more, not {self.preview_seconds}")
         if not 0 <= self.val_fraction < 1:
             raise MedTransferError("--val-fraction must be in [0, 1)")
         mods = self.modality if isinstance(self.modality, (list, tuple)) else [self.modality]

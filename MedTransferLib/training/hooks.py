@@ -45,6 +45,7 @@ class LoopState:
     stale: int = 0                # epochs since the score last improved
     resumed: bool = False         # restored from a checkpoint (AdaBN already in the weights)
     validating: bool = False
+    aside: float = 0.0            # seconds hooks spent beside training (the live preview)
 
 
 class Hook:
@@ -82,10 +83,13 @@ class TimeBudget(Hook):
         self.t0 = self.last = self.clock()
         self.longest = 0.0
         self.first_step = s.step
+        self.aside = s.aside
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
-        self.longest, self.last = max(self.longest, now - self.last), now
+        # a step's own time: what other hooks spent meanwhile (a preview) is not the step's
+        aside, self.aside = s.aside - self.aside, s.aside
+        self.longest, self.last = max(self.longest, now - self.last - aside), now
         done = s.step - self.first_step
         if self.fit_schedule and done % self.every == 0:
             pace = (now - self.t0) / done

@@ -235,6 +235,19 @@ class Segmentation(Task):
             else:
                 yield from bn_inputs_2d(self.volumes[vi].image, self.config.slices, self.prep)
 
+    def preview_target(self):
+        from MedTransferLib.training.preview import SlicePreview
+
+        def predict(case, slices):
+            image = self.volumes[case].image
+            if self.three_d:   # a sliding window predicts the volume, not a slice alone
+                return predict_volume_3d(self.model, image, self.prep, self.device, self.patch, self.num_classes,
+                                         self.config.overlap)[slices]
+            return predict_slices(self.model, image, self.config.slices, self.prep, self.device, slices,
+                                  probabilities=True)
+
+        return SlicePreview(self.cases, self.axis, [lab.value for lab in self.labels], predict, self.three_d)
+
     def on_best(self, out, manifest):
         return lambda hist, epoch, best: _checkpoint(out, self.model, manifest, hist, epoch, best)
 

@@ -72,6 +72,12 @@ class Task:
         """Label-free input batches of the training images (AdaBN)."""
         raise NotImplementedError
 
+    def preview_target(self):
+        """What the live preview predicts and writes (:mod:`.preview`)."""
+        from MedTransferLib.core.errors import MedTransferError
+
+        raise MedTransferError(f"--preview shows a segmentation while it trains; a {self.name} model has none")
+
     def on_best(self, out: Path, manifest: Manifest):
         """Called at each validation improvement (``None``: nothing to do)."""
         return None
@@ -79,6 +85,14 @@ class Task:
     def finish(self, out: Path, manifest: Manifest, history: list, metrics: dict, device) -> Path:
         """Write the package (rank 0 only) and return its folder."""
         raise NotImplementedError
+
+
+def _preview(config: TrainConfig, target, device):
+    from MedTransferLib.training.preview import DEFAULT_EVERY, Preview
+
+    every = config.preview_seconds
+    return Preview(config.preview, target, DEFAULT_EVERY["cuda" if device.type == "cuda" else "cpu"]
+                   if every is None else every)
 
 
 def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter | None = None,
@@ -90,6 +104,9 @@ def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter |
     reporter = reporter if (reporter and main) else Reporter(stream=None, bar=False)   # rank 0 speaks
     out = Path(out)
     task.check_inputs(config)
+    preview = task.preview_target if config.preview else None   # refused before anything runs
+    if preview is not None and type(task).preview_target is Task.preview_target:
+        preview()
     seed_everything(config.seed)   # the same initial network on every process
     device = resolve_device(config.device)
     rng = np.random.default_rng(config.seed + distributed.rank())   # each process its own batches
@@ -118,7 +135,8 @@ def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter |
                                if task.has_validation else None,
                                Checkpoints(out / STATE_DIR, task.rngs, resume) if main else None,
                                TimeBudget(config.max_seconds, fit_schedule=bool(config.init_from))
-                               if config.max_seconds else None])
+                               if config.max_seconds else None,
+                               _preview(config, preview(), device) if preview is not None and main else None])
     if not main:   # rank 0 writes the package; the others hold the same model and are done
         distributed.barrier()
         return TrainResult(out / "model", metrics, history)

@@ -1,0 +1,164 @@
+"""The live preview while training: every few seconds the training process predicts some slices
+with the network as it is now and writes them, as a label map in the case's geometry, to
+``--preview DIR`` (atomically), with a ``preview`` event. The Slicer panel shows that file as one
+*preview* segmentation, replaced in place at each preview.
+
+What is predicted: the slices the user is looking at (``DIR/view.json``, written by the panel:
+``{"case": index, "slices": [...]}``), and as many more as the time allows, coarse to fine over
+the whole volume (every 64th slice first, then the ones between, ...), so a few previews cover
+the volume and later ones refresh it. The label map keeps each slice's latest prediction;
+slices not predicted yet are 0.
+
+How often: every ``every`` seconds (default 5 s on a GPU, 25 s on a CPU), and never more than
+``overhead`` (10 %) of the time: the number of extra slices is chosen from the measured cost per
+slice, and when even the viewed slices cost more, the next preview waits longer. 3D models
+predict the whole volume (a sliding window cannot predict a slice alone), with the same rule
+on the interval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from MedTransferLib.core.defaults import PREVIEW_EVERY as DEFAULT_EVERY
+from MedTransferLib.core.defaults import PREVIEW_FILE, VIEW_FILE
+from MedTransferLib.training.hooks import Hook, LoopState
+
+__all__ = ["DEFAULT_EVERY", "PREVIEW_FILE", "VIEW_FILE", "Preview", "SlicePreview", "coarse_to_fine", "read_view"]
+FIRST_SLICES = 16   # the first preview, before any cost is known
+
+
+def coarse_to_fine(n: int) -> list[int]:
+    """All of ``0..n-1``, every 64th first, then every 32nd not yet listed, ... down to every
+    slice: a prefix of any length is spread over the whole range."""
+    order, seen, step = [], set(), 64
+    while step >= 1:
+        for s in range(0, n, step):
+            if s not in seen:
+                seen.add(s)
+                order.append(s)
+        step //= 2
+    return order
+
+
+def read_view(folder: Path, cases: int, slices: Callable[[int], int]) -> tuple[int, list[int]]:
+    """``(case index, slices)`` the user looks at, from ``folder/view.json``; ``(0, [])`` when
+    there is no readable file (the panel writes it atomically; a half-written one is never seen).
+    Indices outside the case are dropped."""
+    try:
+        view = json.loads((folder / VIEW_FILE).read_text(encoding="utf-8"))
+        case = int(view.get("case", 0))
+        wanted = [int(s) for s in view.get("slices", [])]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0, []
+    if not 0 <= case < cases:
+        return 0, []
+    n = slices(case)
+    return case, sorted({s for s in wanted if 0 <= s < n})
+
+
+class Preview(Hook):
+    """``target``: what the task predicts and writes (see :class:`SlicePreview`)."""
+
+    def __init__(self, folder, target, every: float, overhead: float = 0.10,
+                 clock: Callable[[], float] = time.monotonic):
+        self.folder, self.target, self.every, self.overhead, self.clock = Path(folder), target, float(every), overhead, clock
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self, s: LoopState) -> None:
+        self.due = self.clock() + self.every
+        self.per_slice: float | None = None
+        self.cursor: dict[int, int] = {}
+        self.count = 0
+
+    def plan(self, case: int, view: list[int], interval: float) -> list[int]:
+        """The slices of the next preview: the viewed ones, then the next ones coarse to fine."""
+        n = self.target.slices(case)
+        if self.target.whole_volume:
+            return list(range(n))
+        extra = FIRST_SLICES if self.per_slice is None else int(self.overhead * interval / self.per_slice) - len(view)
+        order = coarse_to_fine(n)
+        start = self.cursor.get(case, 0)
+        picked = [order[(start + i) % n] for i in range(min(max(extra, 0), n))]
+        self.cursor[case] = (start + len(picked)) % n
+        return sorted(set(view) | set(picked))
+
+    def step_end(self, s: LoopState) -> bool:
+        now = self.clock()
+        if now < self.due:
+            return False
+        interval = self.every if self.count == 0 else now - self.last_end
+        case, view = read_view(self.folder, self.target.cases, self.target.slices)
+        slices = self.plan(case, view, interval)
+        t0 = self.clock()
+        path = self.target.write(case, slices, self.folder / PREVIEW_FILE)
+        s.strategy.train_mode(s.model)     # prediction switched to eval mode; training goes on as before
+        cost = self.clock() - t0
+        s.aside += cost
+        self.per_slice = cost / max(1, len(slices))
+        self.count += 1
+        self.last_end = self.clock()
+        # the next preview once the time since this one makes this one's cost ≤ overhead of it
+        self.due = self.last_end + max(self.every, cost / self.overhead - cost)
+        s.reporter.emit("preview", path=str(path), case=case, step=s.step, slices=len(slices),
+                        viewed=view, covered=round(self.target.covered(case), 3), seconds=round(cost, 2),
+                        suggest=self.target.suggest(case), predicted=slices)
+        return False
+
+
+class SlicePreview:
+    """A segmentation task's preview: ``predict(case, slices)`` gives the softmax probabilities
+    ``(n, C, H, W)`` (or, 3D, the class indices ``(n, H, W)``) of those slices (along the model's
+    axis, slices first); the label map of each case keeps the latest prediction of every slice and
+    is written with its labels' values in the case's geometry. From the probabilities each
+    slice's uncertainty is kept, and :meth:`suggest` names the slice to label next
+    (:mod:`MedTransferLib.inference.suggest`)."""
+
+    def __init__(self, cases, axis: int, values: list[int], predict: Callable, whole_volume: bool = False):
+        from MedTransferLib.data.slabs import to_slices_first
+
+        self.case_list, self.axis, self.predict, self.whole_volume = cases, axis, predict, whole_volume
+        self.lut = np.array([0] + list(values), dtype=np.uint8 if max(values) <= 255 else np.uint16)
+        self.shapes = [to_slices_first(np.broadcast_to(np.zeros((), bool), c.image.shape[-3:]), axis).shape
+                       for c in cases]
+        self.maps: dict[int, np.ndarray] = {}
+        self.done: dict[int, set] = {}
+        self.uncertainty: dict[int, dict] = {}
+        self.cases = len(cases)
+
+    def slices(self, case: int) -> int:
+        return self.shapes[case][0]
+
+    def covered(self, case: int) -> float:
+        return len(self.done.get(case, ())) / self.slices(case)
+
+    def write(self, case: int, slices: list[int], path: Path) -> Path:
+        from MedTransferLib.data.io import write_label
+        from MedTransferLib.data.slabs import from_slices_first
+
+        classes = self.predict(case, slices)
+        if classes.ndim == 4:   # probabilities: each slice's uncertainty, then the most likely class
+            from MedTransferLib.inference.suggest import slice_uncertainty
+
+            self.uncertainty.setdefault(case, {}).update(zip(slices, slice_uncertainty(classes).tolist()))
+            classes = classes.argmax(axis=1)
+        label = self.maps.setdefault(case, np.zeros(self.shapes[case], self.lut.dtype))
+        label[slices] = self.lut[classes]
+        self.done.setdefault(case, set()).update(slices)
+        c = self.case_list[case]
+        write_label(path, np.ascontiguousarray(from_slices_first(label, self.axis)), c.geometry)
+        return path
+
+    def suggest(self, case: int) -> list[int]:
+        """The unlabelled slice of ``case`` to label next, among those previewed (``[]``: none yet)."""
+        from MedTransferLib.inference.suggest import suggest_slices
+
+        scores = self.uncertainty.get(case)
+        if not scores:
+            return []
+        return suggest_slices(scores, self.case_list[case].labelled_slices(self.axis))

@@ -1,0 +1,305 @@
+"""The live preview while training (`--preview DIR`): when it runs, what it predicts, that it
+costs at most a tenth of the time, that it changes nothing in training, and that the label map
+it writes is the network's prediction in the case's geometry."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import OBLIQUE, blob_volume, write_volume
+
+import MedTransferLib as mt
+from MedTransferLib.app.cli import main
+from MedTransferLib.core.case import IGNORE, Case, Geometry
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.inference.suggest import slice_uncertainty, suggest_slices
+from MedTransferLib.package.store import ModelPackage
+from MedTransferLib.training.hooks import LoopState, TimeBudget
+from MedTransferLib.training.preview import (
+    PREVIEW_FILE,
+    VIEW_FILE,
+    Preview,
+    SlicePreview,
+    coarse_to_fine,
+    read_view,
+)
+
+
+class Events(Reporter):
+    def __init__(self):
+        super().__init__(stream=None, bar=False)
+        self.seen = []
+
+    def emit(self, event, **fields):
+        self.seen.append((event, fields))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeTarget:
+    """Slices of two cases (100 and 30); writing costs ``per_slice`` seconds of the fake clock."""
+
+    whole_volume = False
+    cases = 2
+
+    def __init__(self, clock, per_slice=0.05):
+        self.clock, self.per_slice, self.calls, self.times = clock, per_slice, [], []
+
+    def slices(self, case):
+        return (100, 30)[case]
+
+    def covered(self, case):
+        seen = {s for c, sl in self.calls if c == case for s in sl}
+        return len(seen) / self.slices(case)
+
+    def suggest(self, case):
+        return []
+
+    def write(self, case, slices, path):
+        self.calls.append((case, list(slices)))
+        self.times.append(self.clock.now)
+        self.clock.now += self.per_slice * len(slices)
+        return path
+
+
+def _state():
+    modes = []
+    strategy = SimpleNamespace(adapt_bn_first=False, train_mode=lambda model: modes.append("train"))
+    return LoopState(torch.nn.Linear(2, 2), strategy, None, Events()), modes
+
+
+def test_coarse_to_fine_lists_every_slice_once_and_any_prefix_spreads_over_the_volume():
+    for n in (1, 7, 64, 65, 181):
+        order = coarse_to_fine(n)
+        assert sorted(order) == list(range(n))
+    order = coarse_to_fine(181)
+    assert order[:3] == [0, 64, 128]
+    # the first 12 slices leave no gap wider than 16 slices (evenly: 181 / 12 ≈ 15)
+    first = sorted(order[:12]) + [181]
+    assert max(np.diff([0] + first)) <= 16
+
+
+def test_the_view_file_names_the_case_and_slices_and_bad_files_are_ignored(tmp_path):
+    def n(case):
+        return (100, 30)[case]
+
+    assert read_view(tmp_path, 2, n) == (0, [])   # no file
+    (tmp_path / VIEW_FILE).write_text(json.dumps({"case": 1, "slices": [29, 3, 30, -1, 3]}))
+    assert read_view(tmp_path, 2, n) == (1, [3, 29])   # outside the case dropped, sorted, once
+    (tmp_path / VIEW_FILE).write_text(json.dumps({"case": 2, "slices": [3]}))
+    assert read_view(tmp_path, 2, n) == (0, [])
+    for bad in ("{", "[1, 2]", json.dumps({"case": "x"}), json.dumps({"slices": ["a"]})):
+        (tmp_path / VIEW_FILE).write_text(bad)
+        assert read_view(tmp_path, 2, n) == (0, [])
+
+
+def test_previews_come_on_time_show_the_viewed_slices_and_cost_at_most_a_tenth(tmp_path):
+    clock = Clock()
+    target = FakeTarget(clock)
+    hook = Preview(tmp_path, target, every=5.0, clock=clock)
+    s, modes = _state()
+    hook.start(s)
+    (tmp_path / VIEW_FILE).write_text(json.dumps({"case": 0, "slices": [50, 51]}))
+    for step in range(1, 201):          # a step takes 0.5 s
+        clock.now += 0.5
+        s.step = step
+        assert hook.step_end(s) is False
+        if step == 9:
+            assert target.calls == []   # 4.5 s: not yet
+        if step == 10:
+            assert len(target.calls) == 1
+    previews = [f for e, f in s.reporter.seen if e == "preview"]
+    assert len(previews) == len(target.calls) >= 10 and len(modes) == len(previews)
+    # the first preview: the viewed slices and the first 16 slices coarse to fine
+    assert target.calls[0] == (0, sorted({50, 51} | set(coarse_to_fine(100)[:16])))
+    assert all({50, 51} <= set(sl) for _, sl in target.calls)
+    # each later preview costs ≤ 10 % of the time since the previous one ended
+    assert s.aside == pytest.approx(sum(0.05 * len(sl) for _, sl in target.calls))
+    assert s.aside / clock.now <= 0.10 + 18 * 0.05 / clock.now   # the first's cost is not known beforehand
+    costs, gaps = [0.05 * len(sl) for _, sl in target.calls], np.diff(target.times)
+    assert all(c <= 0.10 * gap + 1e-6 for c, gap in zip(costs[1:], gaps[1:]))
+    # the later ones fill the volume: after a few previews every slice has been predicted
+    assert previews[-1]["covered"] == 1.0 and previews[0]["viewed"] == [50, 51]
+    assert previews[0]["slices"] == 18 and previews[0]["case"] == 0
+
+
+def test_cheap_previews_predict_as_many_slices_as_a_tenth_of_the_interval_allows(tmp_path):
+    clock = Clock()
+    target = FakeTarget(clock, per_slice=1 / 64)             # binary fractions: exact clock arithmetic
+    hook = Preview(tmp_path, target, every=4.0, clock=clock)
+    s, _ = _state()
+    hook.start(s)
+    for step in range(1, 41):
+        clock.now += 0.5
+        s.step = step
+        hook.step_end(s)
+    first, second = target.calls[0][1], target.calls[1][1]
+    assert len(first) == 16 and target.times[0] == 4.0        # before any cost is known
+    # the first ended at 4.25; the second 4 s later: a tenth of 4 s at 1/64 s a slice is 25.6 slices
+    assert target.times[1] == 8.25 and len(second) == 25
+    assert second == sorted(coarse_to_fine(100)[16:41])       # the next ones, coarse to fine
+
+
+def test_when_the_viewed_slices_alone_cost_more_the_previews_come_less_often(tmp_path):
+    clock = Clock()
+    target = FakeTarget(clock, per_slice=0.5)
+    hook = Preview(tmp_path, target, every=1.0, clock=clock)
+    s, _ = _state()
+    hook.start(s)
+    (tmp_path / VIEW_FILE).write_text(json.dumps({"case": 1, "slices": list(range(10))}))   # 5 s each time
+    for step in range(1, 3001):
+        clock.now += 0.1
+        s.step = step
+        hook.step_end(s)
+    assert all(set(range(10)) <= set(sl) for _, sl in target.calls)
+    starts = np.diff(target.times)
+    # 10 viewed slices cost 5 s: at most a tenth of the time means ≥ 45 s between previews, not 1 s
+    assert len(target.times) >= 3 and starts.min() >= 45
+    costs = [0.5 * len(sl) for _, sl in target.calls]
+    assert all(c <= 0.10 * gap + 1e-6 for c, gap in zip(costs, starts))   # each ≤ a tenth of its interval
+
+
+def test_the_time_budget_does_not_count_a_preview_as_a_step():
+    clock = Clock()
+    budget = TimeBudget(10.0, clock=clock)
+    s, _ = _state()
+    budget.start(s)
+    for step in range(1, 4):
+        clock.now += 1.0
+        if step == 2:               # a 3-second preview during step 2's hooks
+            clock.now += 3.0
+            s.aside += 3.0
+        s.step = step
+        budget.step_end(s)
+    assert budget.longest == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blobs")
+    entries = []
+    for i in range(2):
+        image, label = blob_volume(seed=i)
+        write_volume(folder / f"img{i}.nii.gz", image, (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
+        write_volume(folder / f"lab{i}.nii.gz", label, (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
+        entries.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"})
+    datalist = folder / "dataset.json"
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "bright", "2": "dim"}, "modality": "MR",
+                                    "training": entries}))
+    return datalist
+
+
+ARGS = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune", "--batch-size", "2",
+        "--patch", "64", "--val-fraction", "0", "--axis", "1", "--progress", "json"]
+
+
+def test_the_preview_is_the_network_s_prediction_in_the_case_geometry(blobs, tmp_path, capsys):
+    # one step, then a preview at once (--preview-seconds 0): the network previewed is the one saved
+    preview = tmp_path / "preview"
+    preview.mkdir()
+    (preview / VIEW_FILE).write_text(json.dumps({"case": 1, "slices": [10, 30]}))
+    assert main(["train", "--datalist", str(blobs), "--out", str(tmp_path / "run"), *ARGS, "--epochs", "1",
+                 "--steps-per-epoch", "1", "--preview", str(preview), "--preview-seconds", "0"]) == 0
+    events = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    shown = [e for e in events if e["event"] == "preview"]
+    assert len(shown) == 1 and shown[0]["case"] == 1 and shown[0]["viewed"] == [10, 30]
+    assert shown[0]["path"] == str(preview / PREVIEW_FILE)
+    img = sitk.ReadImage(str(preview / PREVIEW_FILE))
+    ref = sitk.ReadImage(str(blobs.parent / "img1.nii.gz"))
+    assert img.GetSize() == ref.GetSize() and np.allclose(img.GetSpacing(), ref.GetSpacing())
+    assert np.allclose(img.GetOrigin(), ref.GetOrigin()) and np.allclose(img.GetDirection(), ref.GetDirection())
+    got = sitk.GetArrayFromImage(img)                     # (k, j, i); axis 1 = j
+    predicted = sorted({10, 30} | set(coarse_to_fine(40)[:16]))
+    assert shown[0]["slices"] == len(predicted) and shown[0]["covered"] == round(len(predicted) / 40, 3)
+    full = mt.predict(tmp_path / "run", mt.read_case(blobs.parent / "img1.nii.gz")).label
+    others = [j for j in range(40) if j not in predicted]
+    assert np.mean(got[:, predicted, :] == full[:, predicted, :]) > 0.999
+    assert not got[:, others, :].any()                    # not predicted yet: empty
+    assert set(np.unique(got)) <= {0, 1, 2} and got.any()
+
+
+def test_previews_change_nothing_in_training(blobs, tmp_path):
+    config = dict(backbone="resnet18", weights=None, strategy="finetune", epochs=2, steps_per_epoch=3, batch_size=2,
+                  patch=64, val_fraction=0)
+    quiet = Reporter(stream=None, bar=False)
+    plain = mt.train(blobs, tmp_path / "plain", reporter=quiet, **config)
+    events = []
+    shown = mt.train(blobs, tmp_path / "shown", reporter=Reporter(sink=events.append, stream=None, bar=False),
+                     **config, preview=str(tmp_path / "p"), preview_seconds=0)
+    assert sum(e["event"] == "preview" for e in events) >= 1
+    a, b = ModelPackage.load(plain.package).state_dict(), ModelPackage.load(shown.package).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)        # BatchNorm back in training mode, no randomness used
+
+
+def test_a_classifier_has_no_preview():
+    from MedTransferLib.training.skeleton import Task
+
+    with pytest.raises(mt.MedTransferError, match="--preview shows a segmentation"):
+        Task().preview_target()
+
+
+def test_slice_uncertainty_is_the_expected_number_of_wrong_voxels():
+    p = np.zeros((2, 3, 1, 2), np.float32)
+    p[0, :, 0, 0] = [0.5, 0.3, 0.2]      # wrong with probability 0.5
+    p[0, :, 0, 1] = [0.1, 0.9, 0.0]      # 0.1
+    p[1, :, 0, 0] = [1.0, 0.0, 0.0]      # certain
+    p[1, :, 0, 1] = [0.2, 0.2, 0.6]      # 0.4
+    assert slice_uncertainty(p) == pytest.approx([0.6, 0.4])
+
+
+def test_suggestions_are_the_most_uncertain_slices_away_from_labelled_ones():
+    u = np.array([9.0, 0, 0, 5, 1, 8, 7, 0, 2, 3, 0, 0])
+    # by uncertainty 0, 5, 6, 3, 9, 8, 4; labelled: slice 1. 0 and 3 are within 3 of it, 6 and 4 of 5,
+    # 8 of 9; 11 is certain (0) and never suggested
+    assert suggest_slices(u, [1], n=1) == [5]
+    assert suggest_slices(u, [1], n=3) == [5, 9]
+    assert suggest_slices(u, [1], n=3, min_gap=1) == [0, 5, 6]
+    assert suggest_slices({3: 1.0, 9: 2.0}, [8], n=2) == [3]   # only scored slices; 9 next to 8
+    assert suggest_slices(np.zeros(5), [], n=1) == []
+
+
+def test_the_slice_preview_writes_labels_in_the_case_geometry_and_suggests_from_its_probabilities(tmp_path):
+    # a (k, j, i) = (4, 5, 6) case previewed along voxel axis 0 (i): slices are the last array axis
+    geometry = Geometry((6, 5, 4), (0.5, 0.7, 2.0), (1.0, 2.0, 3.0), OBLIQUE)
+    label = np.full((4, 5, 6), IGNORE, np.uint8)
+    label[:, :, 0] = 0                     # i = 0 labelled
+    case = Case(np.zeros((4, 5, 6), np.float32), geometry, label)
+    calls = []
+
+    def predict(c, slices):                # probabilities (n, 3, H, W) with H, W = (k, j) = (4, 5)
+        calls.append(list(slices))
+        p = np.zeros((len(slices), 3, 4, 5), np.float32)
+        for n, s in enumerate(slices):
+            p[n, s % 3] = 0.6                  # class s % 3 everywhere, with probability 0.6
+            p[n, (s + 1) % 3] = 0.4
+            if s == 4:
+                p[n, :, 0, 0] = [0.2, 0.4, 0.4]    # one voxel less sure; its first maximum is class 1
+        return p
+
+    preview = SlicePreview([case], 0, [3, 7], predict)
+    assert preview.slices(0) == 6
+    path = preview.write(0, [1, 4], tmp_path / "p.nrrd")
+    got = sitk.ReadImage(str(path))
+    assert got.GetSize() == (6, 5, 4) and np.allclose(got.GetSpacing(), geometry.spacing)
+    assert np.allclose(got.GetDirection(), OBLIQUE) and np.allclose(got.GetOrigin(), geometry.origin)
+    arr = sitk.GetArrayFromImage(got)
+    expect = np.zeros((4, 5, 6), np.uint8)
+    expect[:, :, 1] = 3                    # class 1 → value 3
+    expect[:, :, 4] = 3                    # 4 % 3 = 1 → 3, and the uncertain voxel's first maximum is class 1 too
+    assert np.array_equal(arr, expect)
+    assert preview.covered(0) == pytest.approx(2 / 6)
+    # uncertainty: 20 voxels × 0.4 on slice 1; slice 4 has one voxel at 0.6 instead
+    assert preview.uncertainty[0] == pytest.approx({1: 8.0, 4: 8.2})
+    assert preview.suggest(0) == [4]       # slice 1 is within 3 of the labelled slice 0
+    preview.write(0, [2], tmp_path / "p.nrrd")   # later previews keep earlier slices
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert (arr[:, :, 2] == 7).all() and (arr[:, :, 1] == 3).all()
