@@ -64,7 +64,7 @@ GROUPS = {
     "geometry": (["MedTransferLib/core/case.py", "MedTransferLib/data/io.py"],
                  ["Testing/test_io.py", "Testing/test_properties.py"], None),
     "preprocessing": (["MedTransferLib/data/preprocessing.py", "MedTransferLib/data/histogram.py"],
-                      ["Testing/test_preprocessing.py",
+                      ["Testing/test_preprocessing.py", "Testing/test_preprocessing_units.py",
                        "Testing/test_shift.py::test_histogram_standardisation_maps_different_scanners_onto_one_scale",
                        "Testing/test_shift.py::test_input_check_names_wrong_modality_presets_and_off_ranges"], None),
     "shift": (["MedTransferLib/shift/input_check.py", "MedTransferLib/shift/ood.py", "MedTransferLib/shift/calibration.py",
@@ -77,7 +77,7 @@ GROUPS = {
                   "test_site_audit_flags_the_site_that_draws_structures_larger",
                   "test_input_check_names_wrong_modality_presets_and_off_ranges",
                   "test_stats_distance_against_hand_computed_values")]
-              + ["Testing/test_strategies_units.py",
+              + ["Testing/test_strategies_units.py", "Testing/test_shift_units.py",
                  "Testing/test_strategies.py::test_adabn_statistics_are_the_plain_average_over_all_batches"], None),
     "resume": (["MedTransferLib/training/checkpoints.py", "MedTransferLib/training/optim.py",
                 "MedTransferLib/training/loop.py"],

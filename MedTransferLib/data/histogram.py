@@ -18,6 +18,8 @@ def sparse_sample(image: np.ndarray) -> np.ndarray:
 def landmarks(image: np.ndarray) -> np.ndarray:
     s = sparse_sample(image)
     fg = s[s > np.percentile(s, 10)] if s.size > 100 else s   # leave most of the background out
+    if fg.size == 0:   # (nearly) constant: nothing above the 10th percentile
+        fg = s
     return np.percentile(fg, HIST_PERCENTILES).astype(np.float64)
 
 
