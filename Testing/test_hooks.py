@@ -258,3 +258,88 @@ def test_without_fitting_the_budget_leaves_the_planned_schedule():
         s.step = step
         budget.step_end(s)
     assert opt.horizon == 100
+
+
+class _Staged(torch.nn.Module):
+    """Two encoder stages (conv + BatchNorm) and a head: gradual unfreezing adds a parameter group
+    per epoch, so a resumed run must replay them in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.s0 = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3))
+        self.s1 = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+        self.head = torch.nn.Conv2d(4, 2, 1)
+
+    def stages(self):
+        return [self.s0, self.s1]
+
+    def forward(self, x):
+        return self.head(torch.relu(self.s1(torch.relu(self.s0(x)))))
+
+
+def _staged_run(folder, epochs, resume=False, stop_after=None):
+    """A tiny gradual-unfreezing run with validation and checkpoints; numpy draws its batches."""
+    torch.manual_seed(0)
+    net = _Staged()
+    config = SimpleNamespace(lr=1e-2, weight_decay=1e-2, epochs=epochs, steps_per_epoch=3, warmup_fraction=0.2)
+    strategy = get_strategy("adabn+gradual:1")      # AdaBN first: not again when resuming
+    rng = np.random.default_rng(5)
+    opt = Optimisation(net, strategy, config)
+
+    def batch():
+        x = torch.from_numpy(rng.normal(size=(2, 1, 6, 6)).astype(np.float32))
+        return x, (x[:, 0] > 0).long()
+
+    xv = torch.from_numpy(np.random.default_rng(9).normal(size=(4, 1, 6, 6)).astype(np.float32))
+
+    def validate():   # a score that depends only on the weights: the same in every run
+        net.eval()
+        with torch.no_grad():
+            return Validation(-float(torch.nn.functional.cross_entropy(net(xv), (xv[:, 0] > 0).long())))
+
+    events = Events()
+
+    class Stop(Hook):
+        def should_stop(self, s):
+            return s.epoch == stop_after
+
+    def adapt_inputs():
+        for i in range(2):
+            yield torch.from_numpy(np.random.default_rng(i).normal(2, 3, size=(4, 1, 6, 6)).astype(np.float32))
+
+    hooks = [AdaBNFirst(adapt_inputs, torch.device("cpu")), EarlyStopping(validate, 9),
+             Checkpoints(folder, [rng], resume), Stop()]
+    history, metrics = fit(net, strategy, opt, config, torch.device("cpu"), batch,
+                           torch.nn.functional.cross_entropy, events, "val_x", hooks)
+    return net, opt, history, metrics, events
+
+
+def test_a_resumed_run_replays_the_unfrozen_groups_and_ends_bit_identical(tmp_path):
+    net, opt, history, metrics, _ = _staged_run(tmp_path / "whole", 4)
+    # the same run stopped after epoch 2 (its checkpoint written), then resumed to epoch 4
+    _, _, first, _, _ = _staged_run(tmp_path / "part", 4, stop_after=2)
+    assert len(first) == 2
+    net2, opt2, history2, metrics2, events = _staged_run(tmp_path / "part", 4, resume=True)
+    assert [h["epoch"] for h in history2] == [1, 2, 3, 4]
+    assert history2 == history                                    # losses and scores, exactly
+    a, b = net.state_dict(), net2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)                 # the best weights, bit for bit
+    assert len(opt2.optimizer.param_groups) == len(opt.optimizer.param_groups) == 3   # head + 2 stages
+    assert [g["lr"] for g in opt2.optimizer.param_groups] == [g["lr"] for g in opt.optimizer.param_groups]
+    assert opt2.schedule.last_epoch == opt.schedule.last_epoch == 12
+    assert metrics2["best_val_x"] == metrics["best_val_x"] and metrics2["steps_run"] == 12
+    state = opt2.optimizer.state_dict()["state"]
+    assert all(torch.equal(state[i]["exp_avg"], opt.optimizer.state_dict()["state"][i]["exp_avg"]) for i in state)
+    note = [f["message"] for e, f in events.seen if e == "note" and "resumed" in f.get("message", "")]
+    assert note == ["resumed after epoch 2 (step 6 of 12)"]
+
+
+def test_resume_reads_the_previous_state_when_a_crash_fell_between_the_two_renames(tmp_path):
+    from MedTransferLib.training.checkpoints import load_state
+
+    _staged_run(tmp_path / "run", 1)
+    (tmp_path / "run").rename(tmp_path / "run.old")             # the new one not yet in place
+    state, tensors = load_state(tmp_path / "run")
+    assert state["epoch"] == 1 and any(k.startswith("opt.") for k in tensors)
+    with pytest.raises(Exception, match="no resumable training state"):
+        load_state(tmp_path / "nothing")
