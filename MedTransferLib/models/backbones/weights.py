@@ -42,7 +42,8 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
                 ignore_prefixes: tuple[str, ...] = ()) -> None:
     """Load ``state`` into ``model``; every key must match in name and shape.
 
-    Keys starting with ``ignore_prefixes`` (a classifier head we replace) may be present or not.
+    Keys starting with ``ignore_prefixes`` (a classifier head we replace) may be present or not,
+    of any shape; they are not loaded.
     """
     own = model.state_dict()
     skip = lambda k: k.startswith(ignore_prefixes) if ignore_prefixes else False  # noqa: E731
@@ -51,7 +52,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
                      and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in own and not skip(k))
     mismatched = sorted(f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}"
-                        for k in state if k in own and state[k].shape != own[k].shape)
+                        for k in state if k in own and state[k].shape != own[k].shape and not skip(k))
     if missing or unexpected or mismatched:
         parts = []
         for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
@@ -59,4 +60,4 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
                 parts.append(f"{len(keys)} {name} (e.g. {', '.join(keys[:3])})")
         raise MedTransferError(f"weights from {source} do not fit this architecture: "
                                f"{'; '.join(parts)}; pick the backbone these weights were made for")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k in own and not skip(k)}, strict=False)
