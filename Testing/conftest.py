@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 import MedTransferLib as mt
+from MedTransferLib.core.progress import Reporter
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the Slicer harness's Qt runs without a screen
 
@@ -50,20 +51,39 @@ def blob_volume(shape=(16, 40, 48), seed=0):
     return image.astype(np.float32), label
 
 
-@pytest.fixture
-def blob_datalist(tmp_path):
-    """A datalist with two synthetic cases (every 3rd slice labelled in the first)."""
+def write_blob_datalist(folder, spacing=(0.8, 0.8, 2.0), origin=(0.0, 0.0, 0.0), direction=None,
+                        labelled_first=None):
+    """Two synthetic cases (:func:`blob_volume`, seeds 0 and 1) and their ``dataset.json`` in
+    ``folder``; ``labelled_first``: the labelled slices of the first case (default: all)."""
     entries = []
     for i in range(2):
         image, label = blob_volume(seed=i)
-        write_volume(tmp_path / f"img{i}.nii.gz", image, (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
-        write_volume(tmp_path / f"lab{i}.nii.gz", label, (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
+        write_volume(folder / f"img{i}.nii.gz", image, spacing, origin, direction)
+        write_volume(folder / f"lab{i}.nii.gz", label, spacing, origin, direction)
         entries.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"})
-    entries[0]["labelled_slices"] = list(range(0, 16, 3))
-    path = tmp_path / "dataset.json"
+    if labelled_first is not None:
+        entries[0]["labelled_slices"] = list(labelled_first)
+    path = folder / "dataset.json"
     path.write_text(json.dumps({"labels": {"0": "background", "1": "bright", "2": "dim"},
                                 "modality": "MR", "training": entries}))
     return path
+
+
+class Events(Reporter):
+    """A reporter that keeps every event as ``(event, fields)`` in ``seen``."""
+
+    def __init__(self):
+        super().__init__(stream=None, bar=False)
+        self.seen = []
+
+    def emit(self, event, **fields):
+        self.seen.append((event, fields))
+
+
+@pytest.fixture
+def blob_datalist(tmp_path):
+    """A datalist with two synthetic cases (every 3rd slice labelled in the first)."""
+    return write_blob_datalist(tmp_path, (0.8, 0.8, 2.0), (5.0, -3.0, 1.0), OBLIQUE, range(0, 16, 3))
 
 
 @pytest.fixture(scope="session")

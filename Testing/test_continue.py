@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import blob_volume, write_volume
+from conftest import write_blob_datalist
 
 import MedTransferLib as mt
 from MedTransferLib.app.cli import main
@@ -19,15 +19,7 @@ TINY = dict(backbone="resnet18", weights=None, strategy="finetune", epochs=2, st
 def first(tmp_path_factory):
     """Two synthetic cases (the suite's blobs) and a tiny model trained on them."""
     folder = tmp_path_factory.mktemp("blobs")
-    entries = []
-    for i in range(2):
-        image, label = blob_volume(seed=i)
-        write_volume(folder / f"img{i}.nii.gz", image, (0.8, 0.8, 2.0))
-        write_volume(folder / f"lab{i}.nii.gz", label, (0.8, 0.8, 2.0))
-        entries.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"})
-    datalist = folder / "dataset.json"
-    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "bright", "2": "dim"}, "modality": "MR",
-                                    "training": entries}))
+    datalist = write_blob_datalist(folder)
     return datalist, mt.train(datalist, folder / "first", reporter=Reporter(stream=None, bar=False), **TINY)
 
 

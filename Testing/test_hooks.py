@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import Events
 
 from MedTransferLib.core.errors import OutOfMemory
-from MedTransferLib.core.progress import Reporter
 from MedTransferLib.training.checkpoints import Checkpoints
 from MedTransferLib.training.hooks import (
     AdaBNFirst,
@@ -22,15 +22,6 @@ from MedTransferLib.training.hooks import (
 from MedTransferLib.training.loop import fit
 from MedTransferLib.training.optim import Optimisation
 from MedTransferLib.training.strategies import get_strategy
-
-
-class Events(Reporter):
-    def __init__(self):
-        super().__init__(stream=None, bar=False)
-        self.seen = []
-
-    def emit(self, event, **fields):
-        self.seen.append((event, fields))
 
 
 def _state(model=None, metric="val_dice"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import OBLIQUE, blob_volume, write_volume
+from conftest import OBLIQUE, Events, write_blob_datalist
 
 import MedTransferLib as mt
 from MedTransferLib.app.cli import main
@@ -26,15 +26,6 @@ from MedTransferLib.training.preview import (
     coarse_to_fine,
     read_view,
 )
-
-
-class Events(Reporter):
-    def __init__(self):
-        super().__init__(stream=None, bar=False)
-        self.seen = []
-
-    def emit(self, event, **fields):
-        self.seen.append((event, fields))
 
 
 class Clock:
@@ -185,17 +176,7 @@ def test_the_time_budget_does_not_count_a_preview_as_a_step():
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("blobs")
-    entries = []
-    for i in range(2):
-        image, label = blob_volume(seed=i)
-        write_volume(folder / f"img{i}.nii.gz", image, (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
-        write_volume(folder / f"lab{i}.nii.gz", label, (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
-        entries.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"})
-    datalist = folder / "dataset.json"
-    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "bright", "2": "dim"}, "modality": "MR",
-                                    "training": entries}))
-    return datalist
+    return write_blob_datalist(tmp_path_factory.mktemp("blobs"), (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
 
 
 ARGS = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune", "--batch-size", "2",

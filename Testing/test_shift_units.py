@@ -12,28 +12,12 @@ import MedTransferLib as mt
 from MedTransferLib.core.labels import Label
 from MedTransferLib.data.preprocessing import Preprocessing
 from MedTransferLib.data.sampling import bn_inputs_2d
+from MedTransferLib.shift import ood
+from MedTransferLib.shift import prior as ps
 from MedTransferLib.shift.calibration import (
     expected_calibration_error,
     fit_temperature,
     softmax,
-)
-from MedTransferLib.shift.ood import (
-    activation_stats,
-    calibrate_ood,
-    chunk_scores,
-    ood_score,
-    ood_verdict,
-    reference_stats,
-    stats_distance,
-)
-from MedTransferLib.shift.prior import (
-    adjust_posteriors,
-    bbse_prior,
-    class_fractions,
-    confusion_given_truth,
-    em_prior,
-    fraction_flag,
-    prior_correction,
 )
 
 
@@ -51,7 +35,7 @@ def test_activation_stats_are_each_norm_layer_s_input_mean_and_variance_over_all
     seen = {"1": [], "4": []}
     hooks = [model[1].register_forward_pre_hook(lambda m, i: seen["1"].append(i[0].detach().clone())),
              model[4].register_forward_pre_hook(lambda m, i: seen["4"].append(i[0].detach().clone()))]
-    stats = activation_stats(model, iter(batches))
+    stats = ood.activation_stats(model, iter(batches))
     for h in hooks:
         h.remove()
     assert model.training                                           # put back as it was
@@ -64,10 +48,10 @@ def test_activation_stats_are_each_norm_layer_s_input_mean_and_variance_over_all
         assert stats[f"{name}.mean"].dtype == torch.float32
     # in eval mode: BatchNorm's running statistics are not touched
     before = model[1].running_mean.clone()
-    activation_stats(model, iter(batches))
+    ood.activation_stats(model, iter(batches))
     assert torch.equal(model[1].running_mean, before)
     # a constant input channel: variance floored, not 0 (its log is taken)
-    const = activation_stats(nn.Sequential(nn.BatchNorm2d(1)), iter([torch.ones(2, 1, 4, 4)]))
+    const = ood.activation_stats(nn.Sequential(nn.BatchNorm2d(1)), iter([torch.ones(2, 1, 4, 4)]))
     assert const["0.var"].item() == pytest.approx(1e-8)
 
 
@@ -75,28 +59,28 @@ def test_stats_distance_is_symmetric_in_sign_and_zero_for_the_same_statistics():
     ref = {"a.mean": torch.tensor([0.0, 0.0]), "a.var": torch.tensor([4.0, 1.0])}
     up = {"a.mean": torch.tensor([1.0, -1.0]), "a.var": torch.tensor([4.0, 1.0])}
     # |Δmean| / σ: 1/2 and 1/1 → mean 0.75; opposite signs add, they do not cancel
-    assert stats_distance(up, ref) == pytest.approx(0.75)
-    assert stats_distance(ref, ref) == 0.0
-    assert math.isnan(stats_distance({"b.mean": torch.zeros(1), "b.var": torch.ones(1)}, ref))
+    assert ood.stats_distance(up, ref) == pytest.approx(0.75)
+    assert ood.stats_distance(ref, ref) == 0.0
+    assert math.isnan(ood.stats_distance({"b.mean": torch.zeros(1), "b.var": torch.ones(1)}, ref))
 
 
 def test_calibration_thresholds_are_the_median_plus_3_and_6_robust_spreads():
-    c = calibrate_ood([1.0, 2.0, 3.0, 4.0, 100.0, float("nan")])
+    c = ood.calibrate_ood([1.0, 2.0, 3.0, 4.0, 100.0, float("nan")])
     # median 3, median absolute deviation 1 → spread 1.4826 (above 10 % of the median, 0.3)
     assert c["median"] == 3.0 and c["spread"] == 1.4826
     assert c["unusual_above"] == round(3 + 3 * 1.4826, 4) and c["far_out_above"] == round(3 + 6 * 1.4826, 4)
     assert c["reference"] == [1.0, 2.0, 3.0, 4.0, 100.0]
-    flat = calibrate_ood([5.0, 5.0, 5.0])
+    flat = ood.calibrate_ood([5.0, 5.0, 5.0])
     assert flat["spread"] == 0.5 and flat["unusual_above"] == 6.5 and flat["far_out_above"] == 8.0
-    assert calibrate_ood([0.0, 0.0])["unusual_above"] == 0.0      # a floor of 1e-6, rounded to 4 places
-    assert calibrate_ood([float("nan")]) == {} and calibrate_ood([]) == {}
+    assert ood.calibrate_ood([0.0, 0.0])["unusual_above"] == 0.0      # a floor of 1e-6, rounded to 4 places
+    assert ood.calibrate_ood([float("nan")]) == {} and ood.calibrate_ood([]) == {}
 
 
 def test_the_verdict_is_in_range_up_to_each_threshold_inclusive():
     c = {"unusual_above": 2.0, "far_out_above": 4.0}
-    assert [ood_verdict(s, c) for s in (1.0, 2.0, 2.01, 4.0, 4.01)] == \
+    assert [ood.ood_verdict(s, c) for s in (1.0, 2.0, 2.01, 4.0, 4.01)] == \
         ["in range", "in range", "unusual", "unusual", "far out"]
-    assert ood_verdict(float("nan"), c) == "unknown" and ood_verdict(9.0, {}) == "unknown"
+    assert ood.ood_verdict(float("nan"), c) == "unknown" and ood.ood_verdict(9.0, {}) == "unknown"
 
 
 def test_ood_scores_measure_slabs_of_the_standardised_volume_against_the_reference():
@@ -104,27 +88,27 @@ def test_ood_scores_measure_slabs_of_the_standardised_volume_against_the_referen
     prep = Preprocessing()
     rng = np.random.default_rng(0)
     vol = rng.normal(size=(1, 10, 12, 12)).astype(np.float32)       # (C, S, H, W)
-    ref = reference_stats(model, [vol], prep, "2.5d", 3)
-    again = activation_stats(model, bn_inputs_2d(vol, 3, prep, max_slices=24))
+    ref = ood.reference_stats(model, [vol], prep, "2.5d", 3)
+    again = ood.activation_stats(model, bn_inputs_2d(vol, 3, prep, max_slices=24))
     assert all(torch.equal(ref[k], again[k]) for k in ref)
-    assert ood_score(model, vol, prep, "2.5d", 3, reference=ref) == pytest.approx(0.0, abs=1e-6)
-    assert ood_score(model, vol * 3 + 2, prep, "2.5d", 3, reference=ref) > 0.5
-    assert math.isnan(ood_score(model, vol, prep, "2.5d", 3, reference=None))
+    assert ood.ood_score(model, vol, prep, "2.5d", 3, reference=ref) == pytest.approx(0.0, abs=1e-6)
+    assert ood.ood_score(model, vol * 3 + 2, prep, "2.5d", 3, reference=ref) > 0.5
+    assert math.isnan(ood.ood_score(model, vol, prep, "2.5d", 3, reference=None))
     # 10 slices in 4 chunks: [0, 2), [2, 5), [5, 8), [8, 10); only chunks of ≥ 3 slices are scored
-    scores = chunk_scores(model, vol, prep, "2.5d", 3, reference=ref)
-    expect = [ood_score(model, vol[:, a:b], prep, "2.5d", 3, reference=ref, max_slices=8) for a, b in ((2, 5), (5, 8))]
+    scores = ood.chunk_scores(model, vol, prep, "2.5d", 3, reference=ref)
+    expect = [ood.ood_score(model, vol[:, a:b], prep, "2.5d", 3, reference=ref, max_slices=8) for a, b in ((2, 5), (5, 8))]
     assert scores == pytest.approx(expect) and len(scores) == 2
-    assert chunk_scores(model, vol[0], prep, "2.5d", 3, reference=ref) == pytest.approx(expect)   # (S, H, W) too
+    assert ood.chunk_scores(model, vol[0], prep, "2.5d", 3, reference=ref) == pytest.approx(expect)   # (S, H, W) too
     one = _net(1)                                                   # one slice per input: every chunk counts
-    ref1 = reference_stats(one, [vol], prep, "2.5d", 1)
-    assert chunk_scores(one, vol, prep, "2.5d", 1, reference=ref1, chunks=2) == pytest.approx(
-        [ood_score(one, vol[:, a:b], prep, "2.5d", 1, reference=ref1, max_slices=8) for a, b in ((0, 5), (5, 10))])
+    ref1 = ood.reference_stats(one, [vol], prep, "2.5d", 1)
+    assert ood.chunk_scores(one, vol, prep, "2.5d", 1, reference=ref1, chunks=2) == pytest.approx(
+        [ood.ood_score(one, vol[:, a:b], prep, "2.5d", 1, reference=ref1, max_slices=8) for a, b in ((0, 5), (5, 10))])
 
 
 # -- prior shift ---------------------------------------------------------------------------------------
 def test_bayes_rule_reweights_posteriors_by_the_prior_ratio():
     p = np.array([[0.5, 0.5], [0.8, 0.2]])
-    adj = adjust_posteriors(p, [0.5, 0.5], [0.2, 0.8])
+    adj = ps.adjust_posteriors(p, [0.5, 0.5], [0.2, 0.8])
     # row 0: 0.5·0.4 : 0.5·1.6 → 0.2 : 0.8; row 1: 0.8·0.4 : 0.2·1.6 → 0.32 : 0.32
     assert np.allclose(adj, [[0.2, 0.8], [0.5, 0.5]])
 
@@ -132,62 +116,62 @@ def test_bayes_rule_reweights_posteriors_by_the_prior_ratio():
 def test_em_converges_to_the_fixed_point_of_its_own_update():
     rng = np.random.default_rng(0)
     p = rng.dirichlet([2, 1, 1], size=200)
-    prior, adj, iterations = em_prior(p, [1 / 3] * 3)
-    assert np.allclose(adjust_posteriors(p, [1 / 3] * 3, prior).mean(0), prior, atol=1e-7)
-    assert np.allclose(adj, adjust_posteriors(p, [1 / 3] * 3, prior)) and 1 < iterations < 1000
-    _, _, one = em_prior(p, [1 / 3] * 3, iters=1)
+    prior, adj, iterations = ps.em_prior(p, [1 / 3] * 3)
+    assert np.allclose(ps.adjust_posteriors(p, [1 / 3] * 3, prior).mean(0), prior, atol=1e-7)
+    assert np.allclose(adj, ps.adjust_posteriors(p, [1 / 3] * 3, prior)) and 1 < iterations < 1000
+    _, _, one = ps.em_prior(p, [1 / 3] * 3, iters=1)
     assert one == 1
 
 
 def test_bbse_solves_the_confusion_system_and_falls_back_to_uniform():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     pred = np.array([0, 0, 0, 1, 1, 1, 1, 1])
-    C = confusion_given_truth(pred, y, 2)
+    C = ps.confusion_given_truth(pred, y, 2)
     assert np.allclose(C, [[0.75, 0.0], [0.25, 1.0]])             # C[i, j] = P(ŷ = i | y = j)
     target = np.array([0] * 3 + [1] * 7)                           # μ = (0.3, 0.7)
-    q = bbse_prior(C, target)
+    q = ps.bbse_prior(C, target)
     assert np.allclose(q, np.linalg.solve(C, [0.3, 0.7]))          # (0.4, 0.6)
-    assert np.allclose(bbse_prior(C, np.array([1] * 10)), [0.0, 1.0])      # clipped at 0, normalised
-    assert np.allclose(bbse_prior(np.eye(2), np.array([], int)), [0.5, 0.5])
+    assert np.allclose(ps.bbse_prior(C, np.array([1] * 10)), [0.0, 1.0])      # clipped at 0, normalised
+    assert np.allclose(ps.bbse_prior(np.eye(2), np.array([], int)), [0.5, 0.5])
     with pytest.raises(mt.MedTransferError, match="class 2 has none"):
-        confusion_given_truth(pred, y, 3)
+        ps.confusion_given_truth(pred, y, 3)
 
 
 def test_prior_correction_rows_report_and_the_known_prior_syntax():
     rows = [{"case": "a", "p_no": 0.6, "p_yes": 0.4, "predicted": "no"},
             {"case": "b", "p_no": 0.9, "p_yes": 0.1, "predicted": "no"}]
     classes = ["no", "yes"]
-    out, report = prior_correction(rows, classes, {"source_prior": [0.5, 0.5]}, "known:no=0.2,yes=0.8")
+    out, report = ps.prior_correction(rows, classes, {"source_prior": [0.5, 0.5]}, "known:no=0.2,yes=0.8")
     # a: 0.6·0.4 : 0.4·1.6 = 0.24 : 0.64 → yes; b: 0.36 : 0.16 → no
     assert out[0]["p_yes"] == pytest.approx(0.64 / 0.88) and out[0]["predicted"] == "yes"
     assert out[0]["predicted_before"] == "no" and out[1]["predicted"] == "no" and out[1]["case"] == "b"
     assert report == {"method": "known", "cases": 2, "training_prior": {"no": 0.5, "yes": 0.5},
                       "estimated_prior": {"no": 0.2, "yes": 0.8}, "decisions_changed": 1}
-    same, _ = prior_correction(rows, classes, {}, "known:1,4")        # by position; uniform source
+    same, _ = ps.prior_correction(rows, classes, {}, "known:1,4")        # by position; uniform source
     assert same[0]["p_yes"] == pytest.approx(0.64 / 0.88)
-    _, em = prior_correction(rows, classes, {"source_prior": [0.5, 0.5]}, "em")
+    _, em = ps.prior_correction(rows, classes, {"source_prior": [0.5, 0.5]}, "em")
     assert em["method"] == "em" and em["estimated_prior"]["no"] > 0.75
-    _, bb = prior_correction(rows, classes, {"confusion": [[1.0, 0.0], [0.0, 1.0]]}, "bbse")
+    _, bb = ps.prior_correction(rows, classes, {"confusion": [[1.0, 0.0], [0.0, 1.0]]}, "bbse")
     assert bb["estimated_prior"] == {"no": 1.0, "yes": 0.0}
     for bad, message in (("known:no=0.5", "one prevalence per class"), ("known:no=1,maybe=1", "one prevalence"),
                          ("known:1,2,3", "one prevalence"), ("known:x,y", "one prevalence"),
                          ("known:-1,2", "≥ 0 and not all 0"), ("known:0,0", "not all 0"),
                          ("bbse", "validation confusion"), ("median", "unknown; use em, bbse")):
         with pytest.raises(mt.MedTransferError, match=message):
-            prior_correction(rows, classes, {}, bad)
+            ps.prior_correction(rows, classes, {}, bad)
     with pytest.raises(mt.MedTransferError, match="lacks the column 'p_yes'"):
-        prior_correction([{"p_no": 1.0}], classes, {}, "em")
+        ps.prior_correction([{"p_no": 1.0}], classes, {}, "em")
 
 
 def test_structure_fractions_count_labelled_voxels_only_and_are_flagged_against_training():
     label = np.array([0, 1, 1, 2, 255, 255, 0, 0])
     labels = [Label(1, "a", (1.0, 0.0, 0.0)), Label(2, "b", (0.0, 1.0, 0.0))]
-    assert class_fractions(label, labels) == {"a": 2 / 8, "b": 1 / 8}
-    assert class_fractions(label, labels, ignore=255) == {"a": 2 / 6, "b": 1 / 6}
-    assert class_fractions(np.array([], int), labels, ignore=255) == {"a": 0.0, "b": 0.0}
+    assert ps.class_fractions(label, labels) == {"a": 2 / 8, "b": 1 / 8}
+    assert ps.class_fractions(label, labels, ignore=255) == {"a": 2 / 6, "b": 1 / 6}
+    assert ps.class_fractions(np.array([], int), labels, ignore=255) == {"a": 0.0, "b": 0.0}
     ref = [0.1, 0.2]
-    assert [fraction_flag(f, ref) for f in (0.049, 0.05, 0.4, 0.41)] == ["low", "ok", "ok", "high"]
-    assert fraction_flag(0.3, ref, factor=1.0) == "high" and fraction_flag(0.3, []) == "unknown"
+    assert [ps.fraction_flag(f, ref) for f in (0.049, 0.05, 0.4, 0.41)] == ["low", "ok", "ok", "high"]
+    assert ps.fraction_flag(0.3, ref, factor=1.0) == "high" and ps.fraction_flag(0.3, []) == "unknown"
 
 
 # -- calibration ---------------------------------------------------------------------------------------------
