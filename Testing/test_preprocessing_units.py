@@ -192,3 +192,100 @@ def test_the_landmark_map_is_piecewise_linear_inside_and_extrapolates_with_the_e
     scale = tuple(np.linspace(0, 100, len(HIST_PERCENTILES)))
     measured = apply_landmarks(x, scale)                # without ``own``: the image's own landmarks
     assert np.allclose(measured, apply_landmarks(x, scale, landmarks(x)))
+
+
+def test_outputs_are_float32_whatever_the_input_type():
+    img64 = _graded((40, 5, 6)).astype(np.float64)
+    prep = Preprocessing(modality="MR")
+    params = []
+    assert prep.standardise(img64, params).dtype == np.float32
+    assert prep.apply(img64[:3], params).dtype == np.float32
+    two = Preprocessing(channel_modalities=("MR", "MR"))
+    p2 = []
+    both = two.standardise(np.stack([img64, img64]), p2)
+    assert both.dtype == np.float32 and two.apply(np.stack([img64, img64])[:, :3], p2).dtype == np.float32
+    assert sparse_sample(img64).dtype == np.float32
+    back = Preprocessing(target_mean=(0.5,), target_std=(2.0,))
+    assert back.to_backbone(np.ones((1, 2, 3, 3), np.float32)).dtype == np.float32
+    assert back.to_backbone(torch.ones(1, 2, 3, 3)).dtype == torch.float32
+
+
+def test_sampled_percentiles_clip_blocks_at_both_ends_and_histograms_change_the_result():
+    img = _graded((128, 5, 6))                          # 128 // 64 = 2: every other slice
+    params = []
+    prep = Preprocessing(modality="MR", mr_percentiles=(2.0, 98.0))
+    whole = prep.standardise(img, params)
+    assert params[0]["lo"] == pytest.approx(np.percentile(img[::2], 2.0))
+    for block in (slice(0, 7), slice(121, 128)):       # the lowest and the highest values: clipped
+        assert np.array_equal(prep.apply(img[block], params), whole[block])
+    assert whole.min() == pytest.approx((params[0]["lo"] - params[0]["mean"]) / params[0]["std"], rel=1e-5)
+    assert whole.max() == pytest.approx((params[0]["hi"] - params[0]["mean"]) / params[0]["std"], rel=1e-5)
+    scale = learn_landmarks([img ** 1.5, img])
+    mapped = Preprocessing(modality="MR", histogram_landmarks=scale)
+    lp = []
+    assert not np.allclose(mapped.standardise(img, lp), Preprocessing(modality="MR").standardise(img))
+    assert "landmarks" in lp[0]
+    ct = Preprocessing(modality="CT", histogram_landmarks=scale)   # CT: a fixed window, never landmarks
+    hu = np.random.default_rng(0).uniform(-1000, 1000, (8, 4, 4)).astype(np.float32)
+    assert np.array_equal(ct.standardise(hu), Preprocessing(modality="CT").standardise(hu))
+    mr2 = Preprocessing(channel_modalities=("MR", "MR"), mr_percentiles=(10.0, 90.0))
+    assert np.array_equal(mr2.standardise(np.stack([img, img]))[1],
+                          Preprocessing(modality="MR", mr_percentiles=(10.0, 90.0)).standardise(img))
+    assert Preprocessing.from_dict(Preprocessing(modality="MR").to_dict()).modality == "MR"
+
+
+def test_the_constant_check_threshold_is_one_millionth_of_the_larger_of_1_and_the_top():
+    tiny = np.zeros((4, 4, 4), np.float32)
+    tiny[:2] = 3e-6                                    # spread 1.5e-6: above 1e-6 × max(1, 3e-6)
+    z = Preprocessing(modality="MR", mr_percentiles=(0.0, 100.0)).standardise(tiny)
+    assert np.isfinite(z).all()
+
+
+def test_modality_detection_edges():
+    vol = np.full((10, 6, 6), 40.0, np.float32)       # fewer than 32 slices: every slice sampled
+    vol[1::2, 0, :] = -1000.0
+    assert detect_modality(vol) == "CT"
+    edge = np.full((4, 10, 10), 40.0, np.float32)
+    edge[:, 0, :] = -500.0                             # the 1st percentile is exactly -500: not below it
+    assert detect_modality(edge) == "MR"
+    edge[:, 0, :] = -500.5
+    assert detect_modality(edge) == "CT"
+    geo = Geometry((6, 6, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    air_later = np.full((10, 6, 6), 40.0, np.float32)
+    air_later[1:, :2] = -1000.0                        # slice 0 has no air; the volume does
+    assert make_preprocessing("auto", Case(air_later, geo), (0.0,), (1.0,)).modality == "CT"
+
+
+def test_landmark_edges_background_ties_sizes_and_narrow_ranges():
+    img = np.zeros((4, 10, 10), np.float32)            # 400 voxels, half of them 0 (background)
+    img[:2] = np.arange(200, dtype=np.float32).reshape(2, 10, 10) + 1
+    fg = img[img > 0]
+    assert np.allclose(landmarks(img), np.percentile(fg, HIST_PERCENTILES))   # ties at the 10th percentile left out
+    hundred = np.arange(100, dtype=np.float32).reshape(4, 5, 5)
+    assert np.allclose(landmarks(hundred), np.percentile(hundred, HIST_PERCENTILES))   # ≤ 100 voxels: all
+    many = np.arange(101, dtype=np.float32).reshape(1, 1, 101)
+    assert np.allclose(landmarks(many), np.percentile(many[many > np.percentile(many, 10)], HIST_PERCENTILES))
+    # most foreground voxels equal: the lowest landmarks coincide, the scale is still learnt
+    rng = np.random.default_rng(0)
+    tied = np.zeros((1, 1, 2000), np.float32)
+    tied[0, 0, 200:1900] = 5.0
+    tied[0, 0, 1900:] = rng.uniform(6, 100, 100)
+    assert learn_landmarks([tied])[-1] == 100.0
+    top_tied = np.zeros((1, 1, 2000), np.float32)
+    top_tied[0, 0, 200:300] = rng.uniform(1, 4, 100)
+    top_tied[0, 0, 300:] = 5.0
+    assert learn_landmarks([top_tied])[0] == 0.0
+    narrow = rng.uniform(0.0, 0.5, (4, 10, 10)).astype(np.float32)   # a range below 1 is not constant
+    assert learn_landmarks([narrow])[-1] == 100.0
+    a, b = _graded((20, 8, 9), 1), _graded((20, 8, 9), 2) ** 1.3
+    scaled = [(lm - lm[0]) / (lm[-1] - lm[0]) * 100.0 for lm in (landmarks(a), landmarks(b))]
+    assert learn_landmarks([a, b]) == tuple(round(float(v), 4) for v in np.mean(scaled, axis=0))
+
+
+def test_the_landmark_map_s_end_slopes_and_flat_landmarks():
+    own = np.array([10.0, 20.0, 40.0])
+    out = apply_landmarks(np.array([0.0, 50.0], np.float32), (10.0, 50.0, 100.0), own)
+    # below: slope (50 − 10) / 10 = 4 → 10 − 40 = −30; above: slope 50 / 20 = 2.5 → 125
+    assert out.tolist() == pytest.approx([-30.0, 125.0])
+    flat = apply_landmarks(np.array([4.0, 6.0], np.float32), (0.0, 50.0, 100.0), np.array([5.0, 5.0, 5.0]))
+    assert np.isfinite(flat).all() and flat[0] < 0 < 100 < flat[1]
