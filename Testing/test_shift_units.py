@@ -313,3 +313,165 @@ def test_site_audit_flags_volume_and_boundary_differences_past_their_limits():
     assert rows[1]["flag"] == "volume +50% vs other sites"
     with pytest.raises(mt.MedTransferError, match="two or more sites"):
         site_audit([case(4)], ["A"], lab, prep)
+
+
+# -- the edges the first mutation run found unguarded --------------------------------------------------------
+def _net3d():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.BatchNorm3d(3), nn.ReLU(), nn.Conv3d(3, 2, 1))
+
+
+def test_3d_ood_scores_use_random_patches_and_chunks_at_least_a_patch_long():
+    from MedTransferLib.data.sampling import bn_inputs_3d
+
+    model, prep = _net3d(), Preprocessing()
+    vol = np.random.default_rng(1).normal(size=(1, 16, 16, 16)).astype(np.float32)
+    ref = ood.reference_stats(model, [vol], prep, "3d", 1, patch=(8, 8, 8))
+    again = ood.activation_stats(model, bn_inputs_3d(vol, (8, 8, 8), prep, count=4, batch_size=1))
+    assert all(torch.equal(ref[k], again[k]) for k in ref)
+    assert ood.ood_score(model, vol, prep, "3d", 1, (8, 8, 8), reference=ref) == pytest.approx(0.0, abs=1e-6)
+    assert ood.chunk_scores(model, vol, prep, "3d", 1, (8, 8, 8), reference=ref) == []   # 4-slice chunks < 8
+    two = ood.chunk_scores(model, vol, prep, "3d", 1, (8, 8, 8), reference=ref, chunks=2)
+    assert len(two) == 2 and two == pytest.approx(
+        [ood.ood_score(model, vol[:, a:b], prep, "3d", 1, (8, 8, 8), reference=ref, max_slices=8) for a, b in ((0, 8), (8, 16))])
+
+
+def test_2d_ood_scores_take_24_slices_and_chunks_8():
+    model, prep = _net(), Preprocessing()
+    vol = np.random.default_rng(2).normal(size=(1, 40, 12, 12)).astype(np.float32)
+    vol *= np.linspace(0.5, 3, 40, dtype=np.float32)[None, :, None, None]       # slices differ
+    ref = ood.reference_stats(model, [vol], prep, "2.5d", 3)
+    assert all(torch.equal(ref[k], v) for k, v in ood.activation_stats(model, bn_inputs_2d(vol, 3, prep, max_slices=24)).items())
+    other = vol[:, ::-1].copy()
+    direct = ood.stats_distance(ood.activation_stats(model, bn_inputs_2d(other, 3, prep, max_slices=24)), ref)
+    assert ood.ood_score(model, other, prep, "2.5d", 3, reference=ref) == pytest.approx(direct)
+    chunk = ood.stats_distance(ood.activation_stats(model, bn_inputs_2d(vol[:, :20], 3, prep, max_slices=8)), ref)
+    assert ood.chunk_scores(model, vol, prep, "2.5d", 3, reference=ref, chunks=2)[0] == pytest.approx(chunk)
+
+
+def test_calibration_rounds_to_4_places():
+    c = ood.calibrate_ood([0.123456, 0.2234567, 0.3111111])
+    med, spread = 0.2234567, max(1.4826 * 0.0876544, 0.1 * 0.2234567)
+    assert c["median"] == round(med, 4) == 0.2235 and c["spread"] == round(spread, 4)
+    assert c["unusual_above"] == round(med + 3 * spread, 4) and c["far_out_above"] == round(med + 6 * spread, 4)
+    assert c["reference"] == [0.1235, 0.2235, 0.3111]
+
+
+def test_prior_edges_uneven_sources_zero_sources_and_empty_rows():
+    p = np.array([[0.5, 0.5], [0.0, 1.0]])
+    adj = ps.adjust_posteriors(p, [0.25, 0.75], [0.5, 0.5])     # weights 2 and 2/3
+    assert np.allclose(adj[0], [0.75, 0.25])
+    assert np.isfinite(ps.adjust_posteriors(p, [0.0, 1.0], [0.5, 0.5])).all()
+    assert np.allclose(ps.adjust_posteriors(p, [0.5, 0.5], [1.0, 0.0])[1], [0.0, 0.0])   # no class left: zeros
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([2, 1], size=50)
+    one, _, _ = ps.em_prior(probs, [0.5, 0.5], iters=1)
+    assert np.allclose(one, probs.mean(0))                       # one EM step from the source prior
+    C = np.array([[0.75, 0.5], [0.25, 0.5]])
+    # C q = (0, 1) has q = (-2, 3): clipped to (0, 3), then normalised
+    assert np.allclose(ps.bbse_prior(C, np.array([1, 1, 1])), [0.0, 1.0])
+    assert ps.class_fractions(np.array([1]), [Label(1, "a", (1.0, 0.0, 0.0))]) == {"a": 1.0}
+    rows = [{"p_no": 0.6, "p_yes": 0.4, "predicted": "no"}, {"p_no": 0.3, "p_yes": 0.7, "predicted": "yes"}]
+    out, report = ps.prior_correction(rows, ["no", "yes"], {}, "known:1,0.5")
+    assert report["training_prior"] == {"no": 0.5, "yes": 0.5} and report["estimated_prior"] == {"no": 0.6667, "yes": 0.3333}
+    accepted, _ = ps.prior_correction(rows, ["no", "yes"], {}, "known:0,1")   # a class may be absent
+    assert accepted[0]["predicted"] == "yes"
+    out, _ = ps.prior_correction(rows, ["no", "yes"], {"source_prior": [1 / 3, 2 / 3], "confusion": [[1.0, 0.0], [0.0, 1.0]]}, "bbse")
+    prior = np.array([0.5, 0.5])                                 # predicted classes: one each
+    assert [r["p_no"] for r in out] == pytest.approx(ps.adjust_posteriors(np.array([[0.6, 0.4], [0.3, 0.7]]), [1 / 3, 2 / 3], prior)[:, 0])
+    named = [{"p_grade:1": 0.5, "p_grade:2": 0.5}]
+    _, rep = ps.prior_correction(named, ["grade:1", "grade:2"], {}, "known:grade:1=0.2,grade:2=0.8")
+    assert rep["estimated_prior"] == {"grade:1": 0.2, "grade:2": 0.8}   # class names may hold a colon
+
+
+def test_softmax_is_stable_per_row_and_calibration_error_uses_15_bins():
+    assert np.allclose(softmax(np.array([[1000.0, 0.0], [0.0, -1000.0]])), [[1.0, 0.0], [1.0, 0.0]])
+    probs = np.array([[0.86, 0.14], [0.87, 0.13], [0.05, 0.95]])
+    y = np.array([0, 1, 1])
+    # bins of 1/15: 0.86 ∈ (0.8, 0.8667], 0.87 ∈ (0.8667, 0.9333], 0.95 ∈ (0.9333, 1]
+    assert expected_calibration_error(probs, y) == pytest.approx((0.14 + 0.87 + 0.05) / 3)
+
+
+def test_temperature_can_sharpen_below_1_and_is_rounded_to_4_places():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), y] += 3.0
+    t = fit_temperature(logits * 0.2, y)                         # underconfident: sharpen
+    assert t < 0.5 and t == round(t, 4)
+
+
+def test_input_check_messages_name_the_image_and_use_the_backbone_s_scale():
+    from MedTransferLib.shift.input_check import input_check, intensity_profile
+
+    def ch(**change):
+        c = {"raw_p1": 40.0, "raw_p50": 80.0, "raw_p99": 130.0, "detected_modality": "MR", "std_p1": -2.0,
+             "std_p99": 2.0, "backbone_mean": 0.5, "backbone_std": 2.0, "saturated": 0.0}
+        c.update(change)
+        return c
+
+    prep = Preprocessing(modality="MR", target_mean=(0.5,), target_std=(2.0,))
+    assert input_check(None, prep, profile={"channels": [ch()]}) == []
+    assert input_check(None, prep, profile={"channels": [ch(backbone_mean=2.5)]}) == []   # exactly 1 × 2.0 away
+    assert input_check(None, prep, profile={"channels": [ch(backbone_mean=2.6)]})[0].startswith("this case: ")
+    assert input_check(None, prep, profile={"channels": [ch(backbone_mean=-1.6)]}) != []
+    assert input_check(None, prep, profile={"channels": [ch(backbone_std=0.7)]}) == []    # 0.35 of 2.0
+    assert input_check(None, prep, profile={"channels": [ch(backbone_std=6.2)]}) != []    # 3.1 × 2.0
+    two = {"channels": [ch(), ch(detected_modality="CT")]}
+    [w] = input_check(None, prep, {"channels": [{"raw_range": [90.0], "std_p99": [2.0]}]}, "p7", two)
+    assert w.startswith("case 'p7', image 2 looks like CT")        # one image model: its modality for both
+    ref = {"channels": [{"raw_range": [10.0, 30.0], "std_p99": [2.0]}]}
+    assert input_check(None, prep, ref, profile={"channels": [ch()]}) == []          # 90 / 30: ×3.0
+    assert "×3.1" in input_check(None, prep, ref, profile={"channels": [ch(raw_p99=133.0)]})[0]
+    small = {"channels": [{"raw_range": [0.1, 0.15], "std_p99": [2.0]}]}
+    assert input_check(None, prep, small, profile={"channels": [ch(raw_p1=0.0, raw_p99=0.2)]}) == []
+    half = intensity_profile(np.ones((4, 4, 4), np.float32), prep, standardised=np.full((4, 4, 4), 0.5, np.float32))
+    assert half["channels"][0]["saturated"] == 1.0                # every value at the (0.5) maximum
+
+
+def test_audits_with_three_annotators_anisotropic_voxels_and_site_flags():
+    from MedTransferLib.core.case import Case, Geometry
+    from MedTransferLib.data.metrics import surface_distances
+    from MedTransferLib.shift.audit import label_audit, site_audit
+
+    geo = Geometry((8, 8, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    a = np.zeros((8, 8, 8), np.uint8)
+    a[2:5, 2:5, 2:5] = 1
+    b, c = a.copy(), a.copy()
+    b[5, 2:5, 2:5] = 1                                         # one more slice along k (2 mm)
+    c[2:5, 2:5, 5] = 1                                         # one more column along i (1 mm)
+    rows = label_audit({"p": a, "q": b, "r": c}, [Label(1, "s", (1.0, 0.0, 0.0))], geo)
+    pq = rows[0]
+    assert pq["hd95_mm"] == surface_distances(a == 1, b == 1, (1.0, 1.0, 2.0))[0] and pq["hd95_mm"] == 2.0
+    summary = {r["annotator_a"]: r["dice"] for r in rows if r["structure"] == "(all)"}
+    pair = {(r["annotator_a"], r["annotator_b"]): r["dice"] for r in rows if r["structure"] == "s"}
+    assert summary["p"] == pytest.approx((pair[("p", "q")] + pair[("p", "r")]) / 2)
+    assert summary["q"] == pytest.approx((pair[("p", "q")] + pair[("q", "r")]) / 2)
+
+    grid = Geometry((8, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+    def case(n, bright=0.0, second=False):
+        lab = np.zeros(512, np.uint8)
+        lab[:n] = 1
+        if second:
+            lab[300:310] = 2
+        lab = lab.reshape(8, 8, 8)
+        img = np.full((8, 8, 8), 20.0, np.float32)
+        img[7, 0, :] = -1000.0                                   # air (1.6 %) in the last slice only: a CT
+        img[lab == 1] += bright
+        return Case(img, grid, lab)
+
+    labels = [Label(1, "s", (1.0, 0.0, 0.0)), Label(2, "t", (0.0, 1.0, 0.0))]
+    rows = site_audit([case(200, second=True), case(200, second=True), case(300, 800.0)], ["A", "A", "B"], labels)
+    by = {(r["structure"], r["site"]): r for r in rows}
+    # CT detected from the whole volume (slice 0 alone has no air): boundary 20 HU → 0.02, 820 HU → 0.82
+    assert by[("s", "A")]["boundary_intensity"] == pytest.approx(0.02, abs=1e-6)
+    assert by[("s", "A")]["other_sites_boundary_intensity"] == pytest.approx(0.82, abs=1e-6)
+    assert by[("s", "B")]["flag"] == "volume +50% vs other sites; boundary intensity +0.80 vs other sites"
+    assert by[("s", "A")]["flag"] == "volume -33% vs other sites; boundary intensity -0.80 vs other sites"
+    assert math.isnan(by[("t", "A")]["volume_diff_pct"])        # nothing at the other site to compare with
+    near = site_audit([case(200), case(251)], ["A", "B"], labels[:1], Preprocessing(modality="CT"))
+    assert near[1]["volume_diff_pct"] == pytest.approx(25.5) and near[1]["flag"].startswith("volume +2")
+    two = Case(np.stack([case(200).image, np.full((8, 8, 8), 5.0, np.float32)]), grid, case(200).label)
+    multi = site_audit([two, case(300)], ["A", "B"], labels[:1])
+    assert multi[0]["boundary_intensity"] == pytest.approx(0.02, abs=1e-6)   # the first image, as CT

@@ -70,7 +70,7 @@ def test_strict_loading_counts_and_names_what_does_not_fit():
     with pytest.raises(mt.MedTransferError, match=r"2 missing .*; 4 unexpected"):
         load_strict(_net(), both, "x")
     # a head we replace may be absent, present or of another shape
-    head = dict(missing, **{"2.weight": torch.zeros(9, 9)})
+    head = dict(missing, **{"2.weight": torch.zeros(9, 9), "2.extra": torch.zeros(1)})
     target = _net()
     before = target[2].weight.clone()
     load_strict(target, head, "x", ignore_prefixes=("2.",))
