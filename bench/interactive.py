@@ -1,8 +1,9 @@
 """A simulated annotator: MedTransfer's interactive loop against Slicer's *Fill between slices*
 (ITK's MorphologicalContourInterpolator) at the same labelled slices.
 
-On the sample task (Colin27 T1, 8 AAL deep grey-matter structures) the annotator labels a few
-axial slices, then more in rounds. Each round, on exactly the same labelled slices:
+On the sample task (Colin27 T1, 8 AAL deep grey-matter structures; or ``--data ct``, the
+synthetic abdominal CT of bench/ct_phantom.py) the annotator labels a few axial slices, then
+more in rounds. Each round, on exactly the same labelled slices:
 
 - **Fill between slices**: ITK's MorphologicalContourInterpolator along the axial axis, as the
   Segment Editor effect runs it (every structure interpolated between the slices that hold it);
@@ -15,7 +16,7 @@ wall-clock time (training + prediction of the whole volume) is recorded.
 
     .venv/bin/pip install itk-morphologicalcontourinterpolation      # the bench's one extra
     .venv/bin/python bench/interactive.py --out runs/bench_interactive [--budgets 3 5 8 12 19]
-                     [--order even|random] [--first-seconds 60] [--update-seconds 60]
+                     [--order even|random|suggest] [--first-seconds 60] [--update-seconds 60]
 
 Writes ``results.json`` and ``dice_vs_slices.png`` in --out, prints a Markdown table with the
 CPU model and its vector extensions. Not a test: ~10 min on 2 CPU cores with the defaults.
@@ -29,6 +30,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -37,15 +39,18 @@ sys.path.insert(0, str(ROOT))
 from machine import cpu  # noqa: E402  (bench/machine.py)
 
 
-def choose(extent: dict, n: int, order: str, seed: int, have: list[int]) -> list[int]:
+def choose(extent: dict, n: int, order: str, seed: int, have: list[int], suggested=None) -> list[int]:
     """``n`` axial slices to paint over the structures' extent (``extent``: structure → its axial
-    slices): evenly spaced and centred, or the ones already painted plus random new ones (an
-    annotator adding slices); then each structure still on none gets its middle slice (an
-    annotator paints every structure at least once), so a budget may grow by one or two."""
+    slices): evenly spaced and centred; or the ones already painted plus random new ones, or plus
+    ``suggested`` ones (an annotator adding slices); then each structure still on none gets its
+    middle slice (an annotator paints every structure at least once), so a budget may grow by one
+    or two."""
     lo = min(min(v) for v in extent.values())
     hi = max(max(v) for v in extent.values())
-    if order == "even":
+    if order == "even" or (order == "suggest" and not have):
         picked = {int(lo + (i + 0.5) * (hi - lo + 1) / n) for i in range(n)}
+    elif order == "suggest":
+        picked = set(have) | set(suggested[:max(0, n - len(have))])
     else:
         rng = np.random.default_rng(seed + n)
         pool = [s for s in range(lo, hi + 1) if s not in have]
@@ -85,28 +90,66 @@ def fill_between_slices(label: np.ndarray, labelled: list[int], work: Path) -> t
     return np.load(work / "filled.npy").astype(label.dtype), float(done.stdout.strip().splitlines()[-1])
 
 
+def train_with_preview(datalist: Path, out: Path, previous, seconds: float):
+    """One round as the panel runs it: ``medtransfer train`` in a child process (interpreter and
+    torch start included in the time) with ``--preview`` and a time budget, continuing
+    ``previous`` if given. Returns the package and each preview as ``(seconds since the start,
+    label map, slices it predicted)``."""
+    import subprocess
+
+    from MedTransferLib.data.io import read_image
+
+    args = [sys.executable, "-m", "MedTransferLib", "train", "--datalist", str(datalist), "--out", str(out),
+            "--progress", "json", "--preview", str(out / "preview"), "--max-seconds", str(seconds)]
+    if previous is not None:
+        args += ["--from", str(previous)]
+    t0 = time.perf_counter()
+    previews, package = [], None
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue
+            event = json.loads(line)
+            if event["event"] == "preview":
+                label, _ = read_image(event["path"], "preview")
+                previews.append((time.perf_counter() - t0, label, event["predicted"]))
+            elif event["event"] == "done":
+                package = event["package"]
+    if proc.returncode != 0 or package is None:
+        raise SystemExit(f"training failed ({proc.returncode}): {' '.join(args)}")
+    return package, previews
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="runs/bench_interactive")
     p.add_argument("--budgets", type=int, nargs="+", default=[3, 5, 8, 12, 19])
-    p.add_argument("--order", choices=["even", "random"], default="even")
+    p.add_argument("--order", choices=["even", "random", "suggest"], default="even",
+                   help="suggest: after the first (even) round, add the slices MedTransfer suggests "
+                        "(the most uncertain, inference/suggest.py)")
     p.add_argument("--first-seconds", type=float, default=60.0)
     p.add_argument("--update-seconds", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", choices=["colin", "ct"], default="colin",
+                   help="colin: the sample MRI (8 AAL structures); ct: the synthetic abdominal CT of "
+                        "bench/ct_phantom.py (liver, kidneys, spine)")
     p.add_argument("--no-empty", dest="empty", action="store_false",
                    help="do not mark two slices beyond the structures as empty")
     a = p.parse_args()
 
     import MedTransferLib as mt
-    from MedTransferLib.core.defaults import CONTINUE_EPOCHS
     from MedTransferLib.core.files import write_json
     from MedTransferLib.core.labels import Label
-    from MedTransferLib.core.progress import Reporter
     from MedTransferLib.data.metrics import evaluate, summary
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    datalist = mt.sample_data()
+    if a.data == "ct":   # bench/ct_phantom.py: a synthetic abdominal CT (no public CT ships with a package here)
+        from ct_phantom import write as write_phantom
+
+        datalist = write_phantom(out / "ct_data")
+    else:
+        datalist = mt.sample_data()
     data = json.loads(Path(datalist).read_text())
     entry = data["training"][0]
     root = Path(datalist).parent
@@ -117,10 +160,16 @@ def main() -> None:
     lo, hi = min(min(v) for v in extent.values()), max(max(v) for v in extent.values())
     # two slices marked empty, 10 slices beyond the structures on either side (one click each in
     # the panel): MedTransfer learns where nothing is; Fill between slices cannot use them
-    empty = [max(0, lo - 10), min(ref.shape[0] - 1, hi + 10)] if a.empty else []
+    empty = [s for s in (lo - 10, hi + 10) if 0 <= s < ref.shape[0]] if a.empty else []
+    empty = [s for s in empty if not ref[s].any()]             # (the structures may reach the edges)
     rows, previous, have = [], None, []
     for n in a.budgets:
-        labelled = choose(extent, n, a.order, a.seed, have)
+        suggested = None
+        if a.order == "suggest" and previous is not None:
+            from MedTransferLib.inference.suggest import suggest_slices, uncertainty_of
+
+            suggested = suggest_slices(uncertainty_of(previous, case), have + empty, n=max(1, n - len(have)))
+        labelled = choose(extent, n, a.order, a.seed, have, suggested)
         have = labelled
         held_out = [s for s in range(ref.shape[0]) if s not in set(labelled) | set(empty)]
         filled, itk_s = fill_between_slices(ref, labelled, out)
@@ -131,31 +180,46 @@ def main() -> None:
                                                label=str((root / entry["label"]).resolve()),
                                                labelled_slices=sorted(labelled + empty), slice_axis=2)])
         write_json(round_dl, round_data)
-        kw = (dict(init_from=str(previous), epochs=CONTINUE_EPOCHS, max_seconds=a.update_seconds)
-              if previous else dict(max_seconds=a.first_seconds))
         t0 = time.perf_counter()
-        run = mt.train(round_dl, out / f"run{n}", reporter=Reporter(stream=None, bar=False), **kw)
-        pred = mt.predict(run.package, case)
+        package, previews = train_with_preview(round_dl, out / f"run{n}", previous,
+                                               a.update_seconds if previous else a.first_seconds)
+        pred = mt.predict(package, case)
         update_s = time.perf_counter() - t0
+        # each preview scored on the never-labelled slices it had predicted so far
+        seen, scored = set(), []
+        for t, label, predicted in previews:
+            seen |= set(predicted)
+            part = sorted(seen & set(held_out))
+            if part:
+                sm = summary(evaluate(label, ref, labels, case.geometry, part, axis=2))
+                scored.append({"seconds": round(t, 1), "slices": len(part), "mean": sm["mean_dice"],
+                               "worst": sm["min_dice"]})
+        useful = next((p["seconds"] for p in scored if p["mean"] >= 0.7 and p["slices"] >= 10), None)
+        from MedTransferLib.package.store import ModelPackage
+
+        run = SimpleNamespace(package=package, metrics=ModelPackage.load(package).manifest.metrics)
         ours = summary(evaluate(pred.label, ref, labels, case.geometry, held_out, axis=2))
         previous = run.package
         row = {"labelled": len(labelled), "slices": labelled, "empty": empty, "medtransfer_mean": ours["mean_dice"],
                "medtransfer_worst": ours["min_dice"], "fill_mean": fill["mean_dice"], "fill_worst": fill["min_dice"],
                "update_seconds": round(update_s, 1), "steps": run.metrics["steps_run"],
+               "previews": scored, "first_useful_preview_s": useful,
                "fill_seconds": round(itk_s, 2)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"machine": cpu(), "date": datetime.date.today().isoformat(), "order": a.order,
+    result = {"machine": cpu(), "date": datetime.date.today().isoformat(), "order": a.order, "data": a.data,
               "first_seconds": a.first_seconds, "update_seconds": a.update_seconds, "rounds": rows}
     write_json(out / "results.json", result)
     print(f"\nMeasured {result['date']} on {result['machine']}; order {a.order}, first training "
           f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--from the previous round); "
           f"MedTransfer also gets {len(empty)} slices marked empty.\n")
-    print("| labelled slices | MedTransfer mean / worst | Fill between slices mean / worst | update (s) | steps |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| labelled slices | MedTransfer mean / worst | Fill between slices mean / worst | update (s) | steps "
+          "| previews: s (held-out slices covered) mean |")
+    print("|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        shown = "; ".join(f"{p['seconds']:.0f} s ({p['slices']}) {p['mean']:.2f}" for p in r["previews"])
         print(f"| {r['labelled']} | {r['medtransfer_mean']:.3f} / {r['medtransfer_worst']:.3f} | "
-              f"{r['fill_mean']:.3f} / {r['fill_worst']:.3f} | {r['update_seconds']:.0f} | {r['steps']} |")
+              f"{r['fill_mean']:.3f} / {r['fill_worst']:.3f} | {r['update_seconds']:.0f} | {r['steps']} | {shown} |")
     plot(rows, out / "dice_vs_slices.png")
 
 

@@ -1,6 +1,7 @@
 """What every bench prints beside its numbers: the CPU model, its cores, whether it has AVX-512
 or only AVX2 (the same training step can take 4× longer on the second), torch's version and
-threads, and the GPU if there is one. Numbers from two machines are only comparable as ratios
+threads and the vector kernels it uses (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
+make an AVX-512 machine run the AVX2 ones, to profile that path), and the GPU if there is one. Numbers from two machines are only comparable as ratios
 measured within one run on each."""
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def describe() -> str:
     try:
         import torch
 
-        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+                     f"{torch.backends.cpu.get_cpu_capability()} kernels)")
         if torch.cuda.is_available():
             parts.append(f"GPU {torch.cuda.get_device_name(0)}")
     except ImportError:
