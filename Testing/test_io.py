@@ -361,3 +361,40 @@ def test_label_maps_are_checked_for_whole_numbers_slice_ranges_and_keep_large_va
     marked = label.copy()
     marked[0] = 255                                     # the unlabelled value fits a byte
     assert mt.read_case(img, write_volume(tmp_path / "m.nii.gz", marked)).label.dtype == np.uint8
+
+
+def test_itk_reasons_are_cut_to_what_a_user_needs():
+    from MedTransferLib.data.io import _itk_reason
+
+    assert _itk_reason("") == "no reason given"
+    assert _itk_reason("Exception thrown in ReadImage: /src/x.cxx:9:\nthe file ends early") == "the file ends early"
+    one = "sitk::ERROR: NrrdImageIO(0x55AB12cd): cannot read: bad ERROR: header"
+    assert _itk_reason(one) == "NrrdImageIO: cannot read: bad ERROR: header"      # the first ERROR: only
+    two = "x.cxx:1:\nitk::ERROR: first problem\nitk::ERROR: second problem"
+    assert _itk_reason(two) == "first problem"                     # a last line that is an ERROR line is not added
+    assert _itk_reason("itk::ERROR: broken\n[nrrd] endian missing") == "broken … [nrrd] endian missing"
+    assert len(_itk_reason("itk::ERROR: " + "x" * 500)) == 240
+
+
+def test_more_reading_edges(tmp_path):
+    from MedTransferLib.data.io import _nifti_truncated
+
+    _expect_error(r"^image '.*nothing.nii.gz' does not exist", mt.read_image, tmp_path / "nothing.nii.gz")
+    image, label = blob_volume()
+    i = write_volume(tmp_path / "i.nii.gz", image)
+    big = label.astype(np.int32)
+    big[big == 2] = 256                                     # 256 does not fit a byte
+    lab = write_volume(tmp_path / "l.nii.gz", big)
+    case = mt.read_case(i, lab, label_values=[1, 256])
+    assert case.label.max() == 256 and case.meta["label_path"] == str(lab)
+    # a header of exactly 348 bytes is complete; its one voxel (dims of 0 count once) is missing
+    (tmp_path / "h.nii").write_bytes(_nifti(1, "<", (0, 0, 0), 16, 348)[:348])
+    assert _nifti_truncated(tmp_path / "h.nii") == "holds 348 of 350 bytes"
+    one_d = _nifti(1, "<", (5, 3, 2), 8, 352, ndim=1)        # 1D: only the first size counts
+    (tmp_path / "o.nii").write_bytes(one_d + bytes(5))
+    assert _nifti_truncated(tmp_path / "o.nii") is None
+    geo = mt.Geometry((6, 5, 4), (1.0, 1.0, 2.0), (1000.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    near = mt.Geometry((6, 5, 4), (1.0, 1.0, 2.0), (1000.105, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert geo.matches(near) == ["origin (1000.105, 0.0, 0.0) vs (1000.0, 0.0, 0.0)"]   # 0.105 > 1e-4 × 1000
+    fine = mt.Geometry((6, 5, 4), (1.0, 1.0, 2.0), (1000.123456, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert geo.matches(fine)[0].startswith("origin (1000.1235, 0.0, 0.0)")            # 4 decimals
