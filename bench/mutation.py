@@ -176,13 +176,21 @@ def score(run: dict, equivalents: dict) -> dict:
     return per_module
 
 
+def _cpu() -> str:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from machine import cpu   # bench/machine.py
+
+    return cpu()
+
+
 def report(runs: list[dict], equivalents: dict, show: bool) -> str:
     lines = ["# Mutation testing (bench/mutation.py)", "",
-             f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()} "
-             f"({os.cpu_count()} cores), mutmut, Python {platform.python_version()}. A mutant is *killed* when "
-             "a test fails on it (or it times out); *equivalent* mutants (bench/mutation_equivalents.txt, with "
+             f"Measured {time.strftime('%Y-%m-%d')} on {_cpu()}, mutmut, Python {platform.python_version()}. "
+             "A mutant is *killed* when a test fails on it (or it times out, or the test process crashes); "
+             "*equivalent* mutants (bench/mutation_equivalents.txt, with "
              "the reason) cannot change behaviour; *untested* mutants sit in code the group's tests never run. "
-             "Kill rate = killed / (mutants − equivalent).", "",
+             "Kill rate = killed / (mutants − equivalent). mutmut does not mutate functions under a decorator "
+             "(properties; AdaBN was rewritten without one so that it is counted).", "",
              "| group | module | mutants | killed | equivalent | survived | untested | kill rate |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     details = []
@@ -215,10 +223,13 @@ def main(argv=None) -> int:
     ap.add_argument("--children", type=int, default=1, help="mutants tested at once (1: torch uses the cores)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other groups' last results (--workdir's runs.json) in the report")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from the last results (--workdir's runs.json), e.g. after adding "
+                         "equivalents; runs nothing")
     a = ap.parse_args(argv)
     saved = Path(a.workdir) / "runs.json"
-    runs = {r["group"]: r for r in json.loads(saved.read_text())} if a.merge and saved.exists() else {}
-    for name in a.groups:
+    runs = {r["group"]: r for r in json.loads(saved.read_text())} if (a.merge or a.report_only) and saved.exists() else {}
+    for name in [] if a.report_only else a.groups:
         print(f"== {name}", flush=True)
         runs[name] = run_group(name, Path(a.workdir), a.timeout, a.children)
         saved.write_text(json.dumps(list(runs.values()), indent=1))

@@ -10,7 +10,6 @@ from MedTransferLib.core.errors import MedTransferError
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-@torch.no_grad()
 def adapt_bn(model: nn.Module, inputs, modules=None) -> int:
     """AdaBN: re-estimate the running statistics of the BatchNorm layers in ``modules`` (default:
     the whole model) as the plain average over forward passes of ``inputs`` (an iterable of
@@ -28,9 +27,10 @@ def adapt_bn(model: nn.Module, inputs, modules=None) -> int:
         m.momentum = None          # cumulative average over all batches
         m.train()
     seen = 0
-    for x in inputs:
-        model(x)
-        seen += 1
+    with torch.no_grad():   # (a context, not a decorator: mutmut skips decorated functions)
+        for x in inputs:
+            model(x)
+            seen += 1
     if seen == 0:
         raise MedTransferError("AdaBN got no images to re-estimate BatchNorm statistics from")
     for m, momentum in saved:
