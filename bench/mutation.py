@@ -178,7 +178,7 @@ def score(run: dict, equivalents: dict) -> dict:
 
 def _cpu() -> str:
     sys.path.insert(0, str(ROOT / "bench"))
-    from machine import cpu   # bench/machine.py
+    from machine import cpu  # bench/machine.py
 
     return cpu()
 
