@@ -159,6 +159,30 @@ def test_when_the_viewed_slices_alone_cost_more_the_previews_come_less_often(tmp
     assert all(c <= 0.10 * gap + 1e-6 for c, gap in zip(costs, starts))   # each ≤ a tenth of its interval
 
 
+def test_once_validated_a_preview_shows_the_best_weights_and_training_keeps_its_own(tmp_path):
+    clock = Clock()
+    s, _ = _state()
+    seen = []
+
+    class Recording(FakeTarget):
+        def write(self, case, slices, path):
+            seen.append(s.model.weight.detach().clone())
+            return super().write(case, slices, path)
+
+    hook = Preview(tmp_path, Recording(clock), every=1.0, clock=clock)
+    hook.start(s)
+    own = s.model.weight.detach().clone()
+    clock.now = 1.0
+    hook.step_end(s)
+    assert torch.equal(seen[-1], own)                          # nothing validated yet: the current weights
+    s.best_state = {"weight": torch.full((2, 2), 7.0), "bias": torch.zeros(2)}
+    clock.now = 100.0
+    hook.step_end(s)
+    assert torch.equal(seen[-1], torch.full((2, 2), 7.0))     # the best validated weights
+    assert torch.equal(s.model.weight, own)                    # and training's own weights back
+    assert [f["weights"] for e, f in s.reporter.seen if e == "preview"] == ["current", "best validated"]
+
+
 def test_the_time_budget_does_not_count_a_preview_as_a_step():
     clock = Clock()
     budget = TimeBudget(10.0, clock=clock)

@@ -7,7 +7,9 @@ What is predicted: the slices the user is looking at (``DIR/view.json``, written
 ``{"case": index, "slices": [...]}``), and as many more as the time allows, coarse to fine over
 the whole volume (every 64th slice first, then the ones between, ...), so a few previews cover
 the volume and later ones refresh it. The label map keeps each slice's latest prediction;
-slices not predicted yet are 0.
+slices not predicted yet are 0. Once validation has scored an epoch, a preview shows the best
+validated weights so far (what the model package would hold if training stopped now), not the
+weights of the step in progress.
 
 How often: every ``every`` seconds (default 5 s on a GPU, 25 s on a CPU), and never more than
 ``overhead`` (10 %) of the time: the number of extra slices is chosen from the measured cost per
@@ -96,7 +98,16 @@ class Preview(Hook):
         case, view = read_view(self.folder, self.target.cases, self.target.slices)
         slices = self.plan(case, view, interval)
         t0 = self.clock()
-        path = self.target.write(case, slices, self.folder / PREVIEW_FILE)
+        shown = "current"
+        if s.best_state is not None:   # validation kept better weights: show what Apply would get now
+            current = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
+            s.model.load_state_dict(s.best_state)
+            shown = "best validated"
+        try:
+            path = self.target.write(case, slices, self.folder / PREVIEW_FILE)
+        finally:
+            if shown != "current":
+                s.model.load_state_dict(current)
         s.strategy.train_mode(s.model)     # prediction switched to eval mode; training goes on as before
         cost = self.clock() - t0
         s.aside += cost
@@ -107,7 +118,7 @@ class Preview(Hook):
         self.due = self.last_end + max(self.every, cost / self.overhead - cost)
         s.reporter.emit("preview", path=str(path), case=case, step=s.step, slices=len(slices),
                         viewed=view, covered=round(self.target.covered(case), 3), seconds=round(cost, 2),
-                        suggest=self.target.suggest(case), predicted=slices)
+                        suggest=self.target.suggest(case), predicted=slices, weights=shown)
         return False
 
 
