@@ -251,6 +251,7 @@ def test_3d_mode_refuses_what_cannot_work(blob_datalist, tmp_path):
         mt.train(blob_datalist, tmp_path / "c", backbone="unet", weights=None, strategy="frozen", **TINY3D)
 
 
+@pytest.mark.slow   # end to end through a whole training: CI runs it; the quick set has its unit tests
 def test_3d_through_the_cli(blob_datalist, tmp_path):
     from MedTransferLib.app.cli import main
 

@@ -79,6 +79,7 @@ def test_volume_classifier_trains_predicts_and_evaluates(blob_classes, tmp_path,
         mt.predict(run.package, dl.load_cases(dl.test)[0][0])
 
 
+@pytest.mark.slow   # end to end through a whole training: CI runs it; the quick set has its unit tests
 def test_classification_through_the_cli_with_a_csv(blob_classes, tmp_path, capsys):
     from MedTransferLib.app.cli import main
 

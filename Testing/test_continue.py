@@ -62,6 +62,7 @@ def test_from_refuses_other_structures_or_settings(first, tmp_path):
         mt.train(datalist, tmp_path / "b", **dict(TINY, init_from=str(run.package), slices=5))
 
 
+@pytest.mark.slow   # end to end through a whole training: CI runs it; the quick set has its unit tests
 def test_the_cli_continues_with_a_short_schedule_and_keeps_a_time_budget(first, tmp_path, capsys):
     datalist, run = first
     args = ["train", "--datalist", str(datalist), "--backbone", "resnet18", "--weights", "none", "--batch-size", "2",

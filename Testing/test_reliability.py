@@ -314,6 +314,7 @@ def test_no_patient_identifiers_from_dicom_reach_any_file_the_run_writes(tmp_pat
 
 # ---- determinism -------------------------------------------------------------------------------
 
+@pytest.mark.slow   # end to end through a whole training: CI runs it; the quick set has its unit tests
 def test_same_data_config_and_seed_on_cpu_give_bit_identical_weights_and_predictions(blob_datalist, tmp_path):
     a = mt.train(blob_datalist, tmp_path / "a", **{**TINY, "steps_per_epoch": 3})
     b = mt.train(blob_datalist, tmp_path / "b", **{**TINY, "steps_per_epoch": 3})

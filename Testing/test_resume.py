@@ -14,6 +14,7 @@ ARGS = dict(backbone="efficientnet-lite0", strategy="gradual+discriminative", ep
             batch_size=2, patch=64, patience=100)
 
 
+@pytest.mark.slow   # end to end through a whole training: CI runs it; the quick set has its unit tests
 def test_a_stopped_run_resumes_to_the_uninterrupted_weights(blob_datalist, tmp_path):
     whole = mt.train(blob_datalist, tmp_path / "whole", **ARGS)
 

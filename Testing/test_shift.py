@@ -171,6 +171,7 @@ def test_ood_score_ranks_scrambled_and_wrong_modality_cases_above_the_untouched_
     assert {"ood_score", "ood", "fraction", "fraction_flag", "training_fraction_min"} <= set(row)
 
 
+@pytest.mark.slow   # end to end through a whole training: CI runs it; the quick set has its unit tests
 def test_adabn_on_a_folder_of_target_cases_through_the_cli(trained, colin_crop, tmp_path):
     from conftest import digest, write_volume
 
