@@ -15,9 +15,9 @@ class LivePreview:
     """One training's preview: its folder, the training volumes (in the order of the exported
     cases) and the labels the segments get."""
 
-    def __init__(self, logic, folder: Path, volumes: list, labels: list):
+    def __init__(self, logic, folder: Path, volumes: list, labels: list, node=None):
         self.logic, self.folder, self.volumes, self.labels = logic, Path(folder), volumes, labels
-        self.node = None          # the segmentation node drawn into
+        self.node = node          # the segmentation node drawn into (an earlier run's, replaced in place)
         self.view = None          # the (case, slices) last reported
         self.suggest = None       # (case, slice) to label next
 

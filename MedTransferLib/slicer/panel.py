@@ -60,7 +60,6 @@ class Panel:
         self.advice: str = ""
         self.last_run: Path | None = None
         self.preview: LivePreview | None = None   # the live preview of the last training
-        self.preview_node = None   # the one segmentation node previews are drawn into (kept across runs)
 
     # -- decisions ------------------------------------------------------------------------------------
     @property
@@ -127,7 +126,7 @@ class Panel:
             raise MedTransferError("a task is already running")
         run = self.new_run_folder(p.outputFolder)
         config = self.train_config(p)
-        self.preview = None
+        previous, self.preview = (self.preview.node if self.preview else None), None
         if p.task == "classification":
             rows = self.pairs.rows
             task = self.logic.trainClassifierInBackground([r["volume"] for r in rows], [r["class"] for r in rows],
@@ -143,8 +142,9 @@ class Panel:
             else:
                 task = self.logic.trainInBackground(pairs, names, str(run),
                                                     unpaintedSlicesUnlabelled=p.unpaintedSlicesUnlabelled, **config)
+            # the node previews are drawn into is kept from run to run
             self.preview = LivePreview(self.logic, run / "preview", [v for v, _ in pairs],
-                                       self.logic.labelsOf(pairs[0][1], names))
+                                       self.logic.labelsOf(pairs[0][1], names), node=previous)
         self.curve = (None, None)
         self.last_run = run
         return self._start(task)
@@ -212,9 +212,7 @@ class Panel:
         for event in task.poll():
             line = event_text(event)
             if event.get("event") == "preview" and self.preview is not None:
-                self.preview.node = self.preview_node
                 line = self.preview.show(event) or line
-                self.preview_node = self.preview.node
             if line:
                 out.lines.append(line)
         prog = task.progress
