@@ -308,3 +308,33 @@ def test_the_slice_preview_writes_labels_in_the_case_geometry_and_suggests_from_
     preview.write(0, [2], tmp_path / "p.nrrd")   # later previews keep earlier slices
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     assert (arr[:, :, 2] == 7).all() and (arr[:, :, 1] == 3).all()
+
+
+def test_the_preview_of_a_volume_painted_on_some_slices_is_guided_by_them(tmp_path):
+    # painted: slices 0 and 4 with class 1 (value 3) in a 2×2 square; the network is unsure (0.6
+    # for class 2) everywhere. Between the painted slices the guide wins; painted slices are shown
+    # as painted; beyond slice 4 (it holds a structure) the network decides.
+    geometry = Geometry((6, 5, 7), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), OBLIQUE)
+    label = np.full((7, 5, 6), IGNORE, np.uint8)
+    for k in (0, 4):
+        label[k] = 0
+        label[k, 1:3, 1:3] = 3
+    case = Case(np.zeros((7, 5, 6), np.float32), geometry, label)
+
+    def predict(c, slices):
+        p = np.full((len(slices), 3, 5, 6), 0.2, np.float32)
+        p[:, 2] = 0.6
+        return p
+
+    preview = SlicePreview([case], 2, [3, 7], predict)
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(preview.write(0, list(range(7)), tmp_path / "p.nrrd"))))
+    square = np.zeros((5, 6), np.uint8)
+    square[1:3, 1:3] = 3
+    for k in range(5):
+        assert np.array_equal(arr[k], square), k
+    assert (arr[5:] == 7).all()
+    # labelled all over (unpainted slices are background): the network alone
+    full = Case(case.image, geometry, np.where(label == IGNORE, 0, label).astype(np.uint8))
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(SlicePreview([full], 2, [3, 7], predict).write(
+        0, list(range(7)), tmp_path / "q.nrrd"))))
+    assert (arr == 7).all()

@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prevalence: em | bbse | known:CLASS=P,...")
     s.add_argument("--adapt-bn", action="store_true",
                    help="AdaBN: re-estimate BatchNorm statistics on this image first (new scanner/site)")
+    s.add_argument("--painted", metavar="LABEL",
+                   help="2.5d: this image's own label map, painted on some slices: the shape between "
+                        "painted slices guides the network, painted slices stay as painted")
+    s.add_argument("--labelled-slices", metavar="LIST",
+                   help="with --painted: the painted slices, e.g. 34,45,50-52 (slices painted as empty "
+                        "count too; default: every slice holding a label)")
+    s.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2],
+                   help="with --painted: the voxel axis the slices were painted along (2 = axial k)")
     s.set_defaults(func=e.cmd_predict)
 
     s = sub.add_parser("evaluate", help="Dice/HD95 of a segmentation, or AUC/accuracy of class predictions")

@@ -24,8 +24,13 @@ def cmd_predict(a) -> int:
         raise MedTransferError("a segmentation model needs --image and --out")
 
     adapt_cases = [read_case(p) for p in _image_paths(a.adapt_bn_on)] if a.adapt_bn_on else None
-    pred = predict(pkg, read_case(one_or_many(a.image)), device=a.device, batch_size=a.batch_size,
-                   overlap=a.overlap, adapt_bn=a.adapt_bn, adapt_cases=adapt_cases)
+    case = read_case(one_or_many(a.image))
+    if a.painted:
+        case = painted_case(case, a.painted, a.labelled_slices, a.slice_axis)
+    elif a.labelled_slices:
+        raise MedTransferError("--labelled-slices goes with --painted (the label map painted on them)")
+    pred = predict(pkg, case, device=a.device, batch_size=a.batch_size, overlap=a.overlap,
+                   adapt_bn=a.adapt_bn, adapt_cases=adapt_cases, guide=bool(a.painted))
     for w in pred.warnings:
         print(f"medtransfer: warning: {w}", file=sys.stderr)
     if pred.ood:
@@ -39,6 +44,40 @@ def cmd_predict(a) -> int:
     print(json.dumps({"event": "done", "segmentation": str(a.out), "volumes": rows, "warnings": pred.warnings,
                       "ood": pred.ood}))
     return 0
+
+
+def painted_case(case, painted, labelled_slices, slice_axis: int = 2):
+    """``case`` with the label map ``painted`` (on its grid), ``IGNORE`` outside the labelled
+    slices (``"34,45,50-52"``, a list, or None: every slice holding a label)."""
+    import numpy as np
+
+    from MedTransferLib.core.case import IGNORE
+    from MedTransferLib.data.io import read_image
+    from MedTransferLib.data.slabs import to_slices_first
+
+    label, geometry = read_image(painted, "label")
+    if case.geometry.matches(geometry):
+        raise MedTransferError(f"--painted '{painted}' is not on the image's voxel grid "
+                               f"({'; '.join(case.geometry.matches(geometry))}); give the label map painted on this image")
+    label = np.asarray(label)
+    if label.dtype.kind not in "iub" or label.min() < 0 or label.max() > 65535:
+        raise MedTransferError(f"--painted '{painted}' is not a label map (values {label.dtype}); give integer labels")
+    label = label.astype(np.uint8 if label.max() <= 255 else np.uint16)
+    n = label.shape[2 - slice_axis]
+    if labelled_slices is None:
+        slices = np.flatnonzero(to_slices_first(label, slice_axis).any(axis=(1, 2))).tolist()
+    else:
+        slices = sorted(set(parse_slices(labelled_slices) if isinstance(labelled_slices, str) else labelled_slices))
+    bad = [s for s in slices if not 0 <= s < n]
+    if bad:
+        raise MedTransferError(f"--labelled-slices {bad} lie outside the image's {n} slices along axis {slice_axis}")
+    if not slices:
+        raise MedTransferError(f"--painted '{painted}' holds no label: paint some slices, or predict without it")
+    sparse = np.full_like(label, IGNORE)
+    view, src = to_slices_first(sparse, slice_axis), to_slices_first(label, slice_axis)
+    view[slices] = src[slices]
+    case.label = sparse
+    return case
 
 
 def _image_paths(items) -> list:

@@ -70,12 +70,16 @@ def _window_batch(dev, patch, batch_size: int) -> int:
 
 def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
             overlap: float | None = None, adapt_bn: bool = False, adapt_cases=None,
-            check: bool = True) -> Prediction:
+            check: bool = True, guide: bool = False) -> Prediction:
     """Segment ``case`` with a model package (a path or a loaded :class:`ModelPackage`).
 
     ``adapt_bn``: AdaBN on this case (or, with ``adapt_cases``, on those unlabelled target cases)
     before predicting. ``check``: run the input check and the OOD score (see shift.py) and put
     them on the prediction (``warnings``, ``ood``, and columns of :meth:`Prediction.volumes`).
+    ``guide``: ``case`` is the volume being labelled and ``case.label`` its painted slices
+    (``IGNORE`` elsewhere, the model's label values): the shape interpolated between painted
+    slices is combined with the network's (2.5D; inference/guide.py) and painted slices come back
+    as painted.
 
     Example:
         >>> pred = predict("runs/demo/model", read_case("ch2.nii.gz"))  # doctest: +SKIP
@@ -92,6 +96,9 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
         raise MedTransferError(f"model '{pkg.path}' was trained on {expected} image(s) per case "
                                f"({', '.join(pkg.preprocessing.channel_modalities or (pkg.preprocessing.modality,))}); "
                                f"case '{case.case_id}' has {case.channels}: give the same images in the same order")
+    if guide and pkg.mode != "2.5d":
+        raise MedTransferError(f"guiding by painted slices needs a 2.5D model; '{pkg.path}' is {pkg.mode}: "
+                               f"predict without it")
     dev = resolve_device(device)
     model = pkg.build_model(dev)
     fmt = memory_format(dev, 2) if pkg.mode == "2.5d" else None
@@ -146,7 +153,13 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
                                     overlap=default_overlap if overlap is None else overlap,
                                     batch_size=_window_batch(dev, inf.patch, batch_size))
     else:
-        classes = predict_slices(model, image, pkg.slices, prep, dev, batch_size=batch_size)
+        if guide:
+            from MedTransferLib.inference.guide import case_guide
+
+            helper = case_guide(case, [lab.value for lab in pkg.labels], pkg.axis)
+        else:
+            helper = None
+        classes = predict_slices(model, image, pkg.slices, prep, dev, batch_size=batch_size, guide=helper)
     labels = pkg.labels
     lut = np.array([0] + [lab.value for lab in labels],
                    dtype=np.uint8 if max(lab.value for lab in labels) <= 255 else np.uint16)

@@ -14,11 +14,13 @@ from MedTransferLib.data.slabs import gather_slabs, padded_size, with_channels
 @torch.inference_mode()
 def predict_slices(model: torch.nn.Module, image: np.ndarray, k: int, prep: Preprocessing,
                    device: torch.device, slices=None, batch_size: int = 16,
-                   probabilities: bool = False) -> np.ndarray:
+                   probabilities: bool = False, guide=None) -> np.ndarray:
     """Class indices ``(len(slices), H, W)`` (uint8) for a standardised ``(S, H, W)`` or
     ``(C, S, H, W)`` volume.
 
     With ``probabilities=True`` returns float32 softmax ``(len(slices), C, H, W)`` instead.
+    ``guide``: an :class:`~MedTransferLib.inference.guide.Guide` of the volume's painted slices,
+    combined with the softmax of each batch (inference/guide.py).
     """
     n, h, w = image.shape[-3:]
     slices = list(range(n)) if slices is None else list(slices)
@@ -40,6 +42,8 @@ def predict_slices(model: torch.nn.Module, image: np.ndarray, k: int, prep: Prep
             logits = model(x)[..., :h, :w].float()
         if probabilities:
             probs.append(torch.softmax(logits, 1).cpu().numpy())
+        elif guide is not None:
+            out[i:i + len(x)] = guide.fuse(slices[i:i + len(x)], torch.softmax(logits, 1).cpu().numpy())
         else:
             # max().indices, not argmax(): the same first-maximum index, faster on the CPU (bench/NOTES.md)
             out[i:i + len(x)] = logits.max(1).indices.to(torch.uint8).cpu().numpy()

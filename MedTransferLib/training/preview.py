@@ -128,7 +128,8 @@ class SlicePreview:
     axis, slices first); the label map of each case keeps the latest prediction of every slice and
     is written with its labels' values in the case's geometry. From the probabilities each
     slice's uncertainty is kept, and :meth:`suggest` names the slice to label next
-    (:mod:`MedTransferLib.inference.suggest`)."""
+    (:mod:`MedTransferLib.inference.suggest`); the classes shown combine the probabilities with the
+    case's painted slices (:meth:`guide`), painted slices shown as painted."""
 
     def __init__(self, cases, axis: int, values: list[int], predict: Callable, whole_volume: bool = False):
         from MedTransferLib.data.slabs import to_slices_first
@@ -140,6 +141,7 @@ class SlicePreview:
         self.maps: dict[int, np.ndarray] = {}
         self.done: dict[int, set] = {}
         self.uncertainty: dict[int, dict] = {}
+        self.guides: dict[int, object] = {}
         self.cases = len(cases)
 
     def slices(self, case: int) -> int:
@@ -153,17 +155,32 @@ class SlicePreview:
         from MedTransferLib.data.slabs import from_slices_first
 
         classes = self.predict(case, slices)
-        if classes.ndim == 4:   # probabilities: each slice's uncertainty, then the most likely class
+        if classes.ndim == 4:   # probabilities: each slice's uncertainty, then the classes
             from MedTransferLib.inference.suggest import slice_uncertainty
 
             self.uncertainty.setdefault(case, {}).update(zip(slices, slice_uncertainty(classes).tolist()))
-            classes = classes.argmax(axis=1)
+            classes = self.guide(case).fuse(slices, classes)   # guided by the painted slices
         label = self.maps.setdefault(case, np.zeros(self.shapes[case], self.lut.dtype))
         label[slices] = self.lut[classes]
         self.done.setdefault(case, set()).update(slices)
         c = self.case_list[case]
         write_label(path, np.ascontiguousarray(from_slices_first(label, self.axis)), c.geometry)
         return path
+
+    def guide(self, case: int):
+        """The case's painted slices, interpolated (inference/guide.py): a preview of a volume
+        labelled on some slices shows what Apply with its painted slices gives; a volume labelled
+        all over shows the network alone."""
+        if case not in self.guides:
+            from MedTransferLib.core.case import IGNORE
+            from MedTransferLib.inference.guide import case_guide, interpolate
+
+            c = self.case_list[case]
+            if c.label is not None and (c.label == IGNORE).any():
+                self.guides[case] = case_guide(c, list(self.lut[1:]), self.axis)
+            else:   # labelled all over (unpainted = background): the preview shows the network alone
+                self.guides[case] = interpolate(np.zeros(self.shapes[case], np.uint8), [], len(self.lut))
+        return self.guides[case]
 
     def suggest(self, case: int) -> list[int]:
         """The unlabelled slice of ``case`` to label next, among those previewed (``[]``: none yet)."""

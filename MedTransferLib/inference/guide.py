@@ -1,0 +1,152 @@
+"""Painted slices guide the prediction of the volume they were painted on.
+
+When the network segments the very volume the user is labelling, its painted slices say more than
+the network alone: between two painted slices a structure's shape changes smoothly. The guide
+interpolates each structure's shape between consecutive painted slices that both hold it (linear
+interpolation of 2D signed distance maps, shape-based interpolation as in Raya & Udupa 1990 —
+what Slicer's *Fill between slices* does with ITK's morphological contour interpolation), and
+combines it with the network's probabilities on every slice between the first and the last
+painted one:
+
+    score(class) = (1 - w) * log p_network(class) + w * log q(class)
+
+where ``q`` is the interpolated class with probability ``1 - eps`` (the rest spread over all
+classes). With the defaults (``w`` 0.5, ``eps`` 0.05) the network overrides the interpolation
+only where it is very sure (odds above ~170 : 1). Beyond the outermost painted slice the
+network decides alone — unless that slice was painted empty (nothing there): then the
+structures are known to have ended and the guide says background. Painted slices come back exactly as painted. Measured on the
+sample task in bench/RESULTS.md (the interactive loop).
+
+ITK's own filter (PyPI ``itk-morphologicalcontourinterpolation``) is not used: it needs the whole
+ITK Python package, which Slicer does not ship to its Python, and ITK's and torch's native
+libraries crashed at exit in one process here (bench/interactive.py runs it apart to compare).
+SimpleITK's signed Maurer distance gives the distance maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from MedTransferLib.core.case import IGNORE
+from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.data.slabs import to_slices_first
+
+WEIGHT = 0.5    # the interpolation's weight against the network's log-probabilities
+EPS = 0.05      # the interpolation's probability mass spread over all classes
+
+
+def signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """2D signed distance in mm, negative inside ``mask`` ``(H, W)``; the boundary lies half a
+    pixel outside the mask's edge pixels, so ``< 0`` gives back exactly ``mask``."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.SetSpacing((float(spacing[1]), float(spacing[0])))     # SimpleITK: (x = W, y = H)
+    dist = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False,
+                                        useImageSpacing=True)
+    # Maurer's map is 0 on the mask's edge pixels and one pixel beyond them outside
+    return sitk.GetArrayFromImage(dist).astype(np.float32) - 0.5 * float(min(spacing))
+
+
+@dataclass
+class Guide:
+    """The interpolation of the painted slices of a slices-first volume ``(S, H, W)``."""
+
+    classes: np.ndarray   # (S, H, W) uint8: interpolated class index (0 = background) per voxel
+    known: np.ndarray     # (S,) bool: between the first and last painted slice (inclusive), and
+    #                       beyond an outermost painted slice painted empty
+    painted: np.ndarray   # (S,) bool: painted slices (their classes are the user's)
+    num_classes: int      # network classes, background included
+    weight: float = WEIGHT
+    eps: float = EPS
+
+    def fuse(self, slices, probs: np.ndarray) -> np.ndarray:
+        """Class indices ``(B, H, W)`` for ``slices`` from the network's softmax ``probs``
+        ``(B, C, H, W)``: the interpolation combined on known slices, painted slices as painted."""
+        slices = np.asarray(list(slices), int)
+        out = probs.argmax(1).astype(np.uint8)
+        known = self.known[slices]
+        if known.any():
+            logp = np.log(probs[known] + 1e-6)
+            onehot = np.eye(self.num_classes, dtype=np.float32)[self.classes[slices[known]]]   # (b, H, W, C)
+            q = np.log((1 - self.eps) * np.moveaxis(onehot, -1, 1) + self.eps / self.num_classes)
+            out[known] = ((1 - self.weight) * logp + self.weight * q).argmax(1).astype(np.uint8)
+        painted = self.painted[slices]
+        out[painted] = self.classes[slices[painted]]
+        return out
+
+
+def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
+                spacing: tuple[float, float] = (1.0, 1.0)) -> Guide:
+    """Shape-based interpolation of the painted slices of ``classes`` ``(S, H, W)`` (class indices;
+    only the ``painted`` slices are read). ``spacing``: in-plane (H, W) pixel size in mm."""
+    n = classes.shape[0]
+    painted = sorted({int(s) for s in painted if 0 <= int(s) < n})
+    out = np.zeros(classes.shape, np.uint8)
+    known = np.zeros(n, bool)
+    is_painted = np.zeros(n, bool)
+    is_painted[painted] = True
+    if not painted:
+        return Guide(out, known, is_painted, num_classes)
+    # between the first and last painted slice; beyond an outermost painted slice that holds
+    # nothing (the user marked it empty) the structures are known to have ended: background
+    # (only when some painted slice holds a structure: one empty slice alone ends nothing)
+    known[painted[0]:painted[-1] + 1] = True
+    if any(classes[s].any() for s in painted):
+        if not classes[painted[0]].any():
+            known[:painted[0]] = True
+        if not classes[painted[-1]].any():
+            known[painted[-1]:] = True
+    for s in painted:
+        out[s] = classes[s]
+    distance = {}     # (slice, class) → signed distance; a painted slice's maps are used twice
+    for a, b in zip(painted[:-1], painted[1:]):
+        if b - a < 2:
+            continue
+        shared = [c for c in range(1, num_classes) if (classes[a] == c).any() and (classes[b] == c).any()]
+        for c in shared:
+            for s in (a, b):
+                if (s, c) not in distance:
+                    distance[s, c] = signed_distance(classes[s] == c, spacing)
+        for z in range(a + 1, b):
+            t = (z - a) / (b - a)
+            best = np.full(classes.shape[1:], 0.0, np.float32)   # inside where < 0: the deepest wins
+            for c in shared:
+                phi = (1 - t) * distance[a, c] + t * distance[b, c]
+                inside = phi < best
+                out[z][inside] = c
+                best[inside] = phi[inside]
+        for key in [k for k in distance if k[0] == a]:    # slice a is not needed again
+            del distance[key]
+    return Guide(out, known, is_painted, num_classes)
+
+
+def guide_for(label: np.ndarray, label_values: list[int], painted: list[int],
+              spacing: tuple[float, float]) -> Guide:
+    """A :class:`Guide` from a slices-first label map of label values (``IGNORE`` where nothing is
+    labelled) and its painted slices. ``label_values``: the network's classes 1..N in order."""
+    lut = np.zeros(256 if label.dtype == np.uint8 else int(label.max()) + 1, np.uint8)
+    for i, v in enumerate(label_values, start=1):
+        if v < lut.size:
+            lut[v] = i
+    found = set(np.unique(label[painted]).tolist()) - {0, IGNORE} if painted else set()
+    unknown = sorted(found - set(label_values))
+    if unknown:
+        raise MedTransferError(f"the painted slices hold label values {unknown} the model does not "
+                               f"predict (its values: {label_values}); paint only the model's structures")
+    return interpolate(lut[label], painted, len(label_values) + 1, spacing)
+
+
+def case_guide(case, label_values: list[int], axis: int) -> Guide:
+    """The :class:`Guide` of a case being labelled: ``case.label`` holds its painted slices
+    (``IGNORE`` elsewhere) along voxel ``axis`` (0=i, 1=j, 2=k). A painted slice is one labelled
+    all over: slices painted along another axis guide nothing."""
+    if case.label is None:
+        raise MedTransferError(f"case '{case.case_id}' has no painted label map to guide the prediction; "
+                               f"give the painted segmentation (and its labelled slices)")
+    spacing = [s for a, s in enumerate(case.geometry.spacing) if a != axis][::-1]   # (H, W) of a slice
+    label = to_slices_first(case.label, axis)
+    painted = np.flatnonzero((label != IGNORE).all(axis=(1, 2))).tolist()
+    return guide_for(label, list(label_values), painted, (float(spacing[0]), float(spacing[1])))

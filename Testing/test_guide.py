@@ -1,0 +1,182 @@
+"""Painted slices guide the prediction of the volume they were painted on (inference/guide.py):
+shape interpolation between painted slices, combined with the network's probabilities."""
+
+import numpy as np
+import pytest
+from conftest import write_blob_datalist
+
+import MedTransferLib as mt
+from MedTransferLib.core.case import IGNORE
+from MedTransferLib.core.progress import Reporter
+from MedTransferLib.data.metrics import dice
+from MedTransferLib.inference import guide as guiding
+
+Guide, guide_for, interpolate, signed_distance = (guiding.Guide, guiding.guide_for, guiding.interpolate,
+                                                  guiding.signed_distance)
+
+
+def disc(radius, shape=(64, 64), centre=(32.0, 30.0), spacing=(1.0, 1.0)):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return np.hypot((yy - centre[0]) * spacing[0], (xx - centre[1]) * spacing[1]) < radius
+
+
+def test_signed_distance_gives_back_the_mask_and_mm():
+    mask = disc(10, spacing=(1.0, 2.0))
+    phi = signed_distance(mask, (1.0, 2.0))
+    assert np.array_equal(phi < 0, mask)
+    # a pixel 6 columns right of the edge lies 12 mm outside (columns are 2 mm): the distance is in
+    # mm along W, not pixels
+    row = 32
+    edge = np.flatnonzero(mask[row]).max()
+    assert phi[row, edge + 6] == pytest.approx(12 - 0.5, abs=0.6)
+    assert phi[row, edge + 6] > 8
+
+
+def test_a_growing_disc_is_interpolated_between_painted_slices():
+    # radius 6 mm on slice 0, 16 mm on slice 10: linear interpolation of signed distances is the
+    # disc of radius 6 + z on slice z (concentric discs) — computed here directly
+    classes = np.zeros((11, 64, 64), np.uint8)
+    classes[0], classes[10] = disc(6), disc(16)
+    g = interpolate(classes, [0, 10], 2)
+    for z in (2, 5, 8):
+        truth = disc(6 + z)
+        assert dice(g.classes[z] == 1, truth) > 0.97, z
+        assert abs(int((g.classes[z] == 1).sum()) - int(truth.sum())) < 0.06 * truth.sum()
+    assert g.known.all() and g.painted.tolist() == [True] + [False] * 9 + [True]
+
+
+def test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond():
+    classes = np.zeros((20, 32, 32), np.uint8)
+    classes[5][4:12, 4:12] = 1            # structure 1 on slices 5 and 9
+    classes[9][4:12, 4:12] = 1
+    classes[5][20:28, 20:28] = 2          # structure 2 on slice 5 only: ends somewhere after it
+    classes[12] = IGNORE                  # a slice not painted is never read
+    g = interpolate(classes, [5, 9, 14], 3)
+    assert (g.classes[7] == 1).sum() == 64 and not (g.classes[7] == 2).any()
+    assert not g.classes[10:14].any()     # 9 → 14: nothing on both sides
+    # slice 14 was painted empty beyond the structures: known (background) from there to the end;
+    # before slice 5, which holds structures, the network decides alone
+    assert g.known.tolist() == [False] * 5 + [True] * 15
+    assert not g.classes[:5].any() and not g.classes[15:].any()
+    assert interpolate(classes, [5, 9], 3).known.tolist() == [False] * 5 + [True] * 5 + [False] * 10
+    # one slice painted empty and nothing else: it ends nothing
+    assert interpolate(classes, [14], 3).known.tolist() == [False] * 14 + [True] + [False] * 5
+
+
+def test_fuse_network_overrides_only_when_very_sure():
+    classes = np.zeros((4, 2, 2), np.uint8)
+    classes[0] = 1                        # painted slice 0 and 2 say class 1 everywhere
+    classes[2] = 1
+    g = interpolate(classes, [0, 2], 3)
+    assert (g.classes[1] == 1).all() and g.known.tolist() == [True, True, True, False]
+    probs = np.zeros((4, 3, 2, 2), np.float32)
+    probs[:, 2] = 0.9                     # the network: class 2 at 0.9, class 1 at 0.05
+    probs[:, 1] = 0.05
+    probs[:, 0] = 0.05
+    probs[1, :, 0, 0] = [0.0005, 0.0005, 0.999]   # ... and very sure at one voxel of slice 1
+    out = g.fuse([0, 1, 2, 3], probs)
+    assert (out[0] == 1).all() and (out[2] == 1).all()       # painted: as painted
+    assert out[1, 0, 0] == 2 and (out[1].ravel()[1:] == 1).all()   # 0.9 is not sure enough
+    assert (out[3] == 2).all()                               # beyond the painted range: the network
+    # by the formula: (1 - w) log p + w log q, q = 0.95 + 0.05 / 3 on the interpolated class
+    q_hot, q_other = np.log(0.95 + 0.05 / 3), np.log(0.05 / 3)
+    assert 0.5 * np.log(0.9) + 0.5 * q_other < 0.5 * np.log(0.05) + 0.5 * q_hot
+    assert 0.5 * np.log(0.999) + 0.5 * q_other > 0.5 * np.log(0.0005 + 1e-6) + 0.5 * q_hot
+
+
+def test_guide_for_maps_label_values_and_refuses_unknown_ones():
+    label = np.full((6, 8, 8), IGNORE, np.uint8)
+    label[1] = 0
+    label[1, 2:5, 2:5] = 7                # value 7 is the model's second class
+    label[4] = 0
+    label[4, 2:5, 2:5] = 7
+    g = guide_for(label, [3, 7], [1, 4], (1.0, 1.0))
+    assert isinstance(g, Guide) and g.num_classes == 3
+    assert (g.classes[2, 2:5, 2:5] == 2).all() and g.classes[2].sum() == 18
+    label[4, 0, 0] = 9
+    with pytest.raises(mt.MedTransferError, match=r"label values \[9\].*\[3, 7\]"):
+        guide_for(label, [3, 7], [1, 4], (1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blobs")
+    datalist = write_blob_datalist(folder)
+    run = mt.train(datalist, folder / "run", reporter=Reporter(stream=None, bar=False),
+                   backbone="resnet18", weights=None, strategy="finetune", epochs=1, steps_per_epoch=1,
+                   batch_size=2, patch=64, val_fraction=0)
+    return datalist, run
+
+
+def test_predict_guided_keeps_painted_slices_and_follows_the_interpolation(tiny):
+    import json
+
+    datalist, run = tiny
+    data = json.loads(datalist.read_text())
+    entry = data["training"][0]
+    full = mt.read_case(datalist.parent / entry["image"], datalist.parent / entry["label"])
+    ref = full.label.copy()
+    painted = [2, 6, 10, 14]
+    sparse = np.full_like(ref, IGNORE)
+    sparse[painted] = ref[painted]
+    case = mt.read_case(datalist.parent / entry["image"])
+    case.label = sparse
+    alone = mt.predict(run.package, case).label
+    guided = mt.predict(run.package, case, guide=True).label
+    assert np.array_equal(guided[painted], ref[painted])
+    held = [s for s in range(3, 14) if s not in painted]
+    scores = [dice(p[held] == 1, ref[held] == 1) for p in (alone, guided)]
+    assert scores[1] > 0.8 and scores[1] > scores[0] + 0.2, scores      # a one-step network knows little
+    case.label = None
+    with pytest.raises(mt.MedTransferError, match="no painted label map"):
+        mt.predict(run.package, case, guide=True)
+
+
+def test_case_guide_counts_only_slices_painted_all_over_along_the_models_axis():
+    from MedTransferLib.core.case import Case, Geometry
+    from MedTransferLib.inference.guide import case_guide
+
+    label = np.full((8, 10, 12), IGNORE, np.uint8)     # (k, j, i)
+    label[2] = 0
+    label[2, 3:6, 3:6] = 1
+    label[6] = 0
+    label[6, 3:6, 3:6] = 1
+    geometry = Geometry((12, 10, 8), (0.5, 0.7, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    case = Case(np.zeros(label.shape, np.float32), geometry, label)
+    g = case_guide(case, [1], axis=2)
+    assert g.painted.nonzero()[0].tolist() == [2, 6] and (g.classes[4, 3:6, 3:6] == 1).all()
+    across = case_guide(case, [1], axis=0)              # painted along k, predicted along i
+    assert not across.painted.any() and not across.known.any()
+
+
+def test_cli_predict_painted(tiny, tmp_path, capsys):
+    import json
+
+    from MedTransferLib.app.cli import main
+    from MedTransferLib.data.io import read_image
+
+    datalist, run = tiny
+    entry = json.loads(datalist.read_text())["training"][0]
+    image, label = datalist.parent / entry["image"], datalist.parent / entry["label"]
+    ref, _ = read_image(label, "label")
+    out = tmp_path / "seg.nii.gz"
+    args = ["predict", "--model", str(run.package), "--image", str(image), "--out", str(out), "--painted", str(label)]
+    assert main(args + ["--labelled-slices", "2,6,10-10,14"]) == 0
+    seg, _ = read_image(out, "label")
+    assert np.array_equal(seg[[2, 6, 10, 14]], ref[[2, 6, 10, 14]])
+    held = [3, 4, 5, 7, 8, 9, 11, 12, 13]
+    guided = dice(seg[held] == 2, ref[held] == 2)
+    assert main(args[:-2] + []) == 0
+    alone, _ = read_image(out, "label")
+    assert guided > 0.8 and guided > dice(alone[held] == 2, ref[held] == 2) + 0.2
+    def refused(extra, message):
+        capsys.readouterr()
+        assert main(extra) != 0
+        assert message in capsys.readouterr().err
+
+    refused(args + ["--labelled-slices", "2,16"], "--labelled-slices [16] lie outside the image's 16 slices")
+    refused(args[:-2] + ["--labelled-slices", "2"], "--labelled-slices goes with --painted")
+    other = tmp_path / "other.nii.gz"
+    from conftest import write_volume
+    write_volume(other, np.zeros((16, 40, 47), np.uint8), (0.8, 0.8, 2.0))
+    refused(args[:-1] + [str(other)], "is not on the image's voxel grid")
