@@ -71,6 +71,7 @@ class MedTransferParameterNode:
     device: str = DEFAULTS["device"]
     outputFolder: str = ""
     referenceSegmentation: vtkMRMLSegmentationNode
+    guideByPaintedSlices: bool = True
     modelFolder: str = ""
 
 

@@ -125,6 +125,19 @@ def test_a_new_users_path_add_all_train_cancel_train_apply_and_the_tables(harnes
     assert [r["structure"] for r in tables["Colin volumes"]] == ["Caudate_L", "Putamen_L"]
     assert {"dice", "hd95_mm"} <= set(tables["Colin metrics"][0])
     assert ui.statusLabel.text.startswith("Created Colin MedTransfer")
+    # the volume is in the training list: its painted slices come back as painted (the default);
+    # unchecked, the network alone (a 2-step network does not reproduce them)
+    labels = bridge.labels_from_segments(seg, ["Caudate_L", "Putamen_L"])
+    want = bridge.segmentation_to_label(seg, volume, labels)[painted]
+    assert ui.guideCheckBox.checked and p.guideByPaintedSlices
+    assert np.array_equal(bridge.segmentation_to_label(out[0], volume, labels)[painted], want)
+    ui.guideCheckBox.checked = False
+    assert not p.guideByPaintedSlices
+    h.click("applyButton")
+    h.wait_for(lambda: not _busy(h), 300, "Apply")
+    alone = [s for s in _nodes(h.scene, "vtkMRMLSegmentationNode") if s.GetName() == "Colin MedTransfer"][-1]
+    assert alone is not out[0]
+    assert not np.array_equal(bridge.segmentation_to_label(alone, volume, labels)[painted], want)
     assert np.array_equal(bridge.node_array(volume), before)   # the input is never modified
     assert h.user.errors() == [] and h.user.questions() == []
 

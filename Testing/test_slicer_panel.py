@@ -219,3 +219,28 @@ def test_bad_volume_nodes_are_named(scene):
 
 def _geo_small():
     return mt.Geometry((6, 5, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+
+
+def test_apply_request_carries_the_painted_slices_of_a_training_volume(scene, blob_datalist, tmp_path):
+    from MedTransferLib.core.case import IGNORE
+    from MedTransferLib.slicer import apply_files
+
+    run = mt.train(blob_datalist, tmp_path / "run", backbone="resnet18", weights=None, strategy="finetune",
+                   epochs=1, steps_per_epoch=1, batch_size=2, patch=64)
+    pkg = ModelPackage.load(run.package)
+    # the segments in the other order and other values than the model's: matched by name
+    vol, seg, label = _pair(scene, "A", [(1, "dim"), (2, "bright")], painted_slices=[4, 8, 11])
+    other, _, _ = _pair(scene, "B", [(1, "dim"), (2, "bright")], seed=1)
+    request = json.loads(open(apply_files.write_request([vol, other], pkg, None, "cpu", None, tmp_path,
+                                                        [(vol, seg)])).read())
+    first, second = request["cases"]
+    assert "painted" not in second                        # not in the training list: the network alone
+    painted, _ = mt.read_image(tmp_path / first["painted"], "label")
+    want = np.full(label.shape, IGNORE, np.uint8)
+    for k in (4, 8, 11):
+        want[k] = np.select([label[k] == 1, label[k] == 2], [2, 1], 0)   # dim → the model's 2, bright → 1
+    assert np.array_equal(painted, want)
+    # a segmentation without every structure of the model guides nothing
+    partial, seg_partial, _ = _pair(scene, "C", [(1, "bright")], painted_slices=[4])
+    assert apply_files.painted_label(partial, [(partial, seg_partial)], pkg) is None
+    assert apply_files.painted_label(vol, None, pkg) is None

@@ -5,12 +5,15 @@ each volume (and, optionally, a reference label map) to files and a request::
 
     {"model": "runs/a/model", "device": "auto", "prior": null,
      "cases": [{"id": "MRHead", "image": ["case0.nrrd"], "out": "case0_seg.nrrd",
-                "reference": "case0_ref.nrrd", "reference_labels": [1, 2]}]}
+                "reference": "case0_ref.nrrd", "reference_labels": [1, 2],
+                "painted": "case0_painted.nrrd"}]}
 
 and this module predicts them one by one, writing each label map atomically, printing a
 ``step`` event per case (the progress bar) and one ``done`` event whose ``cases`` hold, per case,
 the volumes table rows, the input check's warnings, the OOD verdict and — with a reference —
-the Dice/HD95 rows. A classification model fills ``predictions`` (one row per case, calibrated
+the Dice/HD95 rows. ``painted`` (optional): the label map painted on that volume, 255 on
+unpainted slices, in the model's label values: painted slices come back as painted and guide the
+network between them (inference/guide.py). A classification model fills ``predictions`` (one row per case, calibrated
 probabilities, optionally prior-corrected) instead.
 """
 
@@ -42,7 +45,7 @@ def load_request(path) -> dict:
             raise MedTransferError(f"apply request '{path}': every case needs 'image'")
         images = c["image"] if isinstance(c["image"], list) else [c["image"]]
         c["image"] = [str(base / p) for p in images]
-        for key in ("out", "reference"):
+        for key in ("out", "reference", "painted"):
             if c.get(key):
                 c[key] = str(base / c[key])
     return req
@@ -68,7 +71,11 @@ def run(request_path, stream) -> dict:
         results = []
         for i, c in enumerate(cases):
             case = read_case(c["image"][0] if len(c["image"]) == 1 else c["image"], None, c.get("id"))
-            pred = predict(pkg, case, device=device)
+            if c.get("painted"):   # the volume being labelled: its painted slices guide the network
+                case.label, geometry = read_image(c["painted"], "painted label map")
+                if case.geometry.matches(geometry):
+                    raise MedTransferError(f"apply request: case '{c.get('id')}': 'painted' is not on the image's grid")
+            pred = predict(pkg, case, device=device, guide=bool(c.get("painted")))
             if not c.get("out"):
                 raise MedTransferError(f"apply request: case '{c.get('id')}' has no 'out' file for its segmentation")
             write_label(c["out"], pred.label, case.geometry)

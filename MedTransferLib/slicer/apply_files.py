@@ -16,7 +16,19 @@ def alive(node) -> bool:
     return node is not None and node.GetScene() is not None and node.GetScene().GetNodeByID(node.GetID()) is node
 
 
-def write_request(nodes, package, reference, device, prior, work) -> str:
+def painted_label(node, pairs, package):
+    """The label map painted on ``node`` (``IGNORE`` on unpainted slices, the package's values) when
+    ``node`` is paired with a segmentation holding every structure of a 2.5D segmentation
+    ``package``; None otherwise (the network alone)."""
+    if not pairs or package.task != "segmentation" or package.mode != "2.5d":
+        return None
+    segmentation = next((seg for volume, seg in pairs if volume.GetID() == node.GetID()), None)
+    if segmentation is None or not {lab.name for lab in package.labels} <= set(bridge.segment_names(segmentation)):
+        return None
+    return bridge.segmentation_to_label(segmentation, node, package.labels, "ignore")
+
+
+def write_request(nodes, package, reference, device, prior, work, painted_pairs=None) -> str:
     from MedTransferLib.core.files import write_json
     from MedTransferLib.data.io import write_image, write_label
 
@@ -33,6 +45,9 @@ def write_request(nodes, package, reference, device, prior, work) -> str:
         entry = {"id": node.GetName(), "image": [write_image(Path(work) / f"case{i}.nrrd", case.image,
                                                              case.geometry, compress=False).name],
                  "out": f"case{i}_seg.nrrd"}
+        painted = painted_label(node, painted_pairs, package)
+        if painted is not None:
+            entry["painted"] = write_label(Path(work) / f"case{i}_painted.nrrd", painted, case.geometry).name
         if common:
             ref = bridge.segmentation_to_label(reference, node, common)
             entry["reference"] = write_label(Path(work) / f"case{i}_ref.nrrd", ref, case.geometry).name

@@ -199,12 +199,13 @@ class Logic:
 
     # -- apply -----------------------------------------------------------------------------------------
     def applyInBackground(self, volumeNodes, modelFolder, referenceSegmentation=None, device="auto",
-                          prior=None, python=None) -> Task:
+                          prior=None, python=None, paintedPairs=None) -> Task:
         """Segment (or classify) volume nodes in a child process. When it finishes, the task's
         ``outputs`` are, for a segmentation model, one ``(segmentation, volumes table, metrics
         table or None)`` per volume — segments named and coloured as in training, placed with the
         volume in the subject hierarchy — and for a classification model one table node. The
-        volumes are only read."""
+        volumes are only read. ``paintedPairs``: (volume, segmentation) pairs; a volume among
+        them keeps its painted slices, and they guide the network between them (2.5D)."""
         self._requireDependencies()
         nodes = list(volumeNodes)
         if not nodes:
@@ -212,7 +213,8 @@ class Logic:
         package = ModelPackage.load(modelFolder)   # verified here too: a bad model fails at once
         work = self._workdir("apply")
         try:
-            request = apply_files.write_request(nodes, package, referenceSegmentation, device, prior, work)
+            request = apply_files.write_request(nodes, package, referenceSegmentation, device, prior, work,
+                                                paintedPairs)
             job = self._job(["apply", "--request", request], python)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)

@@ -155,8 +155,12 @@ class Panel:
     def start_apply(self, p, volumes):
         if self.busy:
             raise MedTransferError("a task is already running")
-        reference = p.referenceSegmentation if self.logic.modelTask(p.modelFolder) == "segmentation" else None
-        return self._start(self.logic.applyInBackground(list(volumes), p.modelFolder, reference, device=p.device))
+        segmentation = self.logic.modelTask(p.modelFolder) == "segmentation"
+        reference = p.referenceSegmentation if segmentation else None
+        # volumes of the training list keep their painted slices, which guide the network between them
+        painted = self.pairs.pairs() if segmentation and p.guideByPaintedSlices and p.unpaintedSlicesUnlabelled else None
+        return self._start(self.logic.applyInBackground(list(volumes), p.modelFolder, reference, device=p.device,
+                                                        paintedPairs=painted))
 
     def start_advise(self, p):
         if self.busy:
