@@ -9,7 +9,9 @@ more in rounds. Each round, on exactly the same labelled slices:
   Segment Editor effect runs it (every structure interpolated between the slices that hold it);
 - **MedTransfer**: the first round trains from the pretrained encoder for ``--first-seconds``
   (a time budget, default 60 s); each later round continues the previous model (``--from``) for
-  ``--update-seconds`` on the enlarged set of labelled slices.
+  ``--update-seconds`` on the enlarged set of labelled slices. The volume is then predicted as
+  the panel's Apply predicts the volume being labelled: guided by its painted slices
+  (inference/guide.py); the network alone is scored beside it.
 
 Both are scored by Dice on the never-labelled slices (mean and worst structure); the update's
 wall-clock time (training + prediction of the whole volume) is recorded.
@@ -138,6 +140,7 @@ def main() -> None:
     a = p.parse_args()
 
     import MedTransferLib as mt
+    from MedTransferLib.core.case import IGNORE, Case
     from MedTransferLib.core.files import write_json
     from MedTransferLib.core.labels import Label
     from MedTransferLib.data.metrics import evaluate, summary
@@ -183,8 +186,14 @@ def main() -> None:
         t0 = time.perf_counter()
         package, previews = train_with_preview(round_dl, out / f"run{n}", previous,
                                                a.update_seconds if previous else a.first_seconds)
-        pred = mt.predict(package, case)
+        # the volume being labelled, as the panel's Apply gives it: its painted slices (and the
+        # slices marked empty) guide the network (inference/guide.py); the network alone beside it
+        painted = np.full_like(ref, IGNORE)
+        painted[labelled + empty] = ref[labelled + empty]
+        pred = mt.predict(package, Case(case.image, case.geometry, painted, case.case_id), guide=True)
         update_s = time.perf_counter() - t0
+        alone = summary(evaluate(mt.predict(package, Case(case.image, case.geometry)).label, ref, labels,
+                                 case.geometry, held_out, axis=2))
         # each preview scored on the never-labelled slices it had predicted so far
         seen, scored = set(), []
         for t, label, predicted in previews:
@@ -201,7 +210,8 @@ def main() -> None:
         ours = summary(evaluate(pred.label, ref, labels, case.geometry, held_out, axis=2))
         previous = run.package
         row = {"labelled": len(labelled), "slices": labelled, "empty": empty, "medtransfer_mean": ours["mean_dice"],
-               "medtransfer_worst": ours["min_dice"], "fill_mean": fill["mean_dice"], "fill_worst": fill["min_dice"],
+               "medtransfer_worst": ours["min_dice"], "network_mean": alone["mean_dice"],
+               "network_worst": alone["min_dice"], "fill_mean": fill["mean_dice"], "fill_worst": fill["min_dice"],
                "update_seconds": round(update_s, 1), "steps": run.metrics["steps_run"],
                "previews": scored, "first_useful_preview_s": useful,
                "fill_seconds": round(itk_s, 2)}
@@ -213,12 +223,13 @@ def main() -> None:
     print(f"\nMeasured {result['date']} on {result['machine']}; order {a.order}, first training "
           f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--from the previous round); "
           f"MedTransfer also gets {len(empty)} slices marked empty.\n")
-    print("| labelled slices | MedTransfer mean / worst | Fill between slices mean / worst | update (s) | steps "
-          "| previews: s (held-out slices covered) mean |")
-    print("|---:|---:|---:|---:|---:|---|")
+    print("| labelled slices | MedTransfer mean / worst | network alone | Fill between slices mean / worst "
+          "| update (s) | steps | previews: s (held-out slices covered) mean |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         shown = "; ".join(f"{p['seconds']:.0f} s ({p['slices']}) {p['mean']:.2f}" for p in r["previews"])
         print(f"| {r['labelled']} | {r['medtransfer_mean']:.3f} / {r['medtransfer_worst']:.3f} | "
+              f"{r['network_mean']:.3f} / {r['network_worst']:.3f} | "
               f"{r['fill_mean']:.3f} / {r['fill_worst']:.3f} | {r['update_seconds']:.0f} | {r['steps']} | {shown} |")
     plot(rows, out / "dice_vs_slices.png")
 
@@ -231,8 +242,9 @@ def plot(rows, path: Path) -> None:
 
     x = [r["labelled"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [r["medtransfer_mean"] for r in rows], "o-", label="MedTransfer, mean")
+    ax.plot(x, [r["medtransfer_mean"] for r in rows], "o-", label="MedTransfer (guided by the painted slices), mean")
     ax.plot(x, [r["medtransfer_worst"] for r in rows], "o--", label="MedTransfer, worst structure")
+    ax.plot(x, [r["network_mean"] for r in rows], "^:", color="grey", label="network alone (a new volume), mean")
     ax.plot(x, [r["fill_mean"] for r in rows], "s-", label="Fill between slices, mean")
     ax.plot(x, [r["fill_worst"] for r in rows], "s--", label="Fill between slices, worst structure")
     ax.set_xlabel("labelled axial slices")
