@@ -28,8 +28,15 @@ def test_signed_distance_gives_back_the_mask_and_mm():
     # mm along W, not pixels
     row = 32
     edge = np.flatnonzero(mask[row]).max()
-    assert phi[row, edge + 6] == pytest.approx(12 - 0.5, abs=0.6)
-    assert phi[row, edge + 6] > 8
+    assert phi[row, edge + 6] == pytest.approx(12 - 0.5, abs=0.01)
+    # rows are 2 mm, columns 3 mm here: 6 rows below the bottom edge is 12 mm, and the half-pixel
+    # shift is half the smaller pixel side (1 mm)
+    mask = disc(10, spacing=(2.0, 3.0))
+    phi = signed_distance(mask, (2.0, 3.0))
+    col = 30
+    bottom = np.flatnonzero(mask[:, col]).max()
+    assert phi[bottom + 6, col] == pytest.approx(12 - 1.0, abs=0.01)
+    assert np.array_equal(phi < 0, mask)
 
 
 def test_a_growing_disc_is_interpolated_between_painted_slices():
@@ -43,6 +50,42 @@ def test_a_growing_disc_is_interpolated_between_painted_slices():
         assert dice(g.classes[z] == 1, truth) > 0.97, z
         assert abs(int((g.classes[z] == 1).sum()) - int(truth.sum())) < 0.06 * truth.sum()
     assert g.known.all() and g.painted.tolist() == [True] + [False] * 9 + [True]
+
+
+def test_every_gap_is_interpolated_wherever_it_starts():
+    # discs of radius 6, 16, 6 mm on slices 2, 12, 22, and slices 23 and 24 painted too (adjacent:
+    # nothing to interpolate between them, the gaps after still are)
+    classes = np.zeros((30, 64, 64), np.uint8)
+    classes[2], classes[12], classes[22], classes[23] = disc(6), disc(16), disc(6), disc(6)
+    classes[28] = disc(6)
+    g = interpolate(classes, [2, 12, 22, 23, 28, 30], 2)       # 30 lies outside: ignored
+    for z, radius in ((5, 9), (9, 13), (15, 13), (19, 9), (25, 6)):
+        assert dice(g.classes[z] == 1, disc(radius)) > 0.97, z
+    assert g.painted.nonzero()[0].tolist() == [2, 12, 22, 23, 28]
+    empty = interpolate(classes, [], 2)
+    assert empty.num_classes == 2 and not empty.known.any()
+    assert (empty.fuse([0], np.full((1, 2, 64, 64), 0.5, np.float32)) == 0).all()
+
+
+def test_anisotropic_pixels_are_interpolated_in_mm():
+    # a 4 × 4 square on slice 0 and a 12 × 12 square on slice 4, pixels 1 mm high and 3 mm wide:
+    # halfway the shape is the interpolation of distances in mm, not in pixels
+    classes = np.zeros((5, 24, 24), np.uint8)
+    classes[0, 10:14, 10:14] = 1
+    classes[4, 6:18, 6:18] = 1
+    mm = interpolate(classes, [0, 4], 2, (1.0, 3.0)).classes[2]
+    swapped = interpolate(classes, [0, 4], 2, (3.0, 1.0)).classes[2]
+    assert not np.array_equal(mm, swapped)
+    label = np.full((5, 24, 24), IGNORE, np.uint8)
+    label[[0, 4]] = classes[[0, 4]]
+    assert np.array_equal(guide_for(label, [1], [0, 4], (1.0, 3.0)).classes[2], mm)
+    from MedTransferLib.core.case import Case, Geometry
+    from MedTransferLib.inference.guide import case_guide
+
+    # voxel axis 2 (k) painted; a slice's rows are j (1 mm) and its columns i (3 mm)
+    case = Case(np.zeros((5, 24, 24), np.float32), Geometry((24, 24, 5), (3.0, 1.0, 2.0), (0, 0, 0),
+                                                             (1, 0, 0, 0, 1, 0, 0, 0, 1)), label)
+    assert np.array_equal(case_guide(case, [1], 2).classes[2], mm)
 
 
 def test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond():
@@ -61,6 +104,9 @@ def test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond():
     assert interpolate(classes, [5, 9], 3).known.tolist() == [False] * 5 + [True] * 5 + [False] * 10
     # one slice painted empty and nothing else: it ends nothing
     assert interpolate(classes, [14], 3).known.tolist() == [False] * 14 + [True] + [False] * 5
+    # the first painted slice empty: the structures start after it, nothing before
+    classes[2] = 0
+    assert interpolate(classes, [2, 5, 9], 3).known.tolist() == [True] * 10 + [False] * 10
 
 
 def test_fuse_network_overrides_only_when_very_sure():
@@ -74,9 +120,12 @@ def test_fuse_network_overrides_only_when_very_sure():
     probs[:, 1] = 0.05
     probs[:, 0] = 0.05
     probs[1, :, 0, 0] = [0.0005, 0.0005, 0.999]   # ... and very sure at one voxel of slice 1
+    probs[1, :, 0, 1] = [0.0, 0.0, 1.0]           # ... certain at another (a zero probability)
+    probs[1, :, 1, 0] = [0.024, 0.016, 0.96]      # odds 60 : 1 against the guide's class
     out = g.fuse([0, 1, 2, 3], probs)
     assert (out[0] == 1).all() and (out[2] == 1).all()       # painted: as painted
-    assert out[1, 0, 0] == 2 and (out[1].ravel()[1:] == 1).all()   # 0.9 is not sure enough
+    # with 3 classes the network overrules the guide above odds (0.95 + 0.05/3) / (0.05/3) = 58
+    assert out[1].tolist() == [[2, 2], [2, 1]]               # 0.9 against 0.05 is not sure enough
     assert (out[3] == 2).all()                               # beyond the painted range: the network
     # by the formula: (1 - w) log p + w log q, q = 0.95 + 0.05 / 3 on the interpolated class
     q_hot, q_other = np.log(0.95 + 0.05 / 3), np.log(0.05 / 3)
@@ -91,8 +140,12 @@ def test_guide_for_maps_label_values_and_refuses_unknown_ones():
     label[4] = 0
     label[4, 2:5, 2:5] = 7
     g = guide_for(label, [3, 7], [1, 4], (1.0, 1.0))
-    assert isinstance(g, Guide) and g.num_classes == 3
+    assert isinstance(g, Guide) and g.num_classes == 3 and g.classes.dtype == np.uint8
     assert (g.classes[2, 2:5, 2:5] == 2).all() and g.classes[2].sum() == 18
+    assert guide_for(label, [7, 256], [1, 4], (1.0, 1.0)).classes[2].sum() == 9   # a value a uint8 map cannot hold
+    wide = label.astype(np.uint16)
+    wide[wide == 7] = 300                 # label values beyond 255 (IGNORE stays 255)
+    assert np.array_equal(guide_for(wide, [3, 300], [1, 4], (1.0, 1.0)).classes, g.classes)
     label[4, 0, 0] = 9
     with pytest.raises(mt.MedTransferError, match=r"label values \[9\].*\[3, 7\]"):
         guide_for(label, [3, 7], [1, 4], (1.0, 1.0))

@@ -82,6 +82,18 @@ GROUPS = {
                ["Testing/test_hooks.py", "Testing/test_performance.py",
                 f"{RELIABILITY}::test_a_crash_between_the_two_renames_of_a_checkpoint_leaves_the_previous_one_usable"],
                ["save_state", "load_state", "match_layouts", "batches", "start", "epoch_end"]),
+    "guide": (["MedTransferLib/inference/guide.py"],
+              [f"Testing/test_guide.py::{name}" for name in (
+                  "test_signed_distance_gives_back_the_mask_and_mm",
+                  "test_a_growing_disc_is_interpolated_between_painted_slices",
+                  "test_every_gap_is_interpolated_wherever_it_starts",
+                  "test_anisotropic_pixels_are_interpolated_in_mm",
+                  "test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond",
+                  "test_fuse_network_overrides_only_when_very_sure",
+                  "test_guide_for_maps_label_values_and_refuses_unknown_ones",
+                  "test_case_guide_counts_only_slices_painted_all_over_along_the_models_axis")]
+              + ["Testing/test_preview.py::test_the_preview_of_a_volume_painted_on_some_slices_is_guided_by_them"],
+              None),
 }
 KILLED = {"killed", "timeout", "segfault"}   # a crash of the test process is a failed test
 MAX_DIFFS = 200   # survivors shown with their diff per group (the rest are listed by name)
