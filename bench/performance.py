@@ -238,9 +238,9 @@ def prediction(package: str, case, device: str = "cpu") -> dict:
 
         x = torch.from_numpy(np.ascontiguousarray(to_slices_first(prep.standardise(case.image), pkg.axis)))[None, None]
         with torch.inference_mode():
-            scores = sliding_window_inference(x.to(scores_on), roi_size=tuple(inf["patch"]),
-                                              sw_batch_size=_window_batch(dev, inf["patch"], 16),
-                                              predictor=run, overlap=inf["overlap"], mode="gaussian",
+            scores = sliding_window_inference(x.to(scores_on), roi_size=tuple(inf.patch),
+                                              sw_batch_size=_window_batch(dev, inf.patch, 16),
+                                              predictor=run, overlap=0.25 if inf.overlap is None else inf.overlap, mode="gaussian",
                                               padding_mode="replicate", sw_device=dev, device=scores_on)
             cls = scores[0].argmax(0).cpu().numpy()
         del scores
