@@ -244,3 +244,9 @@ def test_apply_request_carries_the_painted_slices_of_a_training_volume(scene, bl
     partial, seg_partial, _ = _pair(scene, "C", [(1, "bright")], painted_slices=[4])
     assert apply_files.painted_label(partial, [(partial, seg_partial)], pkg) is None
     assert apply_files.painted_label(vol, None, pkg) is None
+    # the panel's list: its painted pairs, and none (no error) when the list is empty
+    listed = sb.TrainingPairs()
+    assert listed.painted() == []
+    listed.add(other)
+    listed.add(vol, seg)
+    assert listed.painted() == [(vol, seg)]

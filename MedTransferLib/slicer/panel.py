@@ -158,7 +158,7 @@ class Panel:
         segmentation = self.logic.modelTask(p.modelFolder) == "segmentation"
         reference = p.referenceSegmentation if segmentation else None
         # volumes of the training list keep their painted slices, which guide the network between them
-        painted = self.pairs.pairs() if segmentation and p.guideByPaintedSlices and p.unpaintedSlicesUnlabelled else None
+        painted = self.pairs.painted() if segmentation and p.guideByPaintedSlices and p.unpaintedSlicesUnlabelled else None
         return self._start(self.logic.applyInBackground(list(volumes), p.modelFolder, reference, device=p.device,
                                                         paintedPairs=painted))
 

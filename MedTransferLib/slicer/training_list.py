@@ -156,6 +156,11 @@ class TrainingPairs:
                                    "(or press 'Add all')")
         return [(r["volume"], r["segmentation"]) for r in self.rows]
 
+    def painted(self) -> list[tuple]:
+        """(volume, segmentation) of every row with a segmentation; empty when there is none
+        (Apply works without a training list, unlike Train)."""
+        return [(r["volume"], r["segmentation"]) for r in self.rows if r["segmentation"] is not None]
+
     def segments(self) -> tuple[list[str], dict[str, list[str]]]:
         """Segment names every listed segmentation has, and what each one lacks."""
         return common_segments([(r["volume"], r["segmentation"]) for r in self.rows if r["segmentation"] is not None])
