@@ -133,6 +133,73 @@ def test_fuse_network_overrides_only_when_very_sure():
     assert 0.5 * np.log(0.999) + 0.5 * q_other > 0.5 * np.log(0.0005 + 1e-6) + 0.5 * q_hot
 
 
+def test_a_structure_on_one_side_of_a_wide_gap_is_left_to_the_network():
+    # slices 0 and 30 both hold class 1 (interpolated); class 2 is on slice 0 only, class 3 on
+    # slice 30 only: each ends somewhere in the 30 mm gap, and the guide cannot say where
+    classes = np.zeros((31, 40, 40), np.uint8)
+    classes[0][disc(6, (40, 40), (10.0, 10.0))] = 1
+    classes[30][disc(6, (40, 40), (10.0, 10.0))] = 1
+    two, three = disc(5, (40, 40), (28.0, 12.0)), disc(4, (40, 40), (12.0, 28.0))
+    classes[0][two] = 2
+    classes[30][three] = 3
+    g = interpolate(classes, [0, 30], 4, slice_mm=1.0)
+    # the half of the gap next to the slice holding it: 1..15 for class 2, 15..29 for class 3
+    assert sorted(g.open) == list(range(1, 30))
+    yy, xx = np.mgrid[:40, :40]
+    for z, centre, radius, other in ((5, (28, 12), 5, three), (25, (12, 28), 4, two)):
+        gap = np.hypot(yy - centre[0], xx - centre[1]) - radius    # mm beyond the disc's outline
+        assert g.open[z][gap < 2.0].all() and not g.open[z][gap > 4.0].any(), z
+        assert not g.open[z][other].any(), z                      # the other structure: its own half
+    assert np.array_equal(g.open[5], signed_distance(two, (1.0, 1.0)) < 3.0)    # 3 mm around it
+    assert g.open[15][two].all() and g.open[15][three].all()       # the middle slice: both halves
+    assert not g.open[10][disc(6, (40, 40), (10.0, 10.0))].any()  # class 1 is interpolated there
+    # the network, fairly sure (0.6) of class 2 and 3 where each was painted, on every slice
+    probs = np.full((31, 4, 40, 40), 0.1, np.float32)
+    probs[:, 0] = 0.7
+    probs[:, :, two] = np.array([0.3, 0.05, 0.6, 0.05], np.float32)[None, :, None]
+    probs[:, :, three] = np.array([0.3, 0.05, 0.05, 0.6], np.float32)[None, :, None]
+    out = g.fuse(range(31), probs)
+    assert (out[5][two] == 2).all() and (out[25][three] == 3).all()   # left to the network
+    assert (out[25][two] == 0).all() and (out[5][three] == 0).all()   # the far half: background
+    # a narrow gap (30 slices of 0.4 mm = 12 mm): the structure ends close by, the guide says
+    # background all the way (the network would need odds of 77 : 1 to overrule it)
+    narrow = interpolate(classes, [0, 30], 4, slice_mm=0.4)
+    assert narrow.open == {}
+    assert (narrow.fuse([5], probs[5:6])[0][two] == 0).all()
+    assert interpolate(classes, [0, 30], 4, slice_mm=0.41).open.keys() == g.open.keys()
+    assert interpolate(classes, [0, 30], 4).open.keys() == g.open.keys()      # 1 mm by default
+
+
+def test_across_a_wide_gap_the_interpolated_outline_is_soft():
+    # the same discs on slices 0 and 20, 20 mm apart: on slice 10 the interpolated disc is that
+    # disc, and its outline is uncertain by millimetres — the network, leaning to class 1 (0.6
+    # against 0.4) everywhere, moves the outline out to where the vote for class 1 drops below
+    # 0.395: 0.6·(0.95 σ + 0.025) > 0.4·(0.95 (1 − σ) + 0.025) ⇔ σ(−d / 2 mm) > 0.375 / 0.95
+    # ⇔ d < 2 · ln(0.6053 / 0.3947) = 0.855 mm
+    one, two = disc(8, (48, 48), (16.0, 16.0)), disc(5, (48, 48), (34.0, 34.0))
+    classes = np.zeros((21, 48, 48), np.uint8)
+    for z in (0, 20):
+        classes[z][one], classes[z][two] = 1, 2
+    g = interpolate(classes, [0, 20], 3, slice_mm=1.0)
+    assert sorted(g.soft) == list(range(1, 20)) and g.open == {}
+    near, tenths = g.soft[10]
+    d_one, d_two = signed_distance(one, (1.0, 1.0)), signed_distance(two, (1.0, 1.0))
+    assert np.array_equal(near, np.where(d_two < d_one, 2, 1))          # the nearest structure
+    assert np.abs(tenths / 10 - np.clip(np.minimum(d_one, d_two), -12.7, 12.7)).max() <= 0.051
+    vote = g._soft_vote(np.array([[1, 2, 0]], np.uint8), np.array([[0, -20, 5]], np.int8))
+    assert np.allclose(vote[:, 0, 0], [0.5, 0.5, 0.0]) and np.allclose(vote[:, 0, 2], [1.0, 0.0, 0.0])
+    assert np.allclose(vote[:, 0, 1], [1 - 1 / (1 + np.exp(-1.0)), 0.0, 1 / (1 + np.exp(-1.0))])
+    probs = np.zeros((21, 3, 48, 48), np.float32)
+    probs[:, 0], probs[:, 1] = 0.4, 0.6
+    far = d_two > 3                       # (the network gives class 2 nothing: judged away from it)
+    out = g.fuse(range(21), probs)
+    assert np.array_equal((out[10] == 1)[far], (d_one < 0.855)[far])
+    assert 0 < (out[10] == 1).sum() - one.sum() < 0.5 * one.sum()       # a rim, not the whole slice
+    # 10 mm apart: the outline stays hard, and the network at 0.6 cannot move it
+    narrow = interpolate(classes, [0, 20], 3, slice_mm=0.5)
+    assert narrow.soft == {} and np.array_equal((narrow.fuse([10], probs[10:11])[0] == 1)[far], one[far])
+
+
 def test_guide_for_maps_label_values_and_refuses_unknown_ones():
     label = np.full((6, 8, 8), IGNORE, np.uint8)
     label[1] = 0
@@ -200,6 +267,12 @@ def test_case_guide_counts_only_slices_painted_all_over_along_the_models_axis():
     assert g.painted.nonzero()[0].tolist() == [2, 6] and (g.classes[4, 3:6, 3:6] == 1).all()
     across = case_guide(case, [1], axis=0)              # painted along k, predicted along i
     assert not across.painted.any() and not across.known.any()
+    # the gap is 4 slices of 3 mm (12 mm): a structure painted on slice 2 alone ends close by;
+    # 2 mm further apart and the guide leaves its end to the network (inference/guide.py)
+    label[6, 3:6, 3:6] = 0
+    assert case_guide(case, [1], axis=2).open == {}
+    wider = Geometry((12, 10, 8), (0.5, 0.7, 3.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert sorted(case_guide(Case(case.image, wider, label), [1], axis=2).open) == [3, 4]
 
 
 def test_cli_predict_painted(tiny, tmp_path, capsys):

@@ -11,8 +11,12 @@ on the CPU; median of repeated runs after warm-up). Prints JSON lines. Not a tes
   (Testing/test_performance.py), 3D and 2.5D batch shapes (change 5).
 - ``optimizer``: AdamW's step alone and a whole channels-last training step of both networks,
   torch's default (foreach) implementation vs the fused kernel (change 6).
+- ``frozen``: where a 2.5D training step with the encoder frozen (the first epochs of the default
+  ``gradual`` strategy) spends its time: the whole step, the encoder's forward alone, and the
+  decoder + head step on features computed beforehand — what caching the encoder's features of
+  the labelled slices (a feature-extraction first phase) could save at most.
 
-    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss|optimizer]
+    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss|optimizer|frozen]
 """
 
 from __future__ import annotations
@@ -145,13 +149,46 @@ def optimizer() -> None:
         print(json.dumps(row), flush=True)
 
 
+def frozen() -> None:
+    from MedTransferLib.training.losses import loss_function
+
+    name, make, shape = nets()[0]
+    net = make().to(memory_format=torch.channels_last)
+    net.encoder.requires_grad_(False)
+    net.encoder.eval()
+    loss_fn = loss_function()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3, fused=True)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 9, (shape[0],) + shape[2:])
+    with torch.no_grad():
+        features = net.encoder(x)
+
+    def train(head_of):
+        loss = loss_fn(head_of().float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def encode():
+        with torch.no_grad():
+            net.encoder(x)
+
+    whole = median_s(lambda: train(lambda: net(x)))
+    encoder = median_s(encode)
+    decoder = median_s(lambda: train(lambda: net.head(net.decoder(features, 4))))
+    print(json.dumps({"bench": "frozen", "network": name, "whole_step_s": round(whole, 4),
+                      "encoder_forward_s": round(encoder, 4), "decoder_head_step_s": round(decoder, 4),
+                      "encoder_share": round(encoder / whole, 3),
+                      "speedup_if_features_cached": round(whole / decoder, 2)}), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss", "optimizer"])
+    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss", "optimizer", "frozen"])
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     for name, fn in (("formats", formats), ("windows", windows), ("argmax", argmax), ("loss", loss),
-                     ("optimizer", optimizer)):
+                     ("optimizer", optimizer), ("frozen", frozen)):
         if a.only in (None, name):
             fn()
     return 0

@@ -15,7 +15,25 @@ classes). With the defaults (``w`` 0.5, ``eps`` 0.05) the network overrides the 
 only where it is very sure: odds above about 19·C : 1 for C classes with background (170 : 1
 for 8 structures). Beyond the outermost painted slice the
 network decides alone — unless that slice was painted empty (nothing there): then the
-structures are known to have ended and the guide says background. Painted slices come back exactly as painted. Measured on the
+structures are known to have ended and the guide says background. Painted slices come back
+exactly as painted.
+
+Across a gap wider than ``WIDE_GAP_MM`` the interpolated outline is uncertain by millimetres,
+and the guide says so:
+
+- a structure painted on one slice but not on the next ends somewhere between them, and the
+  guide cannot say where: on the half of the gap next to the slice that holds it, within
+  ``MARGIN_MM`` of its painted outline, the network decides alone (``w`` = 0) instead of being
+  told "background";
+- the interpolated class is soft near the interpolated outline: ``q`` = σ(−d / ``SOFT_MM``) for
+  the nearest structure, ``d`` the interpolated signed distance in mm (negative inside), the
+  rest for background — sure deep inside and far outside, undecided on the outline, where the
+  image (the network) decides.
+
+On the sample MRI (bench/RESULTS.md) both raised the mean Dice where painted slices lie far
+apart (3 evenly spaced slices: +0.02, randomly placed slices: up to +0.11) and left gaps of up to
+12 mm as they were; a soft outline everywhere cost 0.01–0.03 at 12–19 slices, where the
+interpolation is within a voxel or two of the truth. Measured on the
 sample task in bench/RESULTS.md (the interactive loop).
 
 ITK's own filter (PyPI ``itk-morphologicalcontourinterpolation``) is not used: it needs the whole
@@ -26,7 +44,7 @@ SimpleITK's signed Maurer distance gives the distance maps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +54,9 @@ from MedTransferLib.data.slabs import to_slices_first
 
 WEIGHT = 0.5    # the interpolation's weight against the network's log-probabilities
 EPS = 0.05      # the interpolation's probability mass spread over all classes
+WIDE_GAP_MM = 12.0  # painted slices further apart: the interpolated outline is uncertain
+MARGIN_MM = 3.0     # a structure on one side only of a wide gap: left to the network this close to it
+SOFT_MM = 2.0       # the interpolated outline's softness in a wide gap
 
 
 def signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
@@ -62,6 +83,9 @@ class Guide:
     num_classes: int      # network classes, background included
     weight: float = WEIGHT
     eps: float = EPS
+    open: dict = field(default_factory=dict)   # slice → (H, W) bool: the network decides alone there
+    soft: dict = field(default_factory=dict)   # slice → ((H, W) nearest class, (H, W) int8 its signed
+    #                                            distance in 0.1 mm): a wide gap's soft outline
 
     def fuse(self, slices, probs: np.ndarray) -> np.ndarray:
         """Class indices ``(B, H, W)`` for ``slices`` from the network's softmax ``probs``
@@ -71,18 +95,35 @@ class Guide:
         known = self.known[slices]
         if known.any():
             logp = np.log(probs[known] + 1e-6)
-            onehot = np.eye(self.num_classes, dtype=np.float32)[self.classes[slices[known]]]   # (b, H, W, C)
-            q = np.log((1 - self.eps) * np.moveaxis(onehot, -1, 1) + self.eps / self.num_classes)
-            out[known] = ((1 - self.weight) * logp + self.weight * q).argmax(1).astype(np.uint8)
+            onehot = np.moveaxis(np.eye(self.num_classes, dtype=np.float32)[self.classes[slices[known]]], -1, 1)
+            for i, z in enumerate(slices[known]):
+                if int(z) in self.soft:
+                    onehot[i] = self._soft_vote(*self.soft[int(z)])
+            q = np.log((1 - self.eps) * onehot + self.eps / self.num_classes)
+            w = np.full((len(logp), 1) + probs.shape[2:], self.weight, np.float32)
+            for i, z in enumerate(slices[known]):
+                if int(z) in self.open:
+                    w[i, 0][self.open[int(z)]] = 0.0
+            out[known] = ((1 - w) * logp + w * q).argmax(1).astype(np.uint8)
         painted = self.painted[slices]
         out[painted] = self.classes[slices[painted]]
         return out
 
+    def _soft_vote(self, near: np.ndarray, tenths: np.ndarray) -> np.ndarray:
+        """``(C, H, W)``: σ(−d / SOFT_MM) for the nearest structure, the rest for background."""
+        inside = 1.0 / (1.0 + np.exp(tenths.astype(np.float32) / (10.0 * SOFT_MM)))
+        vote = np.zeros((self.num_classes,) + near.shape, np.float32)
+        has = near > 0
+        vote[0] = np.where(has, 1.0 - inside, 1.0)
+        np.put_along_axis(vote, near[None].astype(np.int64), np.where(has, inside, vote[0])[None], 0)
+        return vote
+
 
 def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
-                spacing: tuple[float, float] = (1.0, 1.0)) -> Guide:
+                spacing: tuple[float, float] = (1.0, 1.0), slice_mm: float = 1.0) -> Guide:
     """Shape-based interpolation of the painted slices of ``classes`` ``(S, H, W)`` (class indices;
-    only the ``painted`` slices are read). ``spacing``: in-plane (H, W) pixel size in mm."""
+    only the ``painted`` slices are read). ``spacing``: in-plane (H, W) pixel size in mm;
+    ``slice_mm``: the distance between slices."""
     n = classes.shape[0]
     painted = sorted({int(s) for s in painted if 0 <= int(s) < n})
     out = np.zeros(classes.shape, np.uint8)
@@ -103,10 +144,15 @@ def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
     for s in painted:
         out[s] = classes[s]
     distance = {}     # (slice, class) → signed distance; a painted slice's maps are used twice
+    open_, soft = {}, {}
     for a, b in zip(painted[:-1], painted[1:]):
         if b - a < 2:
             continue
-        shared = [c for c in range(1, num_classes) if (classes[a] == c).any() and (classes[b] == c).any()]
+        on = [{c for c in range(1, num_classes) if (classes[s] == c).any()} for s in (a, b)]
+        wide = (b - a) * slice_mm > WIDE_GAP_MM
+        if wide:
+            _open_ends(classes, a, b, on, spacing, open_)
+        shared = sorted(on[0] & on[1])
         for c in shared:
             for s in (a, b):
                 if (s, c) not in distance:
@@ -114,18 +160,36 @@ def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
         for z in range(a + 1, b):
             t = (z - a) / (b - a)
             best = np.full(classes.shape[1:], 0.0, np.float32)   # inside where < 0: the deepest wins
+            nearest = np.full(classes.shape[1:], np.inf, np.float32)
+            near = np.zeros(classes.shape[1:], np.uint8)
             for c in shared:
                 phi = (1 - t) * distance[a, c] + t * distance[b, c]
                 inside = phi < best
                 out[z][inside] = c
                 best[inside] = phi[inside]
+                if wide:
+                    closer = phi < nearest
+                    near[closer], nearest[closer] = c, phi[closer]
+            if wide and shared:
+                soft[z] = (near, np.clip(np.round(nearest * 10), -127, 127).astype(np.int8))
         for key in [k for k in distance if k[0] == a]:    # slice a is not needed again
             del distance[key]
-    return Guide(out, known, is_painted, num_classes)
+    return Guide(out, known, is_painted, num_classes, open=open_, soft=soft)
+
+
+def _open_ends(classes, a: int, b: int, on: list[set], spacing, open_: dict) -> None:
+    """Marks in ``open_`` (slice → bool mask) where a structure painted on ``a`` or ``b`` alone
+    may still be, on the half of the gap next to the slice that holds it."""
+    for side, other, s in ((0, 1, a), (1, 0, b)):
+        for c in sorted(on[side] - on[other]):
+            near = signed_distance(classes[s] == c, spacing) < MARGIN_MM
+            half = range(a + 1, (a + b) // 2 + 1) if s == a else range((a + b + 1) // 2, b)
+            for z in half:
+                open_[z] = open_[z] | near if z in open_ else near
 
 
 def guide_for(label: np.ndarray, label_values: list[int], painted: list[int],
-              spacing: tuple[float, float]) -> Guide:
+              spacing: tuple[float, float], slice_mm: float = 1.0) -> Guide:
     """A :class:`Guide` from a slices-first label map of label values (``IGNORE`` where nothing is
     labelled) and its painted slices. ``label_values``: the network's classes 1..N in order."""
     lut = np.zeros(256 if label.dtype == np.uint8 else int(label.max()) + 1, np.uint8)
@@ -137,7 +201,7 @@ def guide_for(label: np.ndarray, label_values: list[int], painted: list[int],
     if unknown:
         raise MedTransferError(f"the painted slices hold label values {unknown} the model does not "
                                f"predict (its values: {label_values}); paint only the model's structures")
-    return interpolate(lut[label], painted, len(label_values) + 1, spacing)
+    return interpolate(lut[label], painted, len(label_values) + 1, spacing, slice_mm)
 
 
 def case_guide(case, label_values: list[int], axis: int) -> Guide:
@@ -150,4 +214,5 @@ def case_guide(case, label_values: list[int], axis: int) -> Guide:
     spacing = [s for a, s in enumerate(case.geometry.spacing) if a != axis][::-1]   # (H, W) of a slice
     label = to_slices_first(case.label, axis)
     painted = np.flatnonzero((label != IGNORE).all(axis=(1, 2))).tolist()
-    return guide_for(label, list(label_values), painted, (float(spacing[0]), float(spacing[1])))
+    return guide_for(label, list(label_values), painted, (float(spacing[0]), float(spacing[1])),
+                     float(case.geometry.spacing[axis]))
