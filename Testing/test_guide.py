@@ -50,6 +50,11 @@ def test_a_growing_disc_is_interpolated_between_painted_slices():
         assert dice(g.classes[z] == 1, truth) > 0.97, z
         assert abs(int((g.classes[z] == 1).sum()) - int(truth.sum())) < 0.06 * truth.sum()
     assert g.known.all() and g.painted.tolist() == [True] + [False] * 9 + [True]
+    # a pixel exactly on the interpolated outline (−0.5 mm inside on one slice, +0.5 mm outside on
+    # the other, half way between) stays outside: inside is strictly below zero
+    row = np.zeros((3, 1, 3), np.uint8)
+    row[0, 0, :2], row[2, 0, :1] = 1, 1
+    assert interpolate(row, [0, 2], 2).classes[1].tolist() == [[1, 0, 0]]
 
 
 def test_every_gap_is_interpolated_wherever_it_starts():
@@ -78,7 +83,7 @@ def test_anisotropic_pixels_are_interpolated_in_mm():
     assert not np.array_equal(mm, swapped)
     label = np.full((5, 24, 24), IGNORE, np.uint8)
     label[[0, 4]] = classes[[0, 4]]
-    assert np.array_equal(guide_for(label, [1], [0, 4], (1.0, 3.0)).classes[2], mm)
+    assert np.array_equal(guide_for(label, [1], [0, 4], (1.0, 3.0), 1.0).classes[2], mm)
     from MedTransferLib.core.case import Case, Geometry
     from MedTransferLib.inference.guide import case_guide
 
@@ -151,6 +156,7 @@ def test_a_structure_on_one_side_of_a_wide_gap_is_left_to_the_network():
         assert g.open[z][gap < 2.0].all() and not g.open[z][gap > 4.0].any(), z
         assert not g.open[z][other].any(), z                      # the other structure: its own half
     assert np.array_equal(g.open[5], signed_distance(two, (1.0, 1.0)) < 3.0)    # 3 mm around it
+    assert not g.open[14][three].any() and g.open[16][three].all() and not g.open[16][two].any()
     assert g.open[15][two].all() and g.open[15][three].all()       # the middle slice: both halves
     assert not g.open[10][disc(6, (40, 40), (10.0, 10.0))].any()  # class 1 is interpolated there
     # the network, fairly sure (0.6) of class 2 and 3 where each was painted, on every slice
@@ -168,6 +174,13 @@ def test_a_structure_on_one_side_of_a_wide_gap_is_left_to_the_network():
     assert (narrow.fuse([5], probs[5:6])[0][two] == 0).all()
     assert interpolate(classes, [0, 30], 4, slice_mm=0.41).open.keys() == g.open.keys()
     assert interpolate(classes, [0, 30], 4).open.keys() == g.open.keys()      # 1 mm by default
+    assert interpolate(classes[:13], [0, 12], 4).open == {}                    # 12 mm: not wider
+    # 2 mm pixels: "within 3 mm" is strict — the pixel two pixels out (3 mm beyond the outline,
+    # which lies half a pixel outside the edge pixels) is not within it
+    coarse = interpolate(classes, [0, 30], 4, (2.0, 2.0)).open[5]
+    assert np.array_equal(coarse, signed_distance(two, (2.0, 2.0)) < 3.0)
+    row = np.flatnonzero(two[28])
+    assert coarse[28, row.max() + 1] and not coarse[28, row.max() + 2]
 
 
 def test_across_a_wide_gap_the_interpolated_outline_is_soft():
@@ -186,6 +199,10 @@ def test_across_a_wide_gap_the_interpolated_outline_is_soft():
     d_one, d_two = signed_distance(one, (1.0, 1.0)), signed_distance(two, (1.0, 1.0))
     assert np.array_equal(near, np.where(d_two < d_one, 2, 1))          # the nearest structure
     assert np.abs(tenths / 10 - np.clip(np.minimum(d_one, d_two), -12.7, 12.7)).max() <= 0.051
+    big = np.zeros((21, 48, 48), np.uint8)
+    big[0][disc(16, (48, 48), (24.0, 24.0))] = big[20][disc(16, (48, 48), (24.0, 24.0))] = 1
+    deep = interpolate(big, [0, 20], 2).soft[10][1]
+    assert deep[24, 24] == -127 and deep.min() == -127 and deep.max() == 127   # 12.7 mm and beyond
     vote = g._soft_vote(np.array([[1, 2, 0]], np.uint8), np.array([[0, -20, 5]], np.int8))
     assert np.allclose(vote[:, 0, 0], [0.5, 0.5, 0.0]) and np.allclose(vote[:, 0, 2], [1.0, 0.0, 0.0])
     assert np.allclose(vote[:, 0, 1], [1 - 1 / (1 + np.exp(-1.0)), 0.0, 1 / (1 + np.exp(-1.0))])
@@ -197,7 +214,9 @@ def test_across_a_wide_gap_the_interpolated_outline_is_soft():
     assert 0 < (out[10] == 1).sum() - one.sum() < 0.5 * one.sum()       # a rim, not the whole slice
     # 10 mm apart: the outline stays hard, and the network at 0.6 cannot move it
     narrow = interpolate(classes, [0, 20], 3, slice_mm=0.5)
-    assert narrow.soft == {} and np.array_equal((narrow.fuse([10], probs[10:11])[0] == 1)[far], one[far])
+    near12 = classes[:13].copy()
+    near12[12] = classes[20]
+    assert narrow.soft == {} and interpolate(near12, [0, 12], 3).soft == {}     # 12 mm at 1 mm and np.array_equal((narrow.fuse([10], probs[10:11])[0] == 1)[far], one[far])
 
 
 def test_guide_for_maps_label_values_and_refuses_unknown_ones():
@@ -206,16 +225,16 @@ def test_guide_for_maps_label_values_and_refuses_unknown_ones():
     label[1, 2:5, 2:5] = 7                # value 7 is the model's second class
     label[4] = 0
     label[4, 2:5, 2:5] = 7
-    g = guide_for(label, [3, 7], [1, 4], (1.0, 1.0))
+    g = guide_for(label, [3, 7], [1, 4], (1.0, 1.0), 1.0)
     assert isinstance(g, Guide) and g.num_classes == 3 and g.classes.dtype == np.uint8
     assert (g.classes[2, 2:5, 2:5] == 2).all() and g.classes[2].sum() == 18
-    assert guide_for(label, [7, 256], [1, 4], (1.0, 1.0)).classes[2].sum() == 9   # a value a uint8 map cannot hold
+    assert guide_for(label, [7, 256], [1, 4], (1.0, 1.0), 1.0).classes[2].sum() == 9   # a value a uint8 map cannot hold
     wide = label.astype(np.uint16)
     wide[wide == 7] = 300                 # label values beyond 255 (IGNORE stays 255)
-    assert np.array_equal(guide_for(wide, [3, 300], [1, 4], (1.0, 1.0)).classes, g.classes)
+    assert np.array_equal(guide_for(wide, [3, 300], [1, 4], (1.0, 1.0), 1.0).classes, g.classes)
     label[4, 0, 0] = 9
     with pytest.raises(mt.MedTransferError, match=r"label values \[9\].*\[3, 7\]"):
-        guide_for(label, [3, 7], [1, 4], (1.0, 1.0))
+        guide_for(label, [3, 7], [1, 4], (1.0, 1.0), 1.0)
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,8 @@ GROUPS = {
                   "test_anisotropic_pixels_are_interpolated_in_mm",
                   "test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond",
                   "test_fuse_network_overrides_only_when_very_sure",
+                  "test_a_structure_on_one_side_of_a_wide_gap_is_left_to_the_network",
+                  "test_across_a_wide_gap_the_interpolated_outline_is_soft",
                   "test_guide_for_maps_label_values_and_refuses_unknown_ones",
                   "test_case_guide_counts_only_slices_painted_all_over_along_the_models_axis")]
               + ["Testing/test_preview.py::test_the_preview_of_a_volume_painted_on_some_slices_is_guided_by_them"],

@@ -30,10 +30,11 @@ and the guide says so:
   rest for background — sure deep inside and far outside, undecided on the outline, where the
   image (the network) decides.
 
-On the sample MRI (bench/RESULTS.md) both raised the mean Dice where painted slices lie far
-apart (3 evenly spaced slices: +0.02, randomly placed slices: up to +0.11) and left gaps of up to
-12 mm as they were; a soft outline everywhere cost 0.01–0.03 at 12–19 slices, where the
-interpolation is within a voxel or two of the truth. Measured on the
+On the sample MRI (bench/RESULTS.md, bench/guide_rescore.py) both raised the mean Dice where
+painted slices lie far apart (3 evenly spaced slices: +0.05, randomly placed slices: up to +0.11)
+and left gaps of up to 12 mm as they were; a soft outline across every gap cost 0.01–0.03 at
+12–19 slices, where the interpolation is within a voxel or two of the truth. On a phantom CT of
+large smooth organs the soft outline cost 0.006–0.007 at gaps of 12.5–20 mm. Measured on the
 sample task in bench/RESULTS.md (the interactive loop).
 
 ITK's own filter (PyPI ``itk-morphologicalcontourinterpolation``) is not used: it needs the whole
@@ -189,7 +190,7 @@ def _open_ends(classes, a: int, b: int, on: list[set], spacing, open_: dict) -> 
 
 
 def guide_for(label: np.ndarray, label_values: list[int], painted: list[int],
-              spacing: tuple[float, float], slice_mm: float = 1.0) -> Guide:
+              spacing: tuple[float, float], slice_mm: float) -> Guide:
     """A :class:`Guide` from a slices-first label map of label values (``IGNORE`` where nothing is
     labelled) and its painted slices. ``label_values``: the network's classes 1..N in order."""
     lut = np.zeros(256 if label.dtype == np.uint8 else int(label.max()) + 1, np.uint8)
