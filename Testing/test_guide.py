@@ -203,7 +203,7 @@ def test_across_a_wide_gap_the_interpolated_outline_is_soft():
     big[0][disc(16, (48, 48), (24.0, 24.0))] = big[20][disc(16, (48, 48), (24.0, 24.0))] = 1
     deep = interpolate(big, [0, 20], 2).soft[10][1]
     assert deep[24, 24] == -127 and deep.min() == -127 and deep.max() == 127   # 12.7 mm and beyond
-    vote = g._soft_vote(np.array([[1, 2, 0]], np.uint8), np.array([[0, -20, 5]], np.int8))
+    vote = g.soft_vote(np.array([[1, 2, 0]], np.uint8), np.array([[0, -20, 5]], np.int8))
     assert np.allclose(vote[:, 0, 0], [0.5, 0.5, 0.0]) and np.allclose(vote[:, 0, 2], [1.0, 0.0, 0.0])
     assert np.allclose(vote[:, 0, 1], [1 - 1 / (1 + np.exp(-1.0)), 0.0, 1 / (1 + np.exp(-1.0))])
     probs = np.zeros((21, 3, 48, 48), np.float32)

@@ -34,8 +34,7 @@ On the sample MRI (bench/RESULTS.md, bench/guide_rescore.py) both raised the mea
 painted slices lie far apart (3 evenly spaced slices: +0.05, randomly placed slices: up to +0.11)
 and left gaps of up to 12 mm as they were; a soft outline across every gap cost 0.01–0.03 at
 12–19 slices, where the interpolation is within a voxel or two of the truth. On a phantom CT of
-large smooth organs the soft outline cost 0.006–0.007 at gaps of 12.5–20 mm. Measured on the
-sample task in bench/RESULTS.md (the interactive loop).
+large smooth organs the soft outline cost 0.006–0.007 at gaps of 12.5–20 mm.
 
 ITK's own filter (PyPI ``itk-morphologicalcontourinterpolation``) is not used: it needs the whole
 ITK Python package, which Slicer does not ship to its Python, and ITK's and torch's native
@@ -97,20 +96,19 @@ class Guide:
         if known.any():
             logp = np.log(probs[known] + 1e-6)
             onehot = np.moveaxis(np.eye(self.num_classes, dtype=np.float32)[self.classes[slices[known]]], -1, 1)
-            for i, z in enumerate(slices[known]):
-                if int(z) in self.soft:
-                    onehot[i] = self._soft_vote(*self.soft[int(z)])
-            q = np.log((1 - self.eps) * onehot + self.eps / self.num_classes)
             w = np.full((len(logp), 1) + probs.shape[2:], self.weight, np.float32)
-            for i, z in enumerate(slices[known]):
-                if int(z) in self.open:
-                    w[i, 0][self.open[int(z)]] = 0.0
+            for i, z in enumerate(slices[known].tolist()):   # a wide gap's slices
+                if z in self.soft:
+                    onehot[i] = self.soft_vote(*self.soft[z])
+                if z in self.open:
+                    w[i, 0][self.open[z]] = 0.0
+            q = np.log((1 - self.eps) * onehot + self.eps / self.num_classes)
             out[known] = ((1 - w) * logp + w * q).argmax(1).astype(np.uint8)
         painted = self.painted[slices]
         out[painted] = self.classes[slices[painted]]
         return out
 
-    def _soft_vote(self, near: np.ndarray, tenths: np.ndarray) -> np.ndarray:
+    def soft_vote(self, near: np.ndarray, tenths: np.ndarray) -> np.ndarray:
         """``(C, H, W)``: σ(−d / SOFT_MM) for the nearest structure, the rest for background."""
         inside = 1.0 / (1.0 + np.exp(tenths.astype(np.float32) / (10.0 * SOFT_MM)))
         vote = np.zeros((self.num_classes,) + near.shape, np.float32)
