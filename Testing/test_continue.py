@@ -79,3 +79,37 @@ def test_the_cli_continues_with_a_short_schedule_and_keeps_a_time_budget(first, 
     with pytest.raises(SystemExit):
         main(args + ["--out", str(tmp_path / "x"), "--max-seconds", "abc"])
     assert main(args + ["--out", str(tmp_path / "y"), "--max-seconds", "-1"]) == 2
+
+
+def _batches(monkeypatch, datalist, out, **config):
+    """The batch sizes a run draws, and its events and manifest."""
+    from conftest import Events
+
+    from MedTransferLib.data.sampling import SlabSampler
+
+    seen, sample = [], SlabSampler.sample
+    monkeypatch.setattr(SlabSampler, "sample", lambda self, n: (seen.append(n), sample(self, n))[1])
+    events = Events()
+    run = mt.train(datalist, out, reporter=events, **{**TINY, "batch_size": None, "patch": 128, **config})
+    return seen, events, ModelPackage.load(run.package).manifest.training
+
+
+def test_a_new_run_on_the_cpu_starts_on_half_batches(first, monkeypatch, tmp_path):
+    datalist, _ = first
+    seen, events, training = _batches(monkeypatch, datalist, tmp_path / "new", epochs=3, small_batch_epochs=2,
+                                      device="cpu")
+    # the automatic batch at 128-pixel crops is 16: epochs 1-2 on 8, epoch 3 on 16
+    assert seen == [8] * 4 + [16] * 2
+    assert training["batch_size"] == 16 and training["first_batch_size"] == 8
+    assert any("the first 2 epoch(s) train on batches of 8, then 16" in f.get("message", "")
+               for e, f in events.seen if e == "note")
+
+
+@pytest.mark.parametrize("config", [dict(small_batch_epochs=0), dict(batch_size=12), "from"])
+def test_no_half_batches_when_off_when_the_batch_is_given_or_when_continuing(first, monkeypatch, tmp_path, config):
+    datalist, run = first
+    config = dict(init_from=str(run.package)) if config == "from" else config
+    seen, events, training = _batches(monkeypatch, datalist, tmp_path / "run", epochs=2, device="cpu", **config)
+    full = config.get("batch_size", 16)
+    assert seen == [full] * 4 and training["first_batch_size"] is None
+    assert not any("batches of" in f.get("message", "") for e, f in events.seen if e == "note")

@@ -23,3 +23,12 @@ def test_the_python_api_and_the_cli_default_to_the_same_values():
 @pytest.mark.parametrize("name", STRATEGY_PRESETS)
 def test_every_strategy_the_panel_offers_is_one_the_engine_knows(name):
     get_strategy("finetune" if name == "auto" else name)
+
+
+@pytest.mark.parametrize("bad", [-1, -3])
+def test_a_negative_number_of_small_batch_epochs_is_refused_with_the_fix(bad):
+    from MedTransferLib.core.errors import MedTransferError
+
+    TrainConfig(small_batch_epochs=0).check()   # 0 turns it off
+    with pytest.raises(MedTransferError, match=f"--small-batch-epochs must be 0 \\(off\\) or more, not {bad}"):
+        TrainConfig(small_batch_epochs=bad).check()

@@ -16,6 +16,7 @@ from MedTransferLib.training.hooks import (
     EarlyStopping,
     Hook,
     LoopState,
+    SmallBatchesFirst,
     TrainStep,
     Validation,
 )
@@ -334,3 +335,28 @@ def test_resume_reads_the_previous_state_when_a_crash_fell_between_the_two_renam
     assert state["epoch"] == 1 and any(k.startswith("opt.") for k in tensors)
     with pytest.raises(Exception, match="no resumable training state"):
         load_state(tmp_path / "nothing")
+
+
+def test_the_first_epochs_train_on_small_batches_and_a_resumed_run_takes_up_where_it_was():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=4, steps_per_epoch=3, warmup_fraction=0.05)
+    strategy = get_strategy("finetune")
+    size, seen = {"n": 16}, []
+
+    def next_batch():
+        seen.append(size["n"])
+        return torch.randn(size["n"], 3), torch.randint(0, 2, (size["n"],))
+
+    def set_batch(n):
+        size["n"] = n
+
+    fit(net, strategy, Optimisation(net, strategy, config), config, torch.device("cpu"), next_batch,
+        torch.nn.functional.cross_entropy, Events(), "val_x", [SmallBatchesFirst(2, 8, 16, set_batch)])
+    assert seen == [8] * 6 + [16] * 6
+    # a run resumed in epoch 2 is still in the small phase; one resumed in epoch 3 is past it
+    for first_epoch, expected in ((2, 8), (3, 16)):
+        hook, s = SmallBatchesFirst(2, 8, 16, set_batch), _state()
+        size["n"], s.first_epoch = 0, first_epoch
+        hook.start(s)
+        assert size["n"] == expected

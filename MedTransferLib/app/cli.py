@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None, help=f"default {D['epochs']} ({CONTINUE_EPOCHS} with --from)")
     s.add_argument("--steps-per-epoch", type=int, default=D["steps_per_epoch"])
     s.add_argument("--batch-size", type=int, default=None, help="default: from the crop size")
+    s.add_argument("--small-batch-epochs", type=int, default=D["small_batch_epochs"], metavar="N",
+                   help=f"2.5D on a CPU, a new run with the automatic batch: its first N epochs train on half "
+                        f"batches, for earlier useful previews (default {D['small_batch_epochs']}; 0: off)")
     s.add_argument("--patch", type=int, default=None,
                    help="crop edge in voxels (default: from structure size; 2.5d in-plane, 3d cube)")
     s.add_argument("--lr", type=float, default=D["lr"])

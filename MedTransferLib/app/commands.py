@@ -69,7 +69,7 @@ def cmd_train(a) -> int:
                   device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
                   patience=a.patience, histogram_standardise=a.histogram_standardise, oom_retry=a.oom_retry,
                   max_seconds=a.max_seconds, init_from=a.init_from, preview=a.preview,
-                  preview_seconds=a.preview_seconds)
+                  preview_seconds=a.preview_seconds, small_batch_epochs=a.small_batch_epochs)
     if a.axis is not None:
         config["axis"] = a.axis
     from MedTransferLib.core.files import write_json

@@ -22,6 +22,7 @@ TRAINING = {
     "device": "auto",
     "seed": 0,
     "max_seconds": None,             # a time budget for training, in seconds (None: the full schedule)
+    "small_batch_epochs": 2,         # 2.5D on a CPU: the first epochs of a new run train on half batches
 }
 
 # epochs when a run continues an earlier model (`--from`): it already knows the task

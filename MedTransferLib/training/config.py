@@ -45,6 +45,8 @@ class TrainConfig:
     oom_retry: bool = False            # on an out-of-memory batch, start again with half the batch
     init_from: str | None = None       # continue from this model (run folder or package): --from
     max_seconds: float | None = D["max_seconds"]  # stop training within this many seconds (None: no limit)
+    small_batch_epochs: int = D["small_batch_epochs"]  # 2.5D, CPU, new run, automatic batch: the first
+                                       # epochs on half batches, twice the steps a second (training/hooks.py)
     preview: str | None = None         # folder for the live preview while training (training.preview)
     preview_seconds: float | None = None  # seconds between previews (None: 5 on a GPU, 25 on a CPU)
 
@@ -70,6 +72,8 @@ class TrainConfig:
             raise MedTransferError("--overlap must be in [0, 1)")
         if self.slices < 1 or self.slices % 2 == 0:
             raise MedTransferError(f"--slices must be an odd number ≥ 1 (centre slice ± neighbours), not {self.slices}")
+        if self.small_batch_epochs < 0:
+            raise MedTransferError(f"--small-batch-epochs must be 0 (off) or more, not {self.small_batch_epochs}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "patch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise MedTransferError(f"--{name.replace('_', '-')} must be at least 1")

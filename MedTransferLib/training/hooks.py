@@ -63,6 +63,25 @@ class Hook:
         return False
 
 
+class SmallBatchesFirst(Hook):
+    """The first ``epochs`` epochs train on batches of ``small`` samples, the rest on the task's
+    own size: ``set_batch(n)`` sets the size the task's next batches have. Early in a run more,
+    noisier steps teach a new decoder more per second than fewer exact ones (Smith et al. 2018,
+    "Don't decay the learning rate, increase the batch size"); on a CPU a step's time follows its
+    batch, so the first live previews come from about twice the steps. Measured in
+    bench/interactive.py (bench/RESULTS.md). A resumed run takes up where its epoch was."""
+
+    def __init__(self, epochs: int, small: int, full: int, set_batch: Callable[[int], None]):
+        self.epochs, self.small, self.full, self.set_batch = epochs, small, full, set_batch
+
+    def start(self, s: LoopState) -> None:
+        self.set_batch(self.small if s.first_epoch <= self.epochs else self.full)
+
+    def epoch_end(self, s: LoopState) -> None:
+        if s.epoch >= self.epochs:
+            self.set_batch(self.full)
+
+
 class TimeBudget(Hook):
     """Ends training once the next step would not finish within ``seconds`` of the loop's start
     (the step time is the longest seen so far), so a run given a budget keeps it and still writes

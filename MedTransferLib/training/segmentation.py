@@ -154,6 +154,10 @@ class Segmentation(Task):
             self.sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch,
                                        seed=config.seed + rank)
         self.patch, self.batch_size = patch, batch_size
+        # a new 2.5D run on a CPU with the automatic batch starts on half batches (hooks.SmallBatchesFirst)
+        if (config.small_batch_epochs and not three_d and self.start is None and device.type == "cpu"
+                and config.batch_size is None and batch_size >= 4):
+            self.small_first = batch_size // 2
         model = model.to(device)
         fmt = memory_format(device, 3 if three_d else 2)
         if fmt is not None:
@@ -200,7 +204,8 @@ class Segmentation(Task):
             inference=Inference(patch=list(patch), overlap=config.overlap) if three_d else Inference(),
             strategy=strategy,
             training={**asdict(config), "axis": axis, "device": str(device),
-                      "patch": list(patch) if three_d else patch, "batch_size": self.batch_size},
+                      "patch": list(patch) if three_d else patch, "batch_size": self.batch_size,
+                      "first_batch_size": self.small_first},
             provenance={
                 "inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image, c.label),
                             "labelled_slices": len(c.labelled_slices(axis))} for c in self.cases],

@@ -23,6 +23,7 @@ from MedTransferLib.training.config import TrainConfig, TrainResult, seed_everyt
 from MedTransferLib.training.hooks import (
     AdaBNFirst,
     EarlyStopping,
+    SmallBatchesFirst,
     TimeBudget,
     Validation,
 )
@@ -34,9 +35,11 @@ from MedTransferLib.training.strategies import get_strategy
 class Task:
     """What a task adds to the skeleton. :meth:`prepare` sets ``model`` (on the device),
     ``loss_fn``, ``rngs`` (the numpy generators a checkpoint saves), ``has_validation``,
-    ``split_note``, ``patch`` and ``batch_size``."""
+    ``split_note``, ``patch`` and ``batch_size``; it may set ``small_first``, the batch size of the
+    first ``config.small_batch_epochs`` epochs (:class:`~.hooks.SmallBatchesFirst`)."""
 
     name = "task"
+    small_first: int | None = None
     metric = "val_score"        # the validation score's name in events, history and metrics
 
     def check_config(self, config: TrainConfig) -> None:
@@ -64,6 +67,10 @@ class Task:
 
     def next_batch(self):
         raise NotImplementedError
+
+    def set_batch_size(self, n: int) -> None:
+        """The size of the batches :meth:`next_batch` gives from now on."""
+        self.batch_size = n
 
     def validate(self) -> Validation:
         raise NotImplementedError
@@ -125,6 +132,10 @@ def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter |
     if advice:
         reporter.emit("note", message=f"strategy auto → {name}: {reason}")
     task.notes(config, reporter)
+    if task.small_first:
+        reporter.emit("note", message=f"the first {config.small_batch_epochs} epoch(s) train on batches of "
+                                      f"{task.small_first}, then {task.batch_size}: twice the steps a second early "
+                                      f"on, for earlier useful previews (--small-batch-epochs 0: off)")
     manifest = task.manifest(config, device, {**info, "param_groups": opt.summary(),
                                               **({"advice": advice} if advice else {})})
 
@@ -134,6 +145,8 @@ def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter |
                                EarlyStopping(task.validate, config.patience, task.on_best(out, manifest) if main else None)
                                if task.has_validation else None,
                                Checkpoints(out / STATE_DIR, task.rngs, resume) if main else None,
+                               SmallBatchesFirst(config.small_batch_epochs, task.small_first, task.batch_size,
+                                                 task.set_batch_size) if task.small_first else None,
                                TimeBudget(config.max_seconds, fit_schedule=bool(config.init_from))
                                if config.max_seconds else None,
                                _preview(config, preview(), device) if preview is not None and main else None])
