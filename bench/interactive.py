@@ -38,7 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from machine import cpu  # noqa: E402  (bench/machine.py)
+from machine import describe  # noqa: E402  (bench/machine.py)
 
 
 def choose(extent: dict, n: int, order: str, seed: int, have: list[int], suggested=None) -> list[int]:
@@ -92,7 +92,7 @@ def fill_between_slices(label: np.ndarray, labelled: list[int], work: Path) -> t
     return np.load(work / "filled.npy").astype(label.dtype), float(done.stdout.strip().splitlines()[-1])
 
 
-def train_with_preview(datalist: Path, out: Path, previous, seconds: float):
+def train_with_preview(datalist: Path, out: Path, previous, seconds: float, extra=()):
     """One round as the panel runs it: ``medtransfer train`` in a child process (interpreter and
     torch start included in the time) with ``--preview`` and a time budget, continuing
     ``previous`` if given. Returns the package and each preview as ``(seconds since the start,
@@ -105,6 +105,7 @@ def train_with_preview(datalist: Path, out: Path, previous, seconds: float):
             "--progress", "json", "--preview", str(out / "preview"), "--max-seconds", str(seconds)]
     if previous is not None:
         args += ["--from", str(previous)]
+    args += list(extra)
     t0 = time.perf_counter()
     previews, package = [], None
     with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
@@ -137,6 +138,9 @@ def main() -> None:
                         "bench/ct_phantom.py (liver, kidneys, spine)")
     p.add_argument("--no-empty", dest="empty", action="store_false",
                    help="do not mark two slices beyond the structures as empty")
+    p.add_argument("--train-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for every round's `medtransfer train` (repeat it: "
+                        "--train-arg=--batch-size --train-arg=8), to compare a setting")
     a = p.parse_args()
 
     import MedTransferLib as mt
@@ -185,7 +189,7 @@ def main() -> None:
         write_json(round_dl, round_data)
         t0 = time.perf_counter()
         package, previews = train_with_preview(round_dl, out / f"run{n}", previous,
-                                               a.update_seconds if previous else a.first_seconds)
+                                               a.update_seconds if previous else a.first_seconds, a.train_arg)
         # the volume being labelled, as the panel's Apply gives it: its painted slices (and the
         # slices marked empty) guide the network (inference/guide.py); the network alone beside it
         painted = np.full_like(ref, IGNORE)
@@ -217,8 +221,9 @@ def main() -> None:
                "fill_seconds": round(itk_s, 2)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"machine": cpu(), "date": datetime.date.today().isoformat(), "order": a.order, "data": a.data,
-              "first_seconds": a.first_seconds, "update_seconds": a.update_seconds, "rounds": rows}
+    result = {"machine": describe(), "date": datetime.date.today().isoformat(), "order": a.order, "data": a.data,
+              "first_seconds": a.first_seconds, "update_seconds": a.update_seconds,
+              "train_args": a.train_arg, "rounds": rows}
     write_json(out / "results.json", result)
     print(f"\nMeasured {result['date']} on {result['machine']}; order {a.order}, first training "
           f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--from the previous round); "
