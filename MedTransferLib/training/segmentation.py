@@ -153,11 +153,9 @@ class Segmentation(Task):
             batch_size = config.batch_size or max(2, round(16 * (128 / patch) ** 2))
             self.sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch,
                                        seed=config.seed + rank)
+            if config.small_batch_epochs and self.start is None and device.type == "cpu" and not config.batch_size:
+                self.small_first = batch_size // 2   # a new run starts on half batches (hooks.SmallBatchesFirst)
         self.patch, self.batch_size = patch, batch_size
-        # a new 2.5D run on a CPU with the automatic batch starts on half batches (hooks.SmallBatchesFirst)
-        if (config.small_batch_epochs and not three_d and self.start is None and device.type == "cpu"
-                and config.batch_size is None and batch_size >= 4):
-            self.small_first = batch_size // 2
         model = model.to(device)
         fmt = memory_format(device, 3 if three_d else 2)
         if fmt is not None:
