@@ -3,6 +3,7 @@
 without training again (the guided prediction of a given model is deterministic).
 
     .venv/bin/python bench/guide_rescore.py runs/bench_interactive [runs/bench_interactive_ct ...]
+                     [--weights 1:0.05 0.7:0.05 0.5:0.05 0.3:0.05 0.5:0.2] [--budgets 12 19]
 
 For each round of each run (its ``results.json`` and ``run<N>/model``): Dice on the
 never-labelled slices (mean / worst structure) of
@@ -12,6 +13,10 @@ never-labelled slices (mean / worst structure) of
 - ``open ends``: wide gaps leave a structure painted on one side only to the network, outline hard;
 - ``default``: the guide as shipped (open ends and a soft outline across gaps wider than
   ``WIDE_GAP_MM``).
+
+With ``--weights W:EPS ...`` the columns are instead the guide as shipped with its weight ``w``
+and spread ``eps`` (``Guide.weight``, ``Guide.eps``) set to each pair: ``1:...`` is the
+interpolation alone (the network only where the wide-gap rules leave it the say).
 
 Prints a Markdown table per run with the machine. Not a test: about a minute per round on 2 CPU cores.
 """
@@ -29,6 +34,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--weights", nargs="+", default=None, metavar="W:EPS")
+    ap.add_argument("--budgets", nargs="+", type=int, default=None, help="only these rounds (painted slices)")
+    a = ap.parse_args(argv)
     import MedTransferLib as mt
     import MedTransferLib.inference.guide as guide
     from MedTransferLib.core.case import IGNORE, Case
@@ -39,8 +51,19 @@ def main(argv: list[str]) -> int:
     variants = [("plain", {"WIDE_GAP_MM": float("inf")}),
                 ("open ends", {"SOFT_MM": 1e-3}),     # σ(−d / 0.001 mm): a hard outline
                 ("default", {})]
+    weights = [tuple(map(float, w.split(":"))) for w in a.weights] if a.weights else None
+    if weights:
+        variants = [(f"w = {w:g}, eps {e:g}", {}) for w, e in weights]
+    interpolate = guide.interpolate
+
+    def weighted(w, e):
+        def make(*args, **kw):   # the guide as built, its weight and spread replaced
+            g = interpolate(*args, **kw)
+            g.weight, g.eps = w, e
+            return g
+        return make
     np.seterr(over="ignore")                          # exp() of a hard outline saturates, as meant
-    for folder in map(Path, argv):
+    for folder in map(Path, a.runs):
         result = json.loads((folder / "results.json").read_text())
         datalist = folder / "ct_data" / "dataset.json" if result["data"] == "ct" else Path(mt.sample_data())
         data = json.loads(datalist.read_text())
@@ -50,9 +73,12 @@ def main(argv: list[str]) -> int:
         labels = [Label(int(k), v, (0.5, 0.5, 0.5)) for k, v in data["labels"].items() if int(k) > 0]
         print(f"\n{folder} ({result['data']}, order {result['order']}; bench run {result['date']} on "
               f"{result['machine']})\n")
-        print("| painted slices | network alone | plain guide | + open ends | + soft outline (default) |")
-        print("|---:|---:|---:|---:|---:|")
+        heads = ([name for name, _ in variants] if weights else ["plain guide", "+ open ends", "+ soft outline (default)"])
+        print("| painted slices | Fill between slices | network alone | " + " | ".join(heads) + " |")
+        print("|---:|" + "---:|" * (2 + len(heads)))
         for row in result["rounds"]:
+            if a.budgets and len(row["slices"]) not in a.budgets:
+                continue
             painted_slices = row["slices"] + row["empty"]
             painted = np.full_like(ref, IGNORE)
             painted[painted_slices] = ref[painted_slices]
@@ -63,15 +89,19 @@ def main(argv: list[str]) -> int:
                 s = summary(evaluate(label, ref, labels, case.geometry, held_out, axis=2))
                 return f"{s['mean_dice']:.3f} / {s['min_dice']:.3f}"
 
-            cells = [score(mt.predict(package, Case(case.image, case.geometry)).label)]
-            for _, change in variants:
+            cells = [f"{row['fill_mean']:.3f} / {row['fill_worst']:.3f}",
+                     score(mt.predict(package, Case(case.image, case.geometry)).label)]
+            for i, (_, change) in enumerate(variants):
                 for name, value in {**shipped, **change}.items():
                     setattr(guide, name, value)
+                if weights:
+                    guide.interpolate = weighted(*weights[i])
                 try:
                     guided = mt.predict(package, Case(case.image, case.geometry, painted, case.case_id), guide=True)
                 finally:
                     for name, value in shipped.items():
                         setattr(guide, name, value)
+                    guide.interpolate = interpolate
                 cells.append(score(guided.label))
             print(f"| {len(row['slices'])} | " + " | ".join(cells) + " |", flush=True)
     return 0
