@@ -216,7 +216,8 @@ def test_across_a_wide_gap_the_interpolated_outline_is_soft():
     narrow = interpolate(classes, [0, 20], 3, slice_mm=0.5)
     near12 = classes[:13].copy()
     near12[12] = classes[20]
-    assert narrow.soft == {} and interpolate(near12, [0, 12], 3).soft == {}     # 12 mm at 1 mm and np.array_equal((narrow.fuse([10], probs[10:11])[0] == 1)[far], one[far])
+    assert narrow.soft == {} and interpolate(near12, [0, 12], 3).soft == {}     # 12 mm at 1 mm
+    assert np.array_equal((narrow.fuse([10], probs[10:11])[0] == 1)[far], one[far])
 
 
 def test_guide_for_maps_label_values_and_refuses_unknown_ones():
