@@ -58,18 +58,52 @@ def test_a_growing_disc_is_interpolated_between_painted_slices():
 
 
 def test_every_gap_is_interpolated_wherever_it_starts():
-    # discs of radius 6, 16, 6 mm on slices 2, 12, 22, and slices 23 and 24 painted too (adjacent:
-    # nothing to interpolate between them, the gaps after still are)
+    # discs of radius 6, 26, 6 mm on slices 2, 12, 22, and slices 23 and 28 painted too (adjacent:
+    # nothing to interpolate between 22 and 23, the gap after still is). Concentric discs: the
+    # interpolated distance is that of the disc whose radius is the cubic Hermite interpolation of
+    # the radii, with slopes (mm per slice) 2 at slice 2 (the one secant, (26 - 6) / 10), 0 at the
+    # peak 12 and at 22, 23, 28 (secants of opposite sign or zero). By hand, with the Hermite basis
+    # at t = 0.3 (0.784, 0.147, 0.216, -0.063) and t = 0.7 (0.216, 0.063, 0.784, -0.147):
+    # z 5: 6·0.784 + 10·2·0.147 + 26·0.216 = 13.26; z 9: 6·0.216 + 10·2·0.063 + 26·0.784 = 22.94;
+    # z 15: 26·0.784 + 6·0.216 = 21.68; z 19: 26·0.216 + 6·0.784 = 10.32 (linear: 12, 20, 20, 12)
     classes = np.zeros((30, 64, 64), np.uint8)
-    classes[2], classes[12], classes[22], classes[23] = disc(6), disc(16), disc(6), disc(6)
+    classes[2], classes[12], classes[22], classes[23] = disc(6), disc(26), disc(6), disc(6)
     classes[28] = disc(6)
     g = interpolate(classes, [2, 12, 22, 23, 28, 30], 2)       # 30 lies outside: ignored
-    for z, radius in ((5, 9), (9, 13), (15, 13), (19, 9), (25, 6)):
-        assert dice(g.classes[z] == 1, disc(radius)) > 0.97, z
+    for z, radius in ((5, 13.26), (9, 22.94), (15, 21.68), (19, 10.32), (25, 6)):
+        assert dice(g.classes[z] == 1, disc(radius)) > 0.95, z
+        # the radius of a disc of the same area: within 0.6 mm (pixels), the linear one 1.3 mm off
+        assert np.sqrt((g.classes[z] == 1).sum() / np.pi) == pytest.approx(radius, abs=0.6), z
     assert g.painted.nonzero()[0].tolist() == [2, 12, 22, 23, 28]
     empty = interpolate(classes, [], 2)
     assert empty.num_classes == 2 and not empty.known.any()
     assert (empty.fuse([0], np.full((1, 2, 64, 64), 0.5, np.float32)) == 0).all()
+
+
+def test_the_linear_switch_interpolates_radii_in_straight_lines(monkeypatch):
+    # guide.CUBIC = False (bench/interpolation.py compares both): the same discs as above come out
+    # with the radii of straight lines between the painted ones
+    monkeypatch.setattr(guiding, "CUBIC", False)
+    classes = np.zeros((23, 64, 64), np.uint8)
+    classes[2], classes[12], classes[22] = disc(6), disc(26), disc(6)
+    g = interpolate(classes, [2, 12, 22], 2)
+    for z, radius in ((5, 12), (9, 20), (15, 20), (19, 12)):
+        assert np.sqrt((g.classes[z] == 1).sum() / np.pi) == pytest.approx(radius, abs=0.6), z
+
+
+def test_the_interpolated_shape_never_grows_or_shrinks_past_what_was_painted():
+    # radii 6, 8, 20, 21 mm on slices 0, 5, 10, 15: growing fast then barely. A smooth cubic
+    # through them (slope 1.3 mm/slice at slice 10, the central difference) would bulge past 21 mm
+    # before slice 15 (21.1 mm at slice 13); the monotone slopes keep every slice between its
+    # painted neighbours, and the radius never shrinks on the way up
+    classes = np.zeros((16, 64, 64), np.uint8)
+    for z, radius in ((0, 6), (5, 8), (10, 20), (15, 21)):
+        classes[z] = disc(radius)
+    g = interpolate(classes, [0, 5, 10, 15], 2)
+    area = [int((g.classes[z] == 1).sum()) for z in range(16)]
+    assert area == sorted(area), area
+    for a, b in ((0, 5), (5, 10), (10, 15)):
+        assert all(area[a] <= area[z] <= area[b] for z in range(a + 1, b)), (a, b, area)
 
 
 def test_anisotropic_pixels_are_interpolated_in_mm():

@@ -87,6 +87,8 @@ GROUPS = {
                   "test_signed_distance_gives_back_the_mask_and_mm",
                   "test_a_growing_disc_is_interpolated_between_painted_slices",
                   "test_every_gap_is_interpolated_wherever_it_starts",
+                  "test_the_interpolated_shape_never_grows_or_shrinks_past_what_was_painted",
+                  "test_the_linear_switch_interpolates_radii_in_straight_lines",
                   "test_anisotropic_pixels_are_interpolated_in_mm",
                   "test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond",
                   "test_fuse_network_overrides_only_when_very_sure",

@@ -2,11 +2,19 @@
 
 When the network segments the very volume the user is labelling, its painted slices say more than
 the network alone: between two painted slices a structure's shape changes smoothly. The guide
-interpolates each structure's shape between consecutive painted slices that both hold it (linear
-interpolation of 2D signed distance maps, shape-based interpolation as in Raya & Udupa 1990 —
-what Slicer's *Fill between slices* does with ITK's morphological contour interpolation), and
-combines it with the network's probabilities on every slice between the first and the last
-painted one:
+interpolates each structure's shape between consecutive painted slices that both hold it
+(shape-based interpolation of 2D signed distance maps as in Raya & Udupa 1990 — what Slicer's
+*Fill between slices* does with ITK's morphological contour interpolation), and combines it with
+the network's probabilities on every slice between the first and the last painted one.
+
+Each pixel's distance is interpolated along the slices by a monotone cubic (Fritsch & Carlson
+1980, the PCHIP of numerical libraries): its slope at a painted slice comes from the painted
+slices on either side that hold the structure too, so a structure that grows over several painted
+slices keeps growing smoothly instead of in straight lines between them, and never grows or
+shrinks past what was painted; at a structure's first and last painted slice the slope is that
+of the straight line to its neighbour, so with two painted slices it is the linear interpolation.
+It is more accurate than the linear interpolation on the sample MRI and on a synthetic CT
+(bench/interpolation.py, bench/RESULTS.md). The combination with the network:
 
     score(class) = (1 - w) * log p_network(class) + w * log q(class)
 
@@ -57,6 +65,7 @@ EPS = 0.05      # the interpolation's probability mass spread over all classes
 WIDE_GAP_MM = 12.0  # painted slices further apart: the interpolated outline is uncertain
 MARGIN_MM = 3.0     # a structure on one side only of a wide gap: left to the network this close to it
 SOFT_MM = 2.0       # the interpolated outline's softness in a wide gap
+CUBIC = True        # False: linear between two painted slices (bench/interpolation.py compares)
 
 
 def signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
@@ -142,27 +151,38 @@ def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
             known[painted[-1]:] = True
     for s in painted:
         out[s] = classes[s]
-    distance = {}     # (slice, class) → signed distance; a painted slice's maps are used twice
+    distance = {}     # (slice, class) → signed distance; kept for the four painted slices in use
+    holds = [{c for c in range(1, num_classes) if (classes[s] == c).any()} for s in painted]
+
+    def phi_of(k: int, c: int):   # painted slice k's map of class c, None where it lacks c
+        if not 0 <= k < len(painted) or c not in holds[k]:
+            return None
+        if (painted[k], c) not in distance:
+            distance[painted[k], c] = signed_distance(classes[painted[k]] == c, spacing)
+        return distance[painted[k], c]
+
     open_, soft = {}, {}
-    for a, b in zip(painted[:-1], painted[1:]):
+    for k, (a, b) in enumerate(zip(painted[:-1], painted[1:])):
         if b - a < 2:
             continue
-        on = [{c for c in range(1, num_classes) if (classes[s] == c).any()} for s in (a, b)]
+        on = [holds[k], holds[k + 1]]
         wide = (b - a) * slice_mm > WIDE_GAP_MM
         if wide:
             _open_ends(classes, a, b, on, spacing, open_)
         shared = sorted(on[0] & on[1])
-        for c in shared:
-            for s in (a, b):
-                if (s, c) not in distance:
-                    distance[s, c] = signed_distance(classes[s] == c, spacing)
+        # the slopes of each structure's distance at a and b, from its neighbouring painted slices
+        slopes = {c: (_slope(painted, k, c, phi_of), _slope(painted, k + 1, c, phi_of)) if CUBIC
+                  else ((phi_of(k + 1, c) - phi_of(k, c)) / (b - a),) * 2 for c in shared}
         for z in range(a + 1, b):
             t = (z - a) / (b - a)
+            cubic = (2 * t ** 3 - 3 * t ** 2 + 1, (t ** 3 - 2 * t ** 2 + t) * (b - a),
+                     -2 * t ** 3 + 3 * t ** 2, (t ** 3 - t ** 2) * (b - a))     # cubic Hermite basis
             best = np.full(classes.shape[1:], 0.0, np.float32)   # inside where < 0: the deepest wins
             nearest = np.full(classes.shape[1:], np.inf, np.float32)
             near = np.zeros(classes.shape[1:], np.uint8)
             for c in shared:
-                phi = (1 - t) * distance[a, c] + t * distance[b, c]
+                ma, mb = slopes[c]
+                phi = cubic[0] * phi_of(k, c) + cubic[1] * ma + cubic[2] * phi_of(k + 1, c) + cubic[3] * mb
                 inside = phi < best
                 out[z][inside] = c
                 best[inside] = phi[inside]
@@ -171,9 +191,29 @@ def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
                     near[closer], nearest[closer] = c, phi[closer]
             if wide and shared:
                 soft[z] = (near, np.clip(np.round(nearest * 10), -127, 127).astype(np.int8))
-        for key in [k for k in distance if k[0] == a]:    # slice a is not needed again
-            del distance[key]
+        for key in [key for key in distance if key[0] <= (painted[k - 1] if k else -1)]:
+            del distance[key]      # the slice before a is not needed again
     return Guide(out, known, is_painted, num_classes, open=open_, soft=soft)
+
+
+def _slope(painted: list[int], k: int, c: int, phi_of) -> np.ndarray:
+    """The derivative along the slices (per slice) of class ``c``'s signed distance at painted slice
+    ``k``, from its painted neighbours that hold ``c`` too: Fritsch & Carlson's monotone choice
+    (the weighted harmonic mean of the two secants; 0 where they differ in sign, so the shape never
+    grows or shrinks past what was painted), the one secant at either end of the run."""
+    here, before, after = phi_of(k, c), phi_of(k - 1, c), phi_of(k + 1, c)
+    if before is None or after is None:     # an end of the run: the secant of the one neighbour
+        if before is None and after is None:
+            return np.zeros_like(here)
+        if after is None:
+            return (here - before) / float(painted[k] - painted[k - 1])
+        return (after - here) / float(painted[k + 1] - painted[k])
+    h0, h1 = float(painted[k] - painted[k - 1]), float(painted[k + 1] - painted[k])
+    s0, s1 = (here - before) / h0, (after - here) / h1
+    w0, w1 = 2 * h1 + h0, h1 + 2 * h0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (w0 + w1) / (w0 / s0 + w1 / s1)
+    return np.where(s0 * s1 > 0, mean, 0.0).astype(np.float32)
 
 
 def _open_ends(classes, a: int, b: int, on: list[set], spacing, open_: dict) -> None:
