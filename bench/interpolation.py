@@ -82,7 +82,15 @@ def main(argv: list[str]) -> int:
         return values[from_slices_first(g.classes, 2)]
 
     def cells(*scores):
-        return " | ".join(f"{m:.3f} / {w:.3f}" for m, w in scores)
+        return " | ".join("ITK aborted" if m is None else f"{m:.3f} / {w:.3f}" for m, w in scores)
+
+    def fill(painted):
+        import subprocess
+
+        try:
+            return score(fill_between_slices(ref, painted, out)[0], painted + empty)
+        except subprocess.CalledProcessError:      # the ITK filter aborted (SIGABRT) on some inputs
+            return None, None
 
     print(f"\n{data.get('name', a.data)}: mean / worst-structure Dice on the never-painted slices "
           f"(the guide also gets slices {empty}, marked empty)")
@@ -92,8 +100,7 @@ def main(argv: list[str]) -> int:
         have: list[int] = []
         for n in a.budgets:
             have = choose(extent, n, order, a.seed, have)
-            filled, _ = fill_between_slices(ref, have, out)
-            row = [score(filled, have + empty), score(interpolated(have + empty, False), have + empty),
+            row = [fill(have), score(interpolated(have + empty, False), have + empty),
                    score(interpolated(have + empty, True), have + empty)]
             print(f"| {len(have)} | {cells(*row)} |", flush=True)
     print("\nEvery other slice painted over the structures (the densest painting that leaves slices to fill):\n")
@@ -101,8 +108,7 @@ def main(argv: list[str]) -> int:
     print("|---|---:|---:|---:|")
     for start in (lo, lo + 1):
         have = list(range(start, hi + 1, 2))
-        filled, _ = fill_between_slices(ref, have, out)
-        row = [score(filled, have + empty), score(interpolated(have + empty, False), have + empty),
+        row = [fill(have), score(interpolated(have + empty, False), have + empty),
                score(interpolated(have + empty, True), have + empty)]
         print(f"| {len(have)} ({start}, {start + 2}, …) | {cells(*row)} |", flush=True)
     # how alike consecutive reference slices are, pairs starting on even and on odd slices: a
