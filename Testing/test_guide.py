@@ -80,6 +80,61 @@ def test_every_gap_is_interpolated_wherever_it_starts():
     assert (empty.fuse([0], np.full((1, 2, 64, 64), 0.5, np.float32)) == 0).all()
 
 
+def test_the_slopes_are_fritsch_and_carlsons():
+    # one pixel's distance on painted slices 0, 4, 16 (uneven gaps) and 30; by hand: at slice 4 the
+    # secants are (14 - 6) / 4 = 2 and (26 - 14) / 12 = 1, weights 2·12 + 4 = 28 and 12 + 2·4 = 20:
+    # (28 + 20) / (28 / 2 + 20 / 1) = 48 / 34; at the run's ends the one secant
+    painted = [0, 4, 16, 30]
+
+    def values(*v):
+        maps = dict(enumerate(np.array(v, np.float32).reshape(-1, 1, 1)))
+        return lambda k, c: maps.get(k) if c == 1 else None
+
+    phi = values(6, 14, 26, 40)
+    assert guiding._slope(painted, 1, 1, phi)[0, 0] == pytest.approx(48 / 34, rel=1e-5)
+    assert guiding._slope(painted, 0, 1, phi)[0, 0] == pytest.approx(2.0)           # (14 - 6) / 4
+    assert guiding._slope(painted, 3, 1, phi)[0, 0] == pytest.approx(1.0)           # (40 - 26) / 14
+    # small secants of the same sign (0.25 and 0.05): their weighted harmonic mean, not 0
+    phi = values(0, 1, 1.6, 2)
+    assert guiding._slope(painted, 1, 1, phi)[0, 0] == pytest.approx(48 / (28 / 0.25 + 20 / 0.05), rel=1e-5)
+    # secants of opposite sign, or one of them zero: 0 (a peak, a plateau)
+    assert guiding._slope(painted, 1, 1, values(6, 14, 2, 0))[0, 0] == 0
+    assert guiding._slope(painted, 1, 1, values(6, 14, 14, 0))[0, 0] == 0
+    # a structure missing from the next painted slice ends its run here: the secant from before
+    only_three = lambda k, c: None if k == 3 else phi(k, c)   # noqa: E731
+    assert guiding._slope(painted, 2, 1, only_three)[0, 0] == pytest.approx((1.6 - 1) / 12)
+
+
+def test_a_structure_growing_steadily_is_interpolated_in_straight_lines_to_its_ends():
+    # radii 4, 14, 24 mm on slices 40, 50, 60 (far from slice 0): every secant is 1 mm per slice,
+    # so every slope is 1 — at the middle slice the mean of equal secants, at the first and the
+    # last slice the one secant — and the cubic is the straight line, radius 4 + (z - 40)
+    classes = np.zeros((70, 64, 64), np.uint8)
+    for z, radius in ((40, 4), (50, 14), (60, 24)):
+        classes[z] = disc(radius)
+    g = interpolate(classes, [40, 50, 60], 2)
+    for z in (43, 47, 53, 57):
+        assert np.sqrt((g.classes[z] == 1).sum() / np.pi) == pytest.approx(4 + (z - 40), abs=0.6), z
+
+
+def test_where_two_interpolated_structures_overlap_the_deeper_one_wins():
+    # one row, pixel 50. Structure 2 covers it 10.5 mm deep on slices 0 and 10 and lies 10.5 mm
+    # away on 20 and 30: flat slopes, at slice 14 (t = 0.4) its distance is -10.5 + 21·0.352 =
+    # -3.1. Structure 1 lies 39.5 and 10.5 mm away on slices 0 and 10 and covers it 10.5 deep on
+    # 20 and 30: slopes -2.44 and 0 at slices 10 and 20, at slice 14 10.5·0.648 - 24.4·0.144 -
+    # 10.5·0.352 = -0.40. Each interpolated alone covers the pixel there; together the deeper wins
+    row = np.zeros((31, 1, 120), np.uint8)
+    row[0, 0, 90:100], row[0, 0, 40:61] = 1, 2
+    row[10, 0, 20:40], row[10, 0, 40:61] = 1, 2
+    row[20, 0, 40:61], row[20, 0, 61:81] = 1, 2
+    row[30, 0, 40:61], row[30, 0, 61:81] = 1, 2
+    painted = [0, 10, 20, 30]
+    for c in (1, 2):
+        alone = np.where(row == c, row, 0)
+        assert interpolate(alone, painted, 3).classes[14, 0, 50] == c
+    assert interpolate(row, painted, 3).classes[14, 0, 50] == 2
+
+
 def test_the_linear_switch_interpolates_radii_in_straight_lines(monkeypatch):
     # guide.CUBIC = False (bench/interpolation.py compares both): the same discs as above come out
     # with the radii of straight lines between the painted ones

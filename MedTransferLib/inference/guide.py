@@ -202,11 +202,10 @@ def _slope(painted: list[int], k: int, c: int, phi_of) -> np.ndarray:
     (the weighted harmonic mean of the two secants; 0 where they differ in sign, so the shape never
     grows or shrinks past what was painted), the one secant at either end of the run."""
     here, before, after = phi_of(k, c), phi_of(k - 1, c), phi_of(k + 1, c)
-    if before is None or after is None:     # an end of the run: the secant of the one neighbour
-        if before is None and after is None:
-            return np.zeros_like(here)
-        if after is None:
-            return (here - before) / float(painted[k] - painted[k - 1])
+    # an end of the run (the gap being filled gives every slice one neighbour): the one secant
+    if after is None:
+        return (here - before) / float(painted[k] - painted[k - 1])
+    if before is None:
         return (after - here) / float(painted[k + 1] - painted[k])
     h0, h1 = float(painted[k] - painted[k - 1]), float(painted[k + 1] - painted[k])
     s0, s1 = (here - before) / h0, (after - here) / h1
