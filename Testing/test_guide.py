@@ -133,6 +133,9 @@ def test_where_two_interpolated_structures_overlap_the_deeper_one_wins():
         alone = np.where(row == c, row, 0)
         assert interpolate(alone, painted, 3).classes[14, 0, 50] == c
     assert interpolate(row, painted, 3).classes[14, 0, 50] == 2
+    # the same with the labels swapped: the deeper one wins whichever is interpolated first or last
+    swapped = np.where(row > 0, 3 - row, 0).astype(np.uint8)
+    assert interpolate(swapped, painted, 3).classes[14, 0, 50] == 1
 
 
 def test_the_linear_switch_interpolates_radii_in_straight_lines(monkeypatch):
