@@ -91,18 +91,18 @@ def test_the_slopes_are_fritsch_and_carlsons():
         return lambda k, c: maps.get(k) if c == 1 else None
 
     phi = values(6, 14, 26, 40)
-    assert guiding._slope(painted, 1, 1, phi)[0, 0] == pytest.approx(48 / 34, rel=1e-5)
-    assert guiding._slope(painted, 0, 1, phi)[0, 0] == pytest.approx(2.0)           # (14 - 6) / 4
-    assert guiding._slope(painted, 3, 1, phi)[0, 0] == pytest.approx(1.0)           # (40 - 26) / 14
+    assert guiding.monotone_slope(painted, 1, 1, phi)[0, 0] == pytest.approx(48 / 34, rel=1e-5)
+    assert guiding.monotone_slope(painted, 0, 1, phi)[0, 0] == pytest.approx(2.0)           # (14 - 6) / 4
+    assert guiding.monotone_slope(painted, 3, 1, phi)[0, 0] == pytest.approx(1.0)           # (40 - 26) / 14
     # small secants of the same sign (0.25 and 0.05): their weighted harmonic mean, not 0
     phi = values(0, 1, 1.6, 2)
-    assert guiding._slope(painted, 1, 1, phi)[0, 0] == pytest.approx(48 / (28 / 0.25 + 20 / 0.05), rel=1e-5)
+    assert guiding.monotone_slope(painted, 1, 1, phi)[0, 0] == pytest.approx(48 / (28 / 0.25 + 20 / 0.05), rel=1e-5)
     # secants of opposite sign, or one of them zero: 0 (a peak, a plateau)
-    assert guiding._slope(painted, 1, 1, values(6, 14, 2, 0))[0, 0] == 0
-    assert guiding._slope(painted, 1, 1, values(6, 14, 14, 0))[0, 0] == 0
+    assert guiding.monotone_slope(painted, 1, 1, values(6, 14, 2, 0))[0, 0] == 0
+    assert guiding.monotone_slope(painted, 1, 1, values(6, 14, 14, 0))[0, 0] == 0
     # a structure missing from the next painted slice ends its run here: the secant from before
     only_three = lambda k, c: None if k == 3 else phi(k, c)   # noqa: E731
-    assert guiding._slope(painted, 2, 1, only_three)[0, 0] == pytest.approx((1.6 - 1) / 12)
+    assert guiding.monotone_slope(painted, 2, 1, only_three)[0, 0] == pytest.approx((1.6 - 1) / 12)
 
 
 def test_a_structure_growing_steadily_is_interpolated_in_straight_lines_to_its_ends():

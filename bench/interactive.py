@@ -63,6 +63,15 @@ def choose(extent: dict, n: int, order: str, seed: int, have: list[int], suggest
     return sorted(picked)
 
 
+def plan(ref: np.ndarray, labels) -> tuple[dict, list[int]]:
+    """The structures' axial extent (structure → its slices, for ``choose``) and the two slices
+    marked empty, 10 slices beyond the structures on either side (one click each in the panel;
+    none where the structures reach the volume's edges)."""
+    extent = {lab.name: np.flatnonzero((ref == lab.value).any(axis=(1, 2))).tolist() for lab in labels}
+    lo, hi = min(min(v) for v in extent.values()), max(max(v) for v in extent.values())
+    return extent, [s for s in (lo - 10, hi + 10) if 0 <= s < ref.shape[0] and not ref[s].any()]
+
+
 FILL = """
 import sys, time
 import numpy as np
@@ -163,12 +172,9 @@ def main() -> None:
     case = mt.read_case(root / entry["image"], root / entry["label"])
     labels = [Label(int(k), v, (0.5, 0.5, 0.5)) for k, v in data["labels"].items() if int(k) > 0]
     ref = case.label                                        # (k, j, i): k is axial
-    extent = {lab.name: np.flatnonzero((ref == lab.value).any(axis=(1, 2))).tolist() for lab in labels}
-    lo, hi = min(min(v) for v in extent.values()), max(max(v) for v in extent.values())
-    # two slices marked empty, 10 slices beyond the structures on either side (one click each in
-    # the panel): MedTransfer learns where nothing is; Fill between slices cannot use them
-    empty = [s for s in (lo - 10, hi + 10) if 0 <= s < ref.shape[0]] if a.empty else []
-    empty = [s for s in empty if not ref[s].any()]             # (the structures may reach the edges)
+    # MedTransfer learns where nothing is from the slices marked empty; Fill between slices cannot use them
+    extent, empty = plan(ref, labels)
+    empty = empty if a.empty else []
     rows, previous, have = [], None, []
     for n in a.budgets:
         suggested = None

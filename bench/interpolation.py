@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interactive import choose, fill_between_slices  # noqa: E402  (bench/interactive.py)
+from interactive import choose, fill_between_slices, plan  # noqa: E402  (bench/interactive.py)
 from machine import print_machine  # noqa: E402  (bench/machine.py)
 
 
@@ -62,9 +62,8 @@ def main(argv: list[str]) -> int:
     for i, lab in enumerate(labels, start=1):
         lut[lab.value] = i
     values = np.array([0] + [lab.value for lab in labels], ref.dtype)
-    extent = {lab.name: np.flatnonzero((ref == lab.value).any(axis=(1, 2))).tolist() for lab in labels}
+    extent, empty = plan(ref, labels)
     lo, hi = min(min(v) for v in extent.values()), max(max(v) for v in extent.values())
-    empty = [s for s in (lo - 10, hi + 10) if 0 <= s < ref.shape[0] and not ref[s].any()]
     classes = to_slices_first(lut[ref], 2)
     spacing = case.geometry.spacing
 

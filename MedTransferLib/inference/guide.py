@@ -168,10 +168,10 @@ def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
         on = [holds[k], holds[k + 1]]
         wide = (b - a) * slice_mm > WIDE_GAP_MM
         if wide:
-            _open_ends(classes, a, b, on, spacing, open_)
+            _open_ends(phi_of, k, a, b, on, open_)
         shared = sorted(on[0] & on[1])
         # the slopes of each structure's distance at a and b, from its neighbouring painted slices
-        slopes = {c: (_slope(painted, k, c, phi_of), _slope(painted, k + 1, c, phi_of)) if CUBIC
+        slopes = {c: (monotone_slope(painted, k, c, phi_of), monotone_slope(painted, k + 1, c, phi_of)) if CUBIC
                   else ((phi_of(k + 1, c) - phi_of(k, c)) / (b - a),) * 2 for c in shared}
         for z in range(a + 1, b):
             t = (z - a) / (b - a)
@@ -196,11 +196,12 @@ def interpolate(classes: np.ndarray, painted: list[int], num_classes: int,
     return Guide(out, known, is_painted, num_classes, open=open_, soft=soft)
 
 
-def _slope(painted: list[int], k: int, c: int, phi_of) -> np.ndarray:
+def monotone_slope(painted: list[int], k: int, c: int, phi_of) -> np.ndarray:
     """The derivative along the slices (per slice) of class ``c``'s signed distance at painted slice
     ``k``, from its painted neighbours that hold ``c`` too: Fritsch & Carlson's monotone choice
     (the weighted harmonic mean of the two secants; 0 where they differ in sign, so the shape never
-    grows or shrinks past what was painted), the one secant at either end of the run."""
+    grows or shrinks past what was painted), the one secant at either end of the run.
+    ``phi_of(k, c)``: painted slice ``k``'s distance map of class ``c``, None where it lacks ``c``."""
     here, before, after = phi_of(k, c), phi_of(k - 1, c), phi_of(k + 1, c)
     # an end of the run (the gap being filled gives every slice one neighbour): the one secant
     if after is None:
@@ -215,12 +216,13 @@ def _slope(painted: list[int], k: int, c: int, phi_of) -> np.ndarray:
     return np.where(s0 * s1 > 0, mean, 0.0).astype(np.float32)
 
 
-def _open_ends(classes, a: int, b: int, on: list[set], spacing, open_: dict) -> None:
+def _open_ends(phi_of, k: int, a: int, b: int, on: list[set], open_: dict) -> None:
     """Marks in ``open_`` (slice → bool mask) where a structure painted on ``a`` or ``b`` alone
-    may still be, on the half of the gap next to the slice that holds it."""
+    may still be, on the half of the gap next to the slice that holds it (``a``, ``b``: painted
+    slices ``k`` and ``k + 1``, whose distance maps ``phi_of`` gives)."""
     for side, other, s in ((0, 1, a), (1, 0, b)):
         for c in sorted(on[side] - on[other]):
-            near = signed_distance(classes[s] == c, spacing) < MARGIN_MM
+            near = phi_of(k + side, c) < MARGIN_MM
             half = range(a + 1, (a + b) // 2 + 1) if s == a else range((a + b + 1) // 2, b)
             for z in half:
                 open_[z] = open_[z] | near if z in open_ else near
