@@ -58,9 +58,13 @@ def train(data, out, labels=None, reporter=None, resume: bool = False, **config)
         >>> run = train("dataset.json", "runs/a", strategy="frozen", epochs=2)  # doctest: +SKIP
     """
     from MedTransferLib.core.errors import MedTransferError
+    from MedTransferLib.core.progress import Reporter
     from MedTransferLib.data.datalist import Datalist, load_datalist
     from MedTransferLib.training.config import TrainConfig
     from MedTransferLib.training.segmentation import train as train_cases
+
+    if reporter is None:   # its clock starts now: max_seconds counts from here
+        reporter = Reporter(stream=None, bar=False)
 
     axis = 2
     if not isinstance(data, (list, tuple)):

@@ -81,6 +81,39 @@ def test_the_cli_continues_with_a_short_schedule_and_keeps_a_time_budget(first, 
     assert main(args + ["--out", str(tmp_path / "y"), "--max-seconds", "-1"]) == 2
 
 
+def test_the_budget_counts_the_job_s_start_up_too(first, tmp_path):
+    # the reporter's clock is the job's: a reporter started 1000 s ago leaves nothing of 500 s,
+    # so the run stops after its first step (counted from the loop, 50 epochs would run)
+    datalist, _ = first
+    reporter = Reporter(stream=None, bar=False)
+    reporter.t0 -= 1000.0
+    run = mt.train(datalist, tmp_path / "late", reporter=reporter, **dict(TINY, epochs=50, max_seconds=500))
+    metrics = ModelPackage.load(run.package).manifest.metrics
+    assert metrics["steps_run"] == 1 and metrics["stopped_early"]
+
+
+def _spy_budget(monkeypatch) -> list:
+    from MedTransferLib.training import skeleton
+
+    made = []
+
+    class Spy(skeleton.TimeBudget):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(skeleton, "TimeBudget", Spy)
+    return made
+
+
+def test_the_budget_keeps_back_the_package_s_reference_statistics(first, tmp_path, monkeypatch):
+    made = _spy_budget(monkeypatch)
+    datalist, _ = first
+    mt.train(datalist, tmp_path / "spy", **dict(TINY, max_seconds=500))
+    # two training volumes: about three steps' worth of reference statistics each, one to write
+    assert [b.finish_steps for b in made] == [7.0]
+
+
 def _batches(monkeypatch, datalist, out, **config):
     """The batch sizes a run draws, and its events and manifest."""
     from conftest import Events

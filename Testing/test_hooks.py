@@ -179,7 +179,7 @@ def test_without_validation_there_is_no_best_score_and_adabn_strategies_need_the
 def test_the_time_budget_stops_before_a_step_would_overrun_it():
     from MedTransferLib.training.hooks import TimeBudget
 
-    ticks = iter([0.0, 1.0, 2.0, 3.5, 4.0])   # start, then the end of each step
+    ticks = iter([100.0, 101.0, 102.0, 103.5, 104.0])   # start, then the end of each step
     budget = TimeBudget(5.0, clock=lambda: next(ticks))
     s = _state()
     budget.start(s)
@@ -190,7 +190,38 @@ def test_the_time_budget_stops_before_a_step_would_overrun_it():
     # after step 3 (3.5 s, longest step 1.5 s) a fourth would end at 5.0: still in; after step 4
     # (4.0 s) the next would end at 5.5: stop
     assert ends == [False, False, False, True] and budget.should_stop(s)
-    assert "after step 4 (4 of 5 s)" in s.reporter.seen[-1][1]["message"]
+    assert "after step 4 (4 of 5 s;" in s.reporter.seen[-1][1]["message"]
+
+
+def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_run():
+    from MedTransferLib.training.hooks import TimeBudget
+
+    clock = SimpleNamespace(now=10.0)
+    # the job started at 6.0 (4 s of start-up before the loop); the package costs 2 steps' worth
+    budget = TimeBudget(20.0, clock=lambda: clock.now, since=6.0, finish_steps=2.0)
+    s = _state()
+    budget.start(s)
+    stops = []
+    for step in range(1, 4):               # three 1-second steps, then an epoch end of 3 s
+        clock.now += 1.0
+        s.step = step
+        stops.append(budget.step_end(s))
+    clock.now += 3.0
+    budget.epoch_end(s)
+    assert budget.closing == 3.0 and budget.longest == 1.0
+    # at 16.0: 20 - (16 - 6) - 3 (closing) - 2 * 1 (package) = 5 s left
+    assert budget.left(clock.now) == 5.0
+    for step in range(4, 10):
+        clock.now += 1.0
+        s.step = step
+        stops.append(budget.step_end(s))
+        if stops[-1]:
+            break
+    # the epoch end is not a step (longest stays 1 s); after step 7 (at 20.0) 1 s is left: one
+    # more step fits; after step 8 (at 21.0: 15 s of the job) none
+    assert budget.longest == 1.0 and stops == [False] * 7 + [True]
+    assert "after step 8 (15 of 20 s; ~5 s kept to close the epoch and write the model)" \
+        in s.reporter.seen[-1][1]["message"]
 
 
 def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():

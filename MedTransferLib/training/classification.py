@@ -257,6 +257,9 @@ class Classification(Task):
                     yield prep.to_backbone(slab_batch(self.images[c], self.contents[c][i:i + 8],
                                                       self.config.slices, self.size))
 
+    def finish_steps(self) -> float:
+        return 1.0 + 3.0 * len(self.images)
+
     def finish(self, out, manifest, history, metrics, device):
         from MedTransferLib.package.store import save_package
 

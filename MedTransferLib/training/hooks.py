@@ -46,6 +46,7 @@ class LoopState:
     resumed: bool = False         # restored from a checkpoint (AdaBN already in the weights)
     validating: bool = False
     aside: float = 0.0            # seconds hooks spent beside training (the live preview)
+    after: float = 0.0            # seconds hooks will spend once training ends (the last preview)
 
 
 class Hook:
@@ -61,6 +62,9 @@ class Hook:
     def step_end(self, s: LoopState) -> bool:
         """After every step; True ends the run now (the epoch is closed and scored as usual)."""
         return False
+
+    def end(self, s: LoopState) -> None:
+        """Once, after the last epoch, with the best validated weights restored."""
 
 
 class SmallBatchesFirst(Hook):
@@ -83,9 +87,12 @@ class SmallBatchesFirst(Hook):
 
 
 class TimeBudget(Hook):
-    """Ends training once the next step would not finish within ``seconds`` of the loop's start
-    (the step time is the longest seen so far), so a run given a budget keeps it and still writes
-    a valid package; writing the package and its references comes after.
+    """Keeps a run within ``seconds``: from ``since`` (a ``clock`` reading, the job's start — the
+    command's, torch loading included; ``None``: the loop's start) to the package written.
+    Training ends once the next step (as long as the longest seen so far), closing the epoch (its
+    validation and checkpoint, as long as the longest epoch end seen) and the work after training
+    (``finish_steps`` steps' worth: the package's reference statistics; and the last live preview,
+    ``LoopState.after``) would not fit in what is left. The run still writes a valid package.
 
     ``fit_schedule``: every ``every`` steps, fit the learning-rate schedule into the steps the
     budget leaves at the average pace, so a run cut short still ends at a small rate. Used when a
@@ -94,31 +101,49 @@ class TimeBudget(Hook):
     rate for as long as the budget allows."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, every: int = 10,
-                 fit_schedule: bool = False):
+                 fit_schedule: bool = False, since: float | None = None, finish_steps: float = 0.0):
         self.seconds, self.clock, self.every, self.fit_schedule = float(seconds), clock, every, fit_schedule
+        self.since, self.finish_steps = since, float(finish_steps)
         self.spent = False
 
     def start(self, s: LoopState) -> None:
         self.t0 = self.last = self.clock()
-        self.longest = 0.0
+        if self.since is None:
+            self.since = self.t0
+        self.longest = self.closing = 0.0
         self.first_step = s.step
         self.aside = s.aside
 
+    def _own(self, s: LoopState, now: float) -> float:
+        """Seconds since the last mark, less what other hooks spent meanwhile (a preview)."""
+        aside, self.aside = s.aside - self.aside, s.aside
+        own, self.last = now - self.last - aside, now
+        return own
+
+    def left(self, now: float, after: float = 0.0) -> float:
+        """Seconds left for training at ``now``: the budget less the time spent and kept back
+        (``after``: what other hooks will spend after training, ``LoopState.after``)."""
+        return self.seconds - (now - self.since) - self.closing - self.finish_steps * self.longest - after
+
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
-        # a step's own time: what other hooks spent meanwhile (a preview) is not the step's
-        aside, self.aside = s.aside - self.aside, s.aside
-        self.longest, self.last = max(self.longest, now - self.last - aside), now
+        self.longest = max(self.longest, self._own(s, now))
         done = s.step - self.first_step
         if self.fit_schedule and done % self.every == 0:
             pace = (now - self.t0) / done
-            s.opt.fit_horizon(s.step + (self.seconds - (now - self.t0)) / pace)
-        if now - self.t0 + self.longest <= self.seconds:
+            s.opt.fit_horizon(s.step + max(self.left(now, s.after), 0.0) / pace)
+        if self.left(now, s.after) >= self.longest:
             return False
         self.spent = True
-        s.reporter.emit("note", message=f"time budget: stopping after step {s.step} "
-                                        f"({now - self.t0:.0f} of {self.seconds:g} s)")
+        kept = self.closing + self.finish_steps * self.longest + s.after
+        s.reporter.emit("note", message=f"time budget: stopping after step {s.step} ({now - self.since:.0f} of "
+                                        f"{self.seconds:g} s; ~{kept:.0f} s kept to close the epoch and write "
+                                        f"the model)")
         return True
+
+    def epoch_end(self, s: LoopState) -> None:
+        # the hooks before this one closed the epoch (validation, checkpoint): its cost is kept back
+        self.closing = max(self.closing, self._own(s, self.clock()))
 
     def should_stop(self, s: LoopState) -> bool:
         return self.spent
