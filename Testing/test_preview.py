@@ -198,6 +198,83 @@ def test_the_time_budget_does_not_count_a_preview_as_a_step():
     assert budget.longest == pytest.approx(1.0)
 
 
+def test_the_last_preview_shows_the_finished_model_at_the_usual_cost(tmp_path):
+    clock = Clock()
+    s, _ = _state()
+    seen = []
+
+    class Recording(FakeTarget):
+        def write(self, case, slices, path):
+            seen.append(s.model.weight.detach().clone())
+            return super().write(case, slices, path)
+
+    target = Recording(clock, per_slice=1 / 64)
+    hook = Preview(tmp_path, target, every=4.0, clock=clock)
+    hook.start(s)
+    (tmp_path / VIEW_FILE).write_text(json.dumps({"case": 0, "slices": [97, 99]}))
+    assert hook.last_cost(0.0) == 0.0                       # nothing measured yet
+    for step in range(1, 13):                               # one preview at 4.0: 18 slices, ends at 4.28125
+        clock.now += 0.5
+        s.step = step
+        hook.step_end(s)
+    assert len(target.calls) == 1 and target.times[0] == 4.0
+    # at 6.28125: a tenth of the 2 s since the preview (more than the 2 viewed slices' cost)
+    assert s.after == 0.2
+    clock.now = 14.28125                                    # training over 10 s after the preview
+    s.best_state = {"weight": torch.full((2, 2), 7.0), "bias": torch.zeros(2)}   # already restored by the loop
+    own = s.model.weight.detach().clone()
+    hook.end(s)
+    last = [f for e, f in s.reporter.seen if e == "preview"][-1]
+    # the viewed slices and the next ones: a tenth of 10 s at 1/64 s a slice is 64 slices
+    assert last["weights"] == "final" and last["viewed"] == [97, 99] and last["slices"] == 64
+    assert torch.equal(seen[-1], own)                       # the model as it is, not the stored best
+    assert s.aside == (18 + 64) / 64
+
+
+def test_a_whole_volume_last_preview_is_left_out_when_it_would_cost_too_much(tmp_path):
+    clock = Clock()
+
+    class Whole(FakeTarget):
+        whole_volume = True
+
+    for gap, expected in ((200.0, 2), (100.0, 1)):         # 30 slices at 0.5 s: 15 s; a tenth of 200 s allows it
+        target = Whole(clock, per_slice=0.5)
+        hook = Preview(tmp_path, target, every=1.0, clock=clock)
+        s, _ = _state()
+        (tmp_path / VIEW_FILE).write_text(json.dumps({"case": 1, "slices": []}))
+        hook.start(s)
+        clock.now += 1.0
+        s.step = 1
+        hook.step_end(s)                                    # the whole case once: 15 s
+        assert s.after == 0.0                               # a tenth of no time: it would be left out
+        clock.now += gap
+        assert hook.last_cost(clock.now) == (15.0 if expected == 2 else 0.0)
+        hook.end(s)
+        assert len(target.calls) == expected and target.calls[0] == (1, list(range(30)))
+    hook = Preview(tmp_path, Whole(clock), every=1.0, clock=clock)
+    s, _ = _state()
+    hook.start(s)
+    hook.end(s)                                             # no cost measured: no whole-volume preview
+    assert hook.target.calls == []
+
+
+def test_the_budget_keeps_back_the_last_preview():
+    clock = Clock()
+    budget = TimeBudget(10.0, clock=clock)
+    s, _ = _state()
+    budget.start(s)
+    stops = []
+    while not stops or not stops[-1]:
+        clock.now += 1.0
+        s.step += 1
+        s.after = 2.0                                      # the preview hook's estimate of its last one
+        stops.append(budget.step_end(s))
+    # after step 7, 10 - 7 - 2 = 1 s is left: one more step; after step 8 none (without the last
+    # preview kept back, 10 steps)
+    assert len(stops) == 8
+    assert "~2 s kept" in s.reporter.seen[-1][1]["message"]
+
+
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     return write_blob_datalist(tmp_path_factory.mktemp("blobs"), (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
@@ -208,7 +285,8 @@ ARGS = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune",
 
 
 def test_the_preview_is_the_network_s_prediction_in_the_case_geometry(blobs, tmp_path, capsys):
-    # one step, then a preview at once (--preview-seconds 0): the network previewed is the one saved
+    # one step, then a preview at once (--preview-seconds 0), and the last one at the end: the
+    # network previewed is the one saved
     preview = tmp_path / "preview"
     preview.mkdir()
     (preview / VIEW_FILE).write_text(json.dumps({"case": 1, "slices": [10, 30]}))
@@ -216,15 +294,19 @@ def test_the_preview_is_the_network_s_prediction_in_the_case_geometry(blobs, tmp
                  "--steps-per-epoch", "1", "--preview", str(preview), "--preview-seconds", "0"]) == 0
     events = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
     shown = [e for e in events if e["event"] == "preview"]
-    assert len(shown) == 1 and shown[0]["case"] == 1 and shown[0]["viewed"] == [10, 30]
-    assert shown[0]["path"] == str(preview / PREVIEW_FILE)
+    assert [e["weights"] for e in shown] == ["current", "final"]
+    assert all(e["case"] == 1 and e["viewed"] == [10, 30] and e["path"] == str(preview / PREVIEW_FILE)
+               for e in shown)
+    assert {10, 30} <= set(shown[1]["predicted"])
     img = sitk.ReadImage(str(preview / PREVIEW_FILE))
     ref = sitk.ReadImage(str(blobs.parent / "img1.nii.gz"))
     assert img.GetSize() == ref.GetSize() and np.allclose(img.GetSpacing(), ref.GetSpacing())
     assert np.allclose(img.GetOrigin(), ref.GetOrigin()) and np.allclose(img.GetDirection(), ref.GetDirection())
     got = sitk.GetArrayFromImage(img)                     # (k, j, i); axis 1 = j
-    predicted = sorted({10, 30} | set(coarse_to_fine(40)[:16]))
-    assert shown[0]["slices"] == len(predicted) and shown[0]["covered"] == round(len(predicted) / 40, 3)
+    first = sorted({10, 30} | set(coarse_to_fine(40)[:16]))
+    assert shown[0]["predicted"] == first and shown[0]["covered"] == round(len(first) / 40, 3)
+    predicted = sorted(set(first) | set(shown[1]["predicted"]))   # the last one's extra slices vary with its timing
+    assert shown[1]["covered"] == round(len(predicted) / 40, 3)
     full = mt.predict(tmp_path / "run", mt.read_case(blobs.parent / "img1.nii.gz")).label
     others = [j for j in range(40) if j not in predicted]
     assert np.mean(got[:, predicted, :] == full[:, predicted, :]) > 0.999

@@ -39,6 +39,13 @@ def test_a_run_goes_from_running_to_finished_with_progress(blob_datalist, tmp_pa
     assert all(ln is None for e, ln in zip(job.events, lines) if e["event"] == "step")
 
 
+def test_the_last_preview_says_it_shows_the_finished_model():
+    seen = {"event": "preview", "step": 40, "covered": 0.0884, "weights": "best validated"}
+    assert event_text(seen) == "preview: step 40, 9 % of the volume shown"
+    assert event_text(dict(seen, weights="final", covered=0.32)) == \
+        "preview: step 40, 32 % of the volume shown: the finished model"
+
+
 def test_a_user_error_fails_with_a_readable_message(tmp_path):
     job = Job(["train", "--datalist", str(tmp_path / "missing.json"), "--out", str(tmp_path / "run")]).start()
     assert job.wait(timeout=120) == "failed"

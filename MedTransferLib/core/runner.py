@@ -64,7 +64,8 @@ def event_text(event: dict) -> str | None:
                            and isinstance(v, (int, float)) and not isinstance(v, bool))
         return f"epoch {event.get('epoch')}: {values}"
     if kind == "preview":
-        return f"preview: step {event.get('step')}, {100 * float(event.get('covered', 0)):.0f} % of the volume shown"
+        final = ": the finished model" if event.get("weights") == "final" else ""
+        return f"preview: step {event.get('step')}, {100 * float(event.get('covered', 0)):.0f} % of the volume shown{final}"
     if kind in ("note", "error", "done"):
         return f"{kind}: {event.get('message', '')}"
     return None

@@ -97,6 +97,8 @@ def fit(model, strategy, opt, config, device: torch.device, next_batch: Callable
             break
     if s.best_state is not None:
         model.load_state_dict(s.best_state)
+    for h in hooks:
+        h.end(s)
     metrics = {f"best_{metric}": s.best if s.validating else None, "epochs_run": len(s.history),
                "steps_run": s.step, "stopped_early": stopped_early,
                "train_seconds": round(time.monotonic() - t_start, 1)}

@@ -92,34 +92,61 @@ class Preview(Hook):
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
-        if now < self.due:
-            return False
+        if now >= self.due:
+            interval = self.every if self.count == 0 else now - self.last_end
+            case, view = read_view(self.folder, self.target.cases, self.target.slices)
+            t0 = self.clock()
+            shown = "current"
+            if s.best_state is not None:   # validation kept better weights: show what Apply would get now
+                current = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
+                s.model.load_state_dict(s.best_state)
+                shown = "best validated"
+            try:
+                self._write(s, case, view, self.plan(case, view, interval), shown, t0)
+            finally:
+                if shown != "current":
+                    s.model.load_state_dict(current)
+            s.strategy.train_mode(s.model)     # prediction switched to eval mode; training goes on as before
+        s.after = self.last_cost(self.clock())
+        return False
+
+    def last_cost(self, now: float) -> float:
+        """Seconds the last preview (:meth:`end`) would take if training ended at ``now``, from
+        the measured cost per slice (0 before any preview): a time budget keeps them back."""
+        if self.per_slice is None:
+            return 0.0
+        interval = now - self.last_end
+        if self.target.whole_volume:
+            cost = self.per_slice * self.target.slices(self.case)
+            return cost if cost <= self.overhead * interval else 0.0
+        return max(self.overhead * interval, self.per_slice * len(self.view))
+
+    def end(self, s: LoopState) -> None:
+        """The last preview, once training is over: the weights the package holds, on the viewed
+        slices and as many more as the overhead allows, so what the user sees at the end is the
+        finished model. A whole-volume (3D) preview is left out when its measured cost would be
+        over ``overhead`` of the time since the previous one (or no preview measured it)."""
+        now = self.clock()
         interval = self.every if self.count == 0 else now - self.last_end
         case, view = read_view(self.folder, self.target.cases, self.target.slices)
-        slices = self.plan(case, view, interval)
-        t0 = self.clock()
-        shown = "current"
-        if s.best_state is not None:   # validation kept better weights: show what Apply would get now
-            current = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
-            s.model.load_state_dict(s.best_state)
-            shown = "best validated"
-        try:
-            path = self.target.write(case, slices, self.folder / PREVIEW_FILE)
-        finally:
-            if shown != "current":
-                s.model.load_state_dict(current)
-        s.strategy.train_mode(s.model)     # prediction switched to eval mode; training goes on as before
+        if self.target.whole_volume and (self.per_slice is None or
+                                         self.per_slice * self.target.slices(case) > self.overhead * interval):
+            return
+        self._write(s, case, view, self.plan(case, view, interval), "final", now)
+
+    def _write(self, s: LoopState, case: int, view: list[int], slices: list[int], shown: str, t0: float) -> None:
+        path = self.target.write(case, slices, self.folder / PREVIEW_FILE)
         cost = self.clock() - t0
         s.aside += cost
         self.per_slice = cost / max(1, len(slices))
         self.count += 1
         self.last_end = self.clock()
+        self.case, self.view = case, view
         # the next preview once the time since this one makes this one's cost ≤ overhead of it
         self.due = self.last_end + max(self.every, cost / self.overhead - cost)
         s.reporter.emit("preview", path=str(path), case=case, step=s.step, slices=len(slices),
                         viewed=view, covered=round(self.target.covered(case), 3), seconds=round(cost, 2),
                         suggest=self.target.suggest(case), predicted=slices, weights=shown)
-        return False
 
 
 class SlicePreview:
