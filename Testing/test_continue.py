@@ -8,6 +8,7 @@ from conftest import write_blob_datalist
 
 import MedTransferLib as mt
 from MedTransferLib.app.cli import main
+from MedTransferLib.core.defaults import EXIT_SECONDS
 from MedTransferLib.core.progress import Reporter
 from MedTransferLib.package.store import ModelPackage
 
@@ -112,6 +113,7 @@ def test_the_budget_keeps_back_the_package_s_reference_statistics(first, tmp_pat
     mt.train(datalist, tmp_path / "spy", **dict(TINY, max_seconds=500))
     # two training volumes: about three steps' worth of reference statistics each, one to write
     assert [b.finish_steps for b in made] == [7.0]
+    assert [b.exit_seconds for b in made] == [EXIT_SECONDS] and EXIT_SECONDS > 0   # and the process's exit
 
 
 def _batches(monkeypatch, datalist, out, **config):

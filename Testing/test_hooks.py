@@ -197,8 +197,9 @@ def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_ru
     from MedTransferLib.training.hooks import TimeBudget
 
     clock = SimpleNamespace(now=10.0)
-    # the job started at 6.0 (4 s of start-up before the loop); the package costs 2 steps' worth
-    budget = TimeBudget(20.0, clock=lambda: clock.now, since=6.0, finish_steps=2.0)
+    # the job started at 6.0 (4 s of start-up before the loop); the package costs 2 steps' worth,
+    # the process's exit 1 s
+    budget = TimeBudget(20.0, clock=lambda: clock.now, since=6.0, finish_steps=2.0, exit_seconds=1.0)
     s = _state()
     budget.start(s)
     stops = []
@@ -206,22 +207,42 @@ def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_ru
         clock.now += 1.0
         s.step = step
         stops.append(budget.step_end(s))
+    # after step 3 (at 13.0): 20 - 7 - 2 - 1 = 10 s left at 1 s a step, the job ends in 13 s
+    assert (s.steps_due, s.ends_in) == (13, 13.0)
     clock.now += 3.0
     budget.epoch_end(s)
     assert budget.closing == 3.0 and budget.longest == 1.0
-    # at 16.0: 20 - (16 - 6) - 3 (closing) - 2 * 1 (package) = 5 s left
-    assert budget.left(clock.now) == 5.0
+    # at 16.0: 20 - (16 - 6) - 3 (closing) - 2 * 1 (package) - 1 (exit) = 4 s left
+    assert budget.left(clock.now) == 4.0
     for step in range(4, 10):
         clock.now += 1.0
         s.step = step
         stops.append(budget.step_end(s))
         if stops[-1]:
             break
-    # the epoch end is not a step (longest stays 1 s); after step 7 (at 20.0) 1 s is left: one
-    # more step fits; after step 8 (at 21.0: 15 s of the job) none
-    assert budget.longest == 1.0 and stops == [False] * 7 + [True]
-    assert "after step 8 (15 of 20 s; ~5 s kept to close the epoch and write the model)" \
+    # the epoch end is not a step (longest stays 1 s); after step 6 (at 19.0) 1 s is left: one
+    # more step fits; after step 7 (at 20.0: 14 s of the job) none
+    assert budget.longest == 1.0 and stops == [False] * 6 + [True]
+    assert "after step 7 (14 of 20 s; ~6 s kept to close the epoch, write the model and exit)" \
         in s.reporter.seen[-1][1]["message"]
+
+
+def test_progress_events_count_down_to_the_budget_s_end():
+    from MedTransferLib.training.loop import _remaining
+
+    s = _state()
+    s.step = 10
+    assert _remaining(s, 200, 5.0) == (200, 95.0)           # no budget: the schedule at 0.5 s a step
+    s.steps_due, s.ends_in = 40, 20.0
+    assert _remaining(s, 200, 5.0) == (40, 20.0)            # the budget ends the run: when the job ends
+    s.steps_due = 500
+    assert _remaining(s, 200, 5.0) == (200, 20.0)           # never past the schedule; it ends first
+    s.ends_in = 100.0
+    assert _remaining(s, 200, 5.0) == (200, 95.0)           # the schedule at 0.5 s a step
+    s.ends_in = -1.0
+    assert _remaining(s, 200, 5.0) == (200, 0.0)            # never below 0
+    s.steps_due = 4
+    assert _remaining(s, 200, 5.0) == (10, 0.0)             # never below the steps made
 
 
 def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():
@@ -229,9 +250,11 @@ def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():
     net = torch.nn.Linear(3, 2)
     config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=3, steps_per_epoch=4, warmup_fraction=0.05)
     strategy = get_strategy("finetune")
+    events = Events()
 
     class AfterSix(Hook):
         def step_end(self, s):
+            s.steps_due, s.ends_in = 6, 0.5      # as a time budget estimates it
             return s.step == 6
 
         def should_stop(self, s):
@@ -239,8 +262,12 @@ def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():
 
     history, metrics = fit(net, strategy, Optimisation(net, strategy, config), config, torch.device("cpu"),
                            lambda: (torch.randn(4, 3), torch.tensor([0, 1, 0, 1])), torch.nn.functional.cross_entropy,
-                           Events(), "val_x", [EarlyStopping(lambda: Validation(0.5), patience=9), AfterSix()])
+                           events, "val_x", [EarlyStopping(lambda: Validation(0.5), patience=9), AfterSix()])
     assert metrics["steps_run"] == 6 and metrics["epochs_run"] == 2 and metrics["stopped_early"]
+    steps = [f for e, f in events.seen if e == "step"]
+    # the first step's event comes before any estimate: the schedule's 12 steps; then the budget's 6
+    assert [f["steps_total"] for f in steps] == [12, 6, 6, 6, 6, 6]
+    assert all(f["eta_s"] <= 0.5 for f in steps[1:])
     assert [h["val_x"] for h in history] == [0.5, 0.5]
 
 

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=D["device"])
     s.add_argument("--seed", type=int, default=D["seed"])
     s.add_argument("--max-seconds", type=float, default=D["max_seconds"], metavar="S",
-                   help="stop training within S seconds, with a valid model (default: the full schedule)")
+                   help="keep the whole job, start-up to exit, within S seconds, with a valid model (default: the "
+                        "full schedule)")
     s.add_argument("--oom-retry", action="store_true",
                    help="if a batch does not fit in (GPU) memory, start again with half the batch")
     s.add_argument("--preview", metavar="DIR",

@@ -51,21 +51,17 @@ def event_text(event: dict) -> str | None:
     """A protocol event as one readable log line (None for per-step events, which only move the
     progress bar)."""
     kind = event.get("event")
-
-    def num(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
     if kind == "start":
         keys = ("mode", "backbone", "weights", "strategy", "train_slices", "val_slices", "steps_total", "device")
         return "start: " + ", ".join(f"{k} {event[k]}" for k in keys if k in event)
     if kind == "epoch":
-        values = ", ".join(f"{k.replace('_', ' ')} {num(v)}" for k, v in event.items()
+        values = ", ".join(f"{k.replace('_', ' ')} {f'{v:.3f}' if isinstance(v, float) else v}" for k, v in event.items()
                            if k not in ("event", "epoch", "epochs", "eta_s", "time_s")
                            and isinstance(v, (int, float)) and not isinstance(v, bool))
         return f"epoch {event.get('epoch')}: {values}"
     if kind == "preview":
         final = ": the finished model" if event.get("weights") == "final" else ""
-        return f"preview: step {event.get('step')}, {100 * float(event.get('covered', 0)):.0f} % of the volume shown{final}"
+        return f"preview: step {event.get('step')}, {100 * float(event.get('covered', 0)):.0f} % of the volume shown" + final
     if kind in ("note", "error", "done"):
         return f"{kind}: {event.get('message', '')}"
     return None

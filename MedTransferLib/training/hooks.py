@@ -47,6 +47,8 @@ class LoopState:
     validating: bool = False
     aside: float = 0.0            # seconds hooks spent beside training (the live preview)
     after: float = 0.0            # seconds hooks will spend once training ends (the last preview)
+    steps_due: int | None = None  # a time budget's estimate of the steps the run will make
+    ends_in: float | None = None  # and of the seconds until the job ends
 
 
 class Hook:
@@ -101,9 +103,10 @@ class TimeBudget(Hook):
     rate for as long as the budget allows."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, every: int = 10,
-                 fit_schedule: bool = False, since: float | None = None, finish_steps: float = 0.0):
+                 fit_schedule: bool = False, since: float | None = None, finish_steps: float = 0.0,
+                 exit_seconds: float = 0.0):
         self.seconds, self.clock, self.every, self.fit_schedule = float(seconds), clock, every, fit_schedule
-        self.since, self.finish_steps = since, float(finish_steps)
+        self.since, self.finish_steps, self.exit_seconds = since, float(finish_steps), float(exit_seconds)
         self.spent = False
 
     def start(self, s: LoopState) -> None:
@@ -123,22 +126,24 @@ class TimeBudget(Hook):
     def left(self, now: float, after: float = 0.0) -> float:
         """Seconds left for training at ``now``: the budget less the time spent and kept back
         (``after``: what other hooks will spend after training, ``LoopState.after``)."""
-        return self.seconds - (now - self.since) - self.closing - self.finish_steps * self.longest - after
+        return (self.seconds - (now - self.since) - self.closing - self.finish_steps * self.longest - after
+                - self.exit_seconds)
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
         self.longest = max(self.longest, self._own(s, now))
         done = s.step - self.first_step
+        pace, left = (now - self.t0) / done, max(self.left(now, s.after), 0.0)
         if self.fit_schedule and done % self.every == 0:
-            pace = (now - self.t0) / done
-            s.opt.fit_horizon(s.step + max(self.left(now, s.after), 0.0) / pace)
-        if self.left(now, s.after) >= self.longest:
+            s.opt.fit_horizon(s.step + left / pace)
+        s.steps_due, s.ends_in = s.step + int(left / pace), self.seconds - (now - self.since)
+        if left >= self.longest:
             return False
         self.spent = True
-        kept = self.closing + self.finish_steps * self.longest + s.after
+        kept = self.closing + self.finish_steps * self.longest + s.after + self.exit_seconds
         s.reporter.emit("note", message=f"time budget: stopping after step {s.step} ({now - self.since:.0f} of "
-                                        f"{self.seconds:g} s; ~{kept:.0f} s kept to close the epoch and write "
-                                        f"the model)")
+                                        f"{self.seconds:g} s; ~{kept:.0f} s kept to close the epoch, write "
+                                        f"the model and exit)")
         return True
 
     def epoch_end(self, s: LoopState) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from MedTransferLib.core import distributed
+from MedTransferLib.core.defaults import EXIT_SECONDS
 from MedTransferLib.core.device import resolve_device
 from MedTransferLib.core.progress import Reporter
 from MedTransferLib.package.manifest import Manifest
@@ -157,7 +158,8 @@ def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter |
                                SmallBatchesFirst(config.small_batch_epochs, task.small_first, task.batch_size,
                                                  task.set_batch_size) if task.small_first else None,
                                TimeBudget(config.max_seconds, fit_schedule=bool(config.init_from),
-                                          since=getattr(reporter, "t0", None), finish_steps=task.finish_steps())
+                                          since=getattr(reporter, "t0", None), finish_steps=task.finish_steps(),
+                                          exit_seconds=EXIT_SECONDS)
                                if config.max_seconds else None,
                                _preview(config, preview(), device) if preview is not None and main else None])
     if not main:   # rank 0 writes the package; the others hold the same model and are done
