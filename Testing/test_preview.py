@@ -159,9 +159,8 @@ def test_when_the_viewed_slices_alone_cost_more_the_previews_come_less_often(tmp
     assert all(c <= 0.10 * gap + 1e-6 for c, gap in zip(costs, starts))   # each ≤ a tenth of its interval
 
 
-def test_once_validated_a_preview_shows_the_best_weights_and_training_keeps_its_own(tmp_path):
-    clock = Clock()
-    s, _ = _state()
+def _recording(clock, s, per_slice=0.05):
+    """A fake target that also keeps the model's weight at each preview; ``(target, weights)``."""
     seen = []
 
     class Recording(FakeTarget):
@@ -169,7 +168,14 @@ def test_once_validated_a_preview_shows_the_best_weights_and_training_keeps_its_
             seen.append(s.model.weight.detach().clone())
             return super().write(case, slices, path)
 
-    hook = Preview(tmp_path, Recording(clock), every=1.0, clock=clock)
+    return Recording(clock, per_slice), seen
+
+
+def test_once_validated_a_preview_shows_the_best_weights_and_training_keeps_its_own(tmp_path):
+    clock = Clock()
+    s, _ = _state()
+    target, seen = _recording(clock, s)
+    hook = Preview(tmp_path, target, every=1.0, clock=clock)
     hook.start(s)
     own = s.model.weight.detach().clone()
     clock.now = 1.0
@@ -201,14 +207,7 @@ def test_the_time_budget_does_not_count_a_preview_as_a_step():
 def test_the_last_preview_shows_the_finished_model_at_the_usual_cost(tmp_path):
     clock = Clock()
     s, _ = _state()
-    seen = []
-
-    class Recording(FakeTarget):
-        def write(self, case, slices, path):
-            seen.append(s.model.weight.detach().clone())
-            return super().write(case, slices, path)
-
-    target = Recording(clock, per_slice=1 / 64)
+    target, seen = _recording(clock, s, per_slice=1 / 64)
     hook = Preview(tmp_path, target, every=4.0, clock=clock)
     hook.start(s)
     (tmp_path / VIEW_FILE).write_text(json.dumps({"case": 0, "slices": [97, 99]}))
