@@ -258,7 +258,7 @@ class Classification(Task):
                                                       self.config.slices, self.size))
 
     def finish_steps(self) -> float:
-        return 1.0 + 3.0 * len(self.images)
+        return 2.0 + 3.0 * len(self.images)
 
     def finish(self, out, manifest, history, metrics, device):
         from MedTransferLib.package.store import save_package
