@@ -227,7 +227,7 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
             self.ui.statusLabel.text = f"Training into {self.panel.last_run}"
 
     def onUpdate(self) -> None:
-        """Continue the current model on the corrected or added slices, for a minute."""
+        """Continue the current model on the corrected or added slices; the job keeps within a minute."""
         with slicer.util.tryWithErrorDisplay("The update could not start.", waitCursor=True):
             self._started(self.panel.start_update(self._parameterNode))
 
