@@ -228,21 +228,19 @@ def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_ru
 
 
 def test_progress_events_count_down_to_the_budget_s_end():
-    from MedTransferLib.training.loop import _remaining
-
     s = _state()
     s.step = 10
-    assert _remaining(s, 200, 5.0) == (200, 95.0)           # no budget: the schedule at 0.5 s a step
+    assert s.remaining(200, 5.0) == (200, 95.0)           # no budget: the schedule at 0.5 s a step
     s.steps_due, s.ends_in = 40, 20.0
-    assert _remaining(s, 200, 5.0) == (40, 20.0)            # the budget ends the run: when the job ends
+    assert s.remaining(200, 5.0) == (40, 20.0)            # the budget ends the run: when the job ends
     s.steps_due = 500
-    assert _remaining(s, 200, 5.0) == (200, 20.0)           # never past the schedule; it ends first
+    assert s.remaining(200, 5.0) == (200, 20.0)           # never past the schedule; it ends first
     s.ends_in = 100.0
-    assert _remaining(s, 200, 5.0) == (200, 95.0)           # the schedule at 0.5 s a step
+    assert s.remaining(200, 5.0) == (200, 95.0)           # the schedule at 0.5 s a step
     s.ends_in = -1.0
-    assert _remaining(s, 200, 5.0) == (200, 0.0)            # never below 0
+    assert s.remaining(200, 5.0) == (200, 0.0)            # never below 0
     s.steps_due = 4
-    assert _remaining(s, 200, 5.0) == (10, 0.0)             # never below the steps made
+    assert s.remaining(200, 5.0) == (10, 0.0)             # never below the steps made
 
 
 def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():

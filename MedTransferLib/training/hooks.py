@@ -50,6 +50,16 @@ class LoopState:
     steps_due: int | None = None  # a time budget's estimate of the steps the run will make
     ends_in: float | None = None  # and of the seconds until the job ends
 
+    def remaining(self, planned: int, elapsed: float) -> tuple[int, float]:
+        """``(steps in all, seconds left)`` for the progress events: the ``planned`` schedule at
+        the pace so far (``elapsed`` seconds for the steps made); where a time budget will end the
+        run first, its estimated steps and the seconds until the job ends."""
+        total = planned if self.steps_due is None else max(self.step, min(planned, self.steps_due))
+        eta = elapsed / max(self.step, 1) * (total - self.step)
+        if self.ends_in is not None:
+            eta = max(self.ends_in, 0.0) if total < planned else min(eta, max(self.ends_in, 0.0))
+        return total, round(eta, 1)
+
 
 class Hook:
     resuming = False   # restores a saved run at start

@@ -79,7 +79,7 @@ def fit(model, strategy, opt, config, device: torch.device, next_batch: Callable
             distributed.average_buffers(model)
             s.step += 1
             losses.append(float(loss.detach()))
-            total, eta = _remaining(s, opt.total, time.monotonic() - t_start)
+            total, eta = s.remaining(opt.total, time.monotonic() - t_start)
             reporter.emit("step", epoch=epoch, step=s.step, steps_total=total, loss=losses[-1],
                           lr=opt.optimizer.param_groups[-1]["lr"], eta_s=eta)
             if any([h.step_end(s) for h in hooks]):
@@ -89,7 +89,7 @@ def fit(model, strategy, opt, config, device: torch.device, next_batch: Callable
         for h in hooks:
             h.epoch_end(s)
         reporter.emit("epoch", epoch=epoch, epochs=config.epochs, train_loss=s.record["train_loss"],
-                      **{metric: s.record.get(metric)}, eta_s=_remaining(s, opt.total, time.monotonic() - t_start)[1])
+                      **{metric: s.record.get(metric)}, eta_s=s.remaining(opt.total, time.monotonic() - t_start)[1])
         if any(h.should_stop(s) for h in hooks):
             stopped_early = True
             break
@@ -101,15 +101,3 @@ def fit(model, strategy, opt, config, device: torch.device, next_batch: Callable
                "steps_run": s.step, "stopped_early": stopped_early,
                "train_seconds": round(time.monotonic() - t_start, 1)}
     return s.history, metrics
-
-
-def _remaining(s: LoopState, planned: int, elapsed: float) -> tuple[int, float]:
-    """``(steps in all, seconds left)`` for the progress events: the planned schedule at the pace
-    so far; where a time budget will end the run first, its estimated steps and the seconds until
-    the job ends (``LoopState``)."""
-    total = planned if s.steps_due is None else max(s.step, min(planned, s.steps_due))
-    eta = elapsed / max(s.step, 1) * (total - s.step)
-    if s.ends_in is not None:
-        eta = max(s.ends_in, 0.0) if total < planned else min(eta, max(s.ends_in, 0.0))
-    return total, round(eta, 1)
-
