@@ -241,6 +241,8 @@ def test_progress_events_count_down_to_the_budget_s_end():
     assert s.remaining(200, 5.0) == (200, 0.0)            # never below 0
     s.steps_due = 4
     assert s.remaining(200, 5.0) == (10, 0.0)             # never below the steps made
+    s.step, s.steps_due, s.ends_in = 3, None, None
+    assert s.remaining(10, 5.0) == (10, 11.7)             # 7 steps at 5/3 s, to a tenth of a second
 
 
 def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():
@@ -267,6 +269,39 @@ def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():
     assert [f["steps_total"] for f in steps] == [12, 6, 6, 6, 6, 6]
     assert all(f["eta_s"] <= 0.5 for f in steps[1:])
     assert [h["val_x"] for h in history] == [0.5, 0.5]
+
+
+def test_the_budget_s_estimates_follow_the_pace_and_a_resumed_run_s_own_steps():
+    from MedTransferLib.training.hooks import TimeBudget
+
+    net = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-2, weight_decay=0.0, epochs=10, steps_per_epoch=10, warmup_fraction=0.05)
+    opt = Optimisation(net, get_strategy("finetune"), config)
+    clock = SimpleNamespace(now=0.0)
+    budget = TimeBudget(40.0, clock=lambda: clock.now, fit_schedule=True)
+    s = LoopState(net, get_strategy("finetune"), opt, Events())
+    budget.start(s)
+    assert not budget.should_stop(s)
+    for step in range(1, 12):              # ten steps of 0.5 s, then slower ones of 1 s
+        clock.now += 0.5 if step <= 10 else 1.0
+        s.step = step
+        budget.step_end(s)
+        if step == 10:                     # 35 s left at 0.5 s a step: 70 more
+            assert opt.horizon == 80 and s.steps_due == 80 and s.ends_in == 35.0
+    assert opt.horizon == 80                # the schedule is refitted every 10 steps, not at step 11
+    # a resumed run (step 10 on) with 2-s steps: the pace counts its own steps only
+    clock.now = 0.0
+    budget = TimeBudget(10.0, clock=lambda: clock.now, since=0.0, finish_steps=2.0, exit_seconds=1.0)
+    s = _state()
+    s.step = 10
+    budget.start(s)
+    clock.now, s.step = 2.0, 11
+    assert budget.step_end(s) is False      # 10 - 2 - 2 * 2 - 1 = 3 s left: one more 2-s step
+    assert s.steps_due == 12
+    clock.now, s.step = 4.0, 12
+    assert budget.step_end(s) is True       # 1 s left
+    event, fields = s.reporter.seen[-1]
+    assert event == "note" and "after step 12 (4 of 10 s; ~5 s kept" in fields["message"]
 
 
 def test_the_time_budget_fits_the_learning_rate_decay_to_the_steps_it_leaves():

@@ -53,7 +53,7 @@ class FakeTarget:
         return len(seen) / self.slices(case)
 
     def suggest(self, case):
-        return []
+        return [case]
 
     def write(self, case, slices, path):
         self.calls.append((case, list(slices)))
@@ -202,6 +202,9 @@ def test_the_time_budget_does_not_count_a_preview_as_a_step():
         s.step = step
         budget.step_end(s)
     assert budget.longest == pytest.approx(1.0)
+    clock.now += 2.0                # an epoch end of 2 s after the preview: its own cost only
+    budget.epoch_end(s)
+    assert budget.closing == pytest.approx(2.0)
 
 
 def test_the_last_preview_shows_the_finished_model_at_the_usual_cost(tmp_path):
@@ -223,9 +226,11 @@ def test_the_last_preview_shows_the_finished_model_at_the_usual_cost(tmp_path):
     s.best_state = {"weight": torch.full((2, 2), 7.0), "bias": torch.zeros(2)}   # already restored by the loop
     own = s.model.weight.detach().clone()
     hook.end(s)
-    last = [f for e, f in s.reporter.seen if e == "preview"][-1]
+    first, last = [f for e, f in s.reporter.seen if e == "preview"]
+    assert first["seconds"] == 0.28 and first["step"] == 8      # 18 slices at 1/64 s, at step 8
     # the viewed slices and the next ones: a tenth of 10 s at 1/64 s a slice is 64 slices
     assert last["weights"] == "final" and last["viewed"] == [97, 99] and last["slices"] == 64
+    assert last["step"] == 12 and last["seconds"] == 1.0 and last["suggest"] == [0]
     assert torch.equal(seen[-1], own)                       # the model as it is, not the stored best
     assert s.aside == (18 + 64) / 64
 
@@ -255,6 +260,41 @@ def test_a_whole_volume_last_preview_is_left_out_when_it_would_cost_too_much(tmp
     hook.start(s)
     hook.end(s)                                             # no cost measured: no whole-volume preview
     assert hook.target.calls == []
+    # exactly at the share (15 s, an eighth of 120 s): still shown
+    hook = Preview(tmp_path, Whole(clock, per_slice=0.5), every=1.0, overhead=0.125, clock=clock)
+    s, _ = _state()
+    hook.start(s)
+    clock.now += 1.0
+    s.step = 1
+    hook.step_end(s)
+    clock.now += 120.0
+    assert hook.last_cost(clock.now) == 15.0
+    hook.end(s)
+    assert len(hook.target.calls) == 2
+
+
+def test_the_extra_slices_follow_the_time_since_the_last_preview(tmp_path):
+    clock = Clock()
+    target = FakeTarget(clock, per_slice=1 / 64)
+    hook = Preview(tmp_path / "new" / "preview", target, every=1.0, clock=clock)
+    assert (tmp_path / "new" / "preview").is_dir()           # made with its parents
+    s, _ = _state()
+    hook.start(s)
+    clock.now = 1.0
+    hook.step_end(s)                                        # 16 slices, 0.25 s: ends at 1.25
+    clock.now = 10.0
+    hook.step_end(s)                                        # 8.75 s later
+    assert len(target.calls[1][1]) == int(0.1 * 8.75 / (1 / 64))
+    # the viewed slice alone when it already costs more than a tenth: one slice of a 30-slice case
+    (tmp_path / "new" / "preview" / VIEW_FILE).write_text(json.dumps({"case": 1, "slices": [5]}))
+    assert hook.plan(1, [5], 0.1) == [5]
+    clock.now = 100.0
+    hook.due = 0.0
+    hook.per_slice = 10.0                                   # as if slices had become expensive
+    hook.step_end(s)
+    last = [f for e, f in s.reporter.seen if e == "preview"][-1]
+    assert last["predicted"] == [5] and last["covered"] == 0.033   # 1 of 30
+    assert hook.per_slice == 1 / 64                         # its measured cost, per slice
 
 
 def test_the_budget_keeps_back_the_last_preview():

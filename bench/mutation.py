@@ -82,6 +82,11 @@ GROUPS = {
                ["Testing/test_hooks.py", "Testing/test_performance.py",
                 f"{RELIABILITY}::test_a_crash_between_the_two_renames_of_a_checkpoint_leaves_the_previous_one_usable"],
                ["save_state", "load_state", "match_layouts", "batches", "start", "epoch_end"]),
+    "budget": (["MedTransferLib/training/hooks.py", "MedTransferLib/training/preview.py"],
+               ["Testing/test_hooks.py", "Testing/test_preview.py"],
+               [f"TimeBudgetǁ{m}" for m in ("__init__", "start", "_own", "left", "step_end", "epoch_end", "should_stop")]
+               + [f"Previewǁ{m}" for m in ("__init__", "start", "plan", "step_end", "last_cost", "end", "_write")]
+               + ["LoopStateǁremaining"]),
     "guide": (["MedTransferLib/inference/guide.py"],
               [f"Testing/test_guide.py::{name}" for name in (
                   "test_signed_distance_gives_back_the_mask_and_mm",
