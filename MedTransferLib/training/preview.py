@@ -93,7 +93,7 @@ class Preview(Hook):
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
         if now >= self.due:
-            interval = self.every if self.count == 0 else now - self.last_end
+            interval = self._interval(now)
             case, view = read_view(self.folder, self.target.cases, self.target.slices)
             t0 = self.clock()
             shown = "current"
@@ -117,9 +117,18 @@ class Preview(Hook):
             return 0.0
         interval = now - self.last_end
         if self.target.whole_volume:
-            cost = self.per_slice * self.target.slices(self.case)
-            return cost if cost <= self.overhead * interval else 0.0
+            return self.per_slice * self.target.slices(self.case) if self._whole_fits(self.case, interval) else 0.0
         return max(self.overhead * interval, self.per_slice * len(self.view))
+
+    def _interval(self, now: float) -> float:
+        """The time a preview at ``now`` may spend a tenth of: since the previous one (the first:
+        ``every``)."""
+        return self.every if self.count == 0 else now - self.last_end
+
+    def _whole_fits(self, case: int, interval: float) -> bool:
+        """Whether a whole-volume preview of ``case`` costs at most ``overhead`` of ``interval``
+        (by the measured cost per slice; not before one is measured)."""
+        return self.per_slice is not None and self.per_slice * self.target.slices(case) <= self.overhead * interval
 
     def end(self, s: LoopState) -> None:
         """The last preview, once training is over: the weights the package holds, on the viewed
@@ -127,10 +136,9 @@ class Preview(Hook):
         finished model. A whole-volume (3D) preview is left out when its measured cost would be
         over ``overhead`` of the time since the previous one (or no preview measured it)."""
         now = self.clock()
-        interval = self.every if self.count == 0 else now - self.last_end
+        interval = self._interval(now)
         case, view = read_view(self.folder, self.target.cases, self.target.slices)
-        if self.target.whole_volume and (self.per_slice is None or
-                                         self.per_slice * self.target.slices(case) > self.overhead * interval):
+        if self.target.whole_volume and not self._whole_fits(case, interval):
             return
         self._write(s, case, view, self.plan(case, view, interval), "final", now)
 
