@@ -1,6 +1,8 @@
 """Painted slices guide the prediction of the volume they were painted on (inference/guide.py):
 shape interpolation between painted slices, combined with the network's probabilities."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import write_blob_datalist
@@ -228,6 +230,60 @@ def test_fuse_network_overrides_only_when_very_sure():
     q_hot, q_other = np.log(0.95 + 0.05 / 3), np.log(0.05 / 3)
     assert 0.5 * np.log(0.9) + 0.5 * q_other < 0.5 * np.log(0.05) + 0.5 * q_hot
     assert 0.5 * np.log(0.999) + 0.5 * q_other > 0.5 * np.log(0.0005 + 1e-6) + 0.5 * q_hot
+
+
+def fuse_by_definition(g, slices, probs):
+    """The guide's combination as its docstring defines it, every class scored: ``argmax over c of
+    (1 - w) log(p_c + 1e-6) + w log q_c`` on known slices (``w`` 0 where the network decides
+    alone, ``q`` one-hot or a wide gap's soft vote), the network's argmax elsewhere, painted slices
+    as painted. The reference for ``Guide.fuse`` (here and in bench/micro.py)."""
+    out = probs.argmax(1).astype(np.uint8)
+    c = g.num_classes
+    for i, z in enumerate(slices):
+        if not g.known[z]:
+            continue
+        if g.painted[z]:
+            out[i] = g.classes[z]
+            continue
+        onehot = g.soft_vote(*g.soft[z]) if z in g.soft else np.moveaxis(np.eye(c, dtype=np.float32)[g.classes[z]], -1, 0)
+        w = np.where(g.open[z], 0.0, g.weight) if z in g.open else np.full(probs.shape[2:], g.weight)
+        score = (1 - w) * np.log(probs[i] + 1e-6) + w * np.log((1 - g.eps) * onehot + g.eps / c)
+        out[i] = score.argmax(0)
+    return out
+
+
+def test_fuse_gives_the_definitions_classes_on_every_kind_of_slice():
+    # narrow gaps (one-hot), a wide gap (soft outline, a structure on one side only: open), slices
+    # beyond the painted range and painted ones; probabilities in steps of 1/64, so that the network's
+    # classes tie (the open region, w = 0, ties the interpolated class with the network's best) and
+    # odds between 19 and 58 : 1 occur (the guide's class wins below 58 : 1 with 3 classes)
+    rng = np.random.default_rng(3)
+    classes = np.zeros((60, 32, 32), np.uint8)
+    for z, r in ((4, 6), (8, 8), (12, 7), (30, 6)):
+        classes[z][disc(r, (32, 32), (12.0, 12.0))] = 1
+    classes[4][disc(4, (32, 32), (24.0, 24.0))] = 2      # class 2: slices 4 and 8, then gone
+    classes[8][disc(5, (32, 32), (24.0, 22.0))] = 2
+    classes[12][disc(5, (32, 32), (22.0, 24.0))] = 2     # ... and on 12, not on 30: open on 13..21
+    classes[45][disc(5, (32, 32), (20.0, 20.0))] = 2     # 30 → 45: wide, nothing shared, open only
+    g = interpolate(classes, [4, 8, 12, 30, 45], 3)
+    assert g.soft and g.open and (g.classes[5:8] > 0).any()
+    assert {31, 44} <= set(g.open) - set(g.soft)
+    counts = rng.multinomial(64, rng.dirichlet([0.3] * 3, size=(60, 32, 32))).astype(np.float32) / 64
+    probs = np.moveaxis(counts, -1, 1).copy()
+    slices = list(range(60))
+    assert np.array_equal(g.fuse(slices, probs), fuse_by_definition(g, slices, probs))
+    light = dataclasses.replace(g, weight=0.3)            # another weight: the same definition
+    assert np.array_equal(light.fuse(slices, probs), fuse_by_definition(light, slices, probs))
+    # a subset in another order (the preview's): the same per slice
+    some = [33, 5, 17, 4, 0, 21]
+    assert np.array_equal(g.fuse(some, probs[some]), fuse_by_definition(g, some, probs[some]))
+    # the data makes every rule count: the guide changes the network's classes on the narrow and
+    # the wide gap's slices, and the network decides alone in the open region
+    net = probs.argmax(1)
+    fused = g.fuse(slices, probs)
+    assert (fused[5:8] != net[5:8]).any() and (fused[14:29] != net[14:29]).any()
+    assert (fused[0:4] == net[0:4]).all() and (fused[46:] == net[46:]).all()
+    assert (fused[31:45] != net[31:45]).any() and (fused[31][g.open[31]] == net[31][g.open[31]]).all()
 
 
 def test_a_structure_on_one_side_of_a_wide_gap_is_left_to_the_network():

@@ -15,8 +15,14 @@ on the CPU; median of repeated runs after warm-up). Prints JSON lines. Not a tes
   ``gradual`` strategy) spends its time: the whole step, the encoder's forward alone, and the
   decoder + head step on features computed beforehand — what caching the encoder's features of
   the labelled slices (a feature-extraction first phase) could save at most.
+- ``fuse``: the painted slices' guide combined with the network's probabilities
+  (``inference/guide.py``) on the sample MRI's 181 axial slices, 12 of them painted evenly over the
+  structures: in batches of 16 as ``predict --painted`` does, and all slices between painted ones in
+  one call as a preview does; ``Guide.fuse`` against the same score formed for every class (the
+  implementation before), each call's first run and the median, the classes checked against the
+  definition (``Testing/test_guide.py``); one batch's 2.5D network forward for scale.
 
-    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss|optimizer|frozen]
+    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss|optimizer|frozen|fuse]
 """
 
 from __future__ import annotations
@@ -182,13 +188,90 @@ def frozen() -> None:
                       "speedup_if_features_cached": round(whole / decoder, 2)}), flush=True)
 
 
+def fuse_every_class(g, slices, probs):
+    """``Guide.fuse`` before it scored two classes per pixel: the whole score for every class,
+    vectorised over the batch (the timing reference)."""
+    import numpy as np
+
+    slices = np.asarray(list(slices), int)
+    out = probs.argmax(1).astype(np.uint8)
+    known = g.known[slices]
+    if known.any():
+        logp = np.log(probs[known] + 1e-6)
+        onehot = np.moveaxis(np.eye(g.num_classes, dtype=np.float32)[g.classes[slices[known]]], -1, 1)
+        w = np.full((len(logp), 1) + probs.shape[2:], g.weight, np.float32)
+        for i, z in enumerate(slices[known].tolist()):
+            if z in g.soft:
+                onehot[i] = g.soft_vote(*g.soft[z])
+            if z in g.open:
+                w[i, 0][g.open[z]] = 0.0
+        q = np.log((1 - g.eps) * onehot + g.eps / g.num_classes)
+        out[known] = ((1 - w) * logp + w * q).argmax(1).astype(np.uint8)
+    painted = g.painted[slices]
+    out[painted] = g.classes[slices[painted]]
+    return out
+
+
+def fuse() -> None:
+    import numpy as np
+    from test_guide import fuse_by_definition
+
+    import MedTransferLib as mt
+    from MedTransferLib.core.case import IGNORE
+    from MedTransferLib.data.slabs import to_slices_first
+    from MedTransferLib.inference.guide import case_guide
+
+    datalist = mt.sample_data()
+    data = json.loads(Path(datalist).read_text())
+    entry = data["training"][0]
+    case = mt.read_case(Path(datalist).parent / entry["image"], Path(datalist).parent / entry["label"])
+    label = to_slices_first(case.label, 2)
+    held = np.flatnonzero(label.reshape(len(label), -1).any(1))
+    painted = np.unique(np.linspace(held[0], held[-1], 12).round().astype(int))
+    sparse = np.full_like(label, IGNORE)
+    sparse[painted] = label[painted]
+    case.label = sparse            # slices-first along the axial voxel axis k is the array's first
+    values = [int(k) for k in data["labels"] if int(k) > 0]
+    guide = case_guide(case, values, 2)
+    n, h, w = label.shape
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(0, 3, (16, len(values) + 1, h, w)).astype(np.float32))
+    # channels-last, as the network gives them on the CPU (its convolutions run channels-last)
+    batch = torch.softmax(logits.contiguous(memory_format=torch.channels_last), 1).numpy()
+    between = [s for s in range(n) if guide.known[s] and not guide.painted[s]]
+    # Apply (predict --painted): the volume in batches of 16; a preview: one call, its slices at once
+    shapes = {"apply_181_slices_in_16s": [list(range(i, min(i + 16, n))) for i in range(0, n, 16)],
+              f"preview_{len(between)}_slices_between_painted_in_one_call": [between]}
+    row = {"bench": "fuse", "slices": n, "painted": painted.tolist()}
+    for shape, calls in shapes.items():
+        probs = [np.concatenate([batch] * (len(c) // 16 + 1))[:len(c)] for c in calls]
+
+        def run(fn):
+            return [fn(c, p) for c, p in zip(calls, probs)]
+
+        for name, fn in (("every_class_before", lambda c, p: fuse_every_class(guide, c, p)),
+                         ("fuse", guide.fuse)):
+            t0 = time.perf_counter()
+            run(fn)                      # the first call: its arrays newly allocated, as in a preview
+            row[f"{shape}_{name}_first_s"] = round(time.perf_counter() - t0, 3)
+            row[f"{shape}_{name}_s"] = round(median_s(lambda: run(fn), repeat=3, warmup=0), 3)
+        row[f"{shape}_same_as_definition"] = all(
+            np.array_equal(guide.fuse(c, p), fuse_by_definition(guide, c, p)) for c, p in zip(calls, probs))
+    name, make, shape = nets()[0]
+    net = make().eval()
+    x = torch.randn(16, 3, 224, 192)
+    with torch.inference_mode():
+        row["network_forward_16_slices_s"] = round(median_s(lambda: net(x), repeat=3, warmup=1), 3)
+    print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss", "optimizer", "frozen"])
+    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss", "optimizer", "frozen", "fuse"])
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     for name, fn in (("formats", formats), ("windows", windows), ("argmax", argmax), ("loss", loss),
-                     ("optimizer", optimizer), ("frozen", frozen)):
+                     ("optimizer", optimizer), ("frozen", frozen), ("fuse", fuse)):
         if a.only in (None, name):
             fn()
     return 0
