@@ -1,5 +1,3 @@
-import sys
+from MedTransferLib.app.cli import run
 
-from MedTransferLib.app.cli import main
-
-sys.exit(main())
+run()

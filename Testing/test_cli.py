@@ -16,6 +16,35 @@ def run_cli(*args, cwd=None):
                           text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow   # three interpreters loading every backbone (~25 s)
+def test_python_m_skips_the_teardown_and_loses_no_output(capsys, tmp_path):
+    # `python -m MedTransferLib` (how the panel and the bench start a job) and the `medtransfer`
+    # command end with os._exit once main() has returned and both streams are flushed: an exit
+    # handler never runs, the piped output is whole, and the exit status is main()'s. Run without
+    # coverage, which keeps the teardown.
+    import os
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts")["medtransfer"].value == "MedTransferLib.app.cli:run"
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
+    script = ("import atexit, runpy, sys; atexit.register(lambda: print('TEARDOWN', flush=True)); "
+              "sys.argv = ['medtransfer'] + sys.argv[1:]; runpy.run_module('MedTransferLib', run_name='__main__')")
+    assert main(["backbones"]) == 0
+    expected = capsys.readouterr().out
+    r = subprocess.run([sys.executable, "-c", script, "backbones"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout == expected and "efficientnet-lite0" in expected
+    assert "TEARDOWN" not in r.stdout
+    bad = subprocess.run([sys.executable, "-c", script, "predict", "--model", tmp_path / "none", "--image",
+                          tmp_path / "none.nrrd", "--out", tmp_path / "o.nrrd"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert bad.returncode == 2 and "error" in bad.stderr and "TEARDOWN" not in bad.stdout
+    # the same under coverage's measurement: the teardown runs (coverage writes its data then)
+    cov = subprocess.run([sys.executable, "-c", "import coverage; " + script, "backbones"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert cov.returncode == 0 and cov.stdout == expected + "TEARDOWN\n"
+
+
 @pytest.mark.slow   # end to end
 def test_train_predict_evaluate_through_the_cli(blob_datalist, tmp_path):
     out = tmp_path / "run"

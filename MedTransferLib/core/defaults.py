@@ -35,9 +35,10 @@ PREVIEW_FILE = "preview.nrrd"
 VIEW_FILE = "view.json"
 PREVIEW_EVERY = {"cuda": 5.0, "cpu": 25.0}   # seconds between previews (never over 10 % of the time)
 UPDATE_SECONDS = 60
-# what a time budget keeps back for the process to exit after its last event: Python's and the
-# libraries' teardown (1.4-1.8 s measured with torch, MONAI and SimpleITK loaded; 2-core AMD EPYC)
-EXIT_SECONDS = 2.0
+# what a time budget keeps back for the process to exit after its last event: `python -m
+# MedTransferLib` and `medtransfer` skip the interpreter's teardown (app/cli.py run(): 0.05 s
+# measured against 1.2-1.8 s with torch, MONAI and SimpleITK loaded; 2-core AMD EPYC)
+EXIT_SECONDS = 0.5
 
 # the strategies the Slicer panel offers (any name `medtransfer train --strategy` accepts works too)
 STRATEGY_PRESETS = ["auto", "finetune", "frozen", "partial:2", "gradual", "discriminative",
