@@ -227,6 +227,31 @@ def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_ru
         in s.reporter.seen[-1][1]["message"]
 
 
+def test_the_package_is_kept_back_at_the_average_step_not_the_first_slow_one():
+    from MedTransferLib.training.hooks import TimeBudget
+
+    clock = SimpleNamespace(now=0.0)
+    budget = TimeBudget(20.0, clock=lambda: clock.now, since=0.0, finish_steps=2.0, exit_seconds=1.0)
+    s = _state()
+    budget.start(s)
+    stops = []
+    for step in range(1, 20):     # the first step 4 s (its allocations), then 1 s each; a 2-s preview
+        clock.now += 4.0 if step == 1 else 1.0       # after step 3, which is not a step's time
+        if step == 4:
+            clock.now += 2.0
+            s.aside += 2.0
+        s.step = step
+        stops.append(budget.step_end(s))
+        if stops[-1]:
+            break
+    # after step k (k >= 3) the clock reads k + 5 and the steps took k + 3 s: left = 20 - (k + 5)
+    # - 2 (k + 3) / k - 1, which falls under the longest step (4 s) after step 8 (3.25 s); kept
+    # back at the longest step instead, training would have stopped after step 3
+    assert budget.average == 11.0 / 8 and budget.longest == 4.0
+    assert stops == [False] * 7 + [True]
+    assert "after step 8 (13 of 20 s; ~4 s kept" in s.reporter.seen[-1][1]["message"]
+
+
 def test_progress_events_count_down_to_the_budget_s_end():
     s = _state()
     s.step = 10

@@ -103,7 +103,8 @@ class TimeBudget(Hook):
     command's, torch loading included; ``None``: the loop's start) to the package written.
     Training ends once the next step (as long as the longest seen so far), closing the epoch (its
     validation and checkpoint, as long as the longest epoch end seen) and the work after training
-    (``finish_steps`` steps' worth: the package's reference statistics; and the last live preview,
+    (``finish_steps`` average steps' worth: the package's reference statistics — not the longest
+    step, which is the first one, slowed by its allocations; and the last live preview,
     ``LoopState.after``) would not fit in what is left. The run still writes a valid package.
 
     ``fit_schedule``: every ``every`` steps, fit the learning-rate schedule into the steps the
@@ -123,8 +124,8 @@ class TimeBudget(Hook):
         self.t0 = self.last = self.clock()
         if self.since is None:
             self.since = self.t0
-        self.longest = self.closing = 0.0
-        self.first_step = s.step
+        self.longest = self.closing = self.stepping = 0.0
+        self.first_step, self.done = s.step, 0
         self.aside = s.aside
 
     def _own(self, s: LoopState, now: float) -> float:
@@ -136,13 +137,19 @@ class TimeBudget(Hook):
     def left(self, now: float, after: float = 0.0) -> float:
         """Seconds left for training at ``now``: the budget less the time spent and kept back
         (``after``: what other hooks will spend after training, ``LoopState.after``)."""
-        return (self.seconds - (now - self.since) - self.closing - self.finish_steps * self.longest - after
+        return (self.seconds - (now - self.since) - self.closing - self.finish_steps * self.average - after
                 - self.exit_seconds)
+
+    @property
+    def average(self) -> float:
+        """The average step so far (its own time: previews and epoch ends not counted)."""
+        return self.stepping / max(1, self.done)
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
-        self.longest = max(self.longest, self._own(s, now))
-        done = s.step - self.first_step
+        own = self._own(s, now)
+        self.longest, self.stepping = max(self.longest, own), self.stepping + own
+        self.done = done = s.step - self.first_step
         pace, left = (now - self.t0) / done, max(self.left(now, s.after), 0.0)
         if self.fit_schedule and done % self.every == 0:
             s.opt.fit_horizon(s.step + left / pace)
@@ -150,7 +157,7 @@ class TimeBudget(Hook):
         if left >= self.longest:
             return False
         self.spent = True
-        kept = self.closing + self.finish_steps * self.longest + s.after + self.exit_seconds
+        kept = self.closing + self.finish_steps * self.average + s.after + self.exit_seconds
         s.reporter.emit("note", message=f"time budget: stopping after step {s.step} ({now - self.since:.0f} of "
                                         f"{self.seconds:g} s; ~{kept:.0f} s kept to close the epoch, write "
                                         f"the model and exit)")
