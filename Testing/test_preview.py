@@ -431,6 +431,35 @@ def test_the_slice_preview_writes_labels_in_the_case_geometry_and_suggests_from_
     assert (arr[:, :, 2] == 7).all() and (arr[:, :, 1] == 3).all()
 
 
+def test_a_preview_predicts_a_batch_of_slices_at_a_time(tmp_path):
+    # 35 slices of a 40-slice case: three calls of 16, 16 and 3 slices (a whole preview's
+    # probabilities at once cost more per slice than the first preview's measured), each slice's
+    # classes and uncertainty as one call would give; a 3D model's whole volume stays one call
+    geometry = Geometry((5, 4, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), OBLIQUE)
+    case = Case(np.zeros((40, 4, 5), np.float32), geometry, np.zeros((40, 4, 5), np.uint8))
+    calls = []
+
+    def predict(c, slices):
+        calls.append(list(slices))
+        p = np.full((len(slices), 3, 4, 5), 0.2, np.float32)
+        for n, z in enumerate(slices):
+            p[n, z % 3] = 0.6
+        return p
+
+    preview = SlicePreview([case], 2, [3, 7], predict)
+    wanted = list(range(2, 37))
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(preview.write(0, wanted, tmp_path / "p.nrrd"))))
+    assert calls == [wanted[:16], wanted[16:32], wanted[32:]]
+    lut = np.array([0, 3, 7])
+    assert all((arr[z] == lut[z % 3]).all() for z in wanted) and not arr[[0, 1, 37, 38, 39]].any()
+    assert sorted(preview.uncertainty[0]) == wanted
+    calls.clear()
+    whole = SlicePreview([case], 2, [3, 7], lambda c, slices: calls.append(list(slices)) or
+                         np.ones((len(slices), 4, 5), np.uint8), whole_volume=True)
+    whole.write(0, list(range(40)), tmp_path / "w.nrrd")
+    assert calls == [list(range(40))]
+
+
 def test_the_preview_of_a_volume_painted_on_some_slices_is_guided_by_them(tmp_path):
     # painted: slices 0 and 4 with class 1 (value 3) in a 2×2 square; the network is unsure (0.6
     # for class 2) everywhere. Between the painted slices the guide wins; painted slices are shown

@@ -33,6 +33,7 @@ from MedTransferLib.training.hooks import Hook, LoopState
 
 __all__ = ["DEFAULT_EVERY", "PREVIEW_FILE", "VIEW_FILE", "Preview", "SlicePreview", "coarse_to_fine", "read_view"]
 FIRST_SLICES = 16   # the first preview, before any cost is known
+CHUNK = 16          # slices predicted at a time (predict_slices's batch)
 
 
 def coarse_to_fine(n: int) -> list[int]:
@@ -189,14 +190,18 @@ class SlicePreview:
         from MedTransferLib.data.io import write_label
         from MedTransferLib.data.slabs import from_slices_first
 
-        classes = self.predict(case, slices)
-        if classes.ndim == 4:   # probabilities: each slice's uncertainty, then the classes
-            from MedTransferLib.inference.suggest import slice_uncertainty
-
-            self.uncertainty.setdefault(case, {}).update(zip(slices, slice_uncertainty(classes).tolist()))
-            classes = self.guide(case).fuse(slices, classes)   # guided by the painted slices
         label = self.maps.setdefault(case, np.zeros(self.shapes[case], self.lut.dtype))
-        label[slices] = self.lut[classes]
+        # a batch of slices at a time: the probabilities of a whole preview at once (60 slices of
+        # 9 classes: 80 MB) cost more per slice than the first preview's 16 measured, and the time
+        # a budget kept back for the last preview ran over
+        for part in [slices] if self.whole_volume else [slices[i:i + CHUNK] for i in range(0, len(slices), CHUNK)]:
+            classes = self.predict(case, part)
+            if classes.ndim == 4:   # probabilities: each slice's uncertainty, then the classes
+                from MedTransferLib.inference.suggest import slice_uncertainty
+
+                self.uncertainty.setdefault(case, {}).update(zip(part, slice_uncertainty(classes).tolist()))
+                classes = self.guide(case).fuse(part, classes)   # guided by the painted slices
+            label[part] = self.lut[classes]
         self.done.setdefault(case, set()).update(slices)
         c = self.case_list[case]
         write_label(path, np.ascontiguousarray(from_slices_first(label, self.axis)), c.geometry)
