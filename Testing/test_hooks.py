@@ -247,7 +247,7 @@ def test_the_package_is_kept_back_at_the_average_step_not_the_first_slow_one():
     # after step k (k >= 3) the clock reads k + 5 and the steps took k + 3 s: left = 20 - (k + 5)
     # - 2 (k + 3) / k - 1, which falls under the longest step (4 s) after step 8 (3.25 s); kept
     # back at the longest step instead, training would have stopped after step 3
-    assert budget.average == 11.0 / 8 and budget.longest == 4.0
+    assert budget.average() == 11.0 / 8 and budget.longest == 4.0
     assert stops == [False] * 7 + [True]
     assert "after step 8 (13 of 20 s; ~4 s kept" in s.reporter.seen[-1][1]["message"]
 

@@ -150,6 +150,8 @@ def main() -> None:
     p.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                    help="one more argument for every round's `medtransfer train` (repeat it: "
                         "--train-arg=--batch-size --train-arg=8), to compare a setting")
+    p.add_argument("--update-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for every Update (the rounds continuing a model, --from) only")
     a = p.parse_args()
 
     import MedTransferLib as mt
@@ -195,7 +197,8 @@ def main() -> None:
         write_json(round_dl, round_data)
         t0 = time.perf_counter()
         package, previews = train_with_preview(round_dl, out / f"run{n}", previous,
-                                               a.update_seconds if previous else a.first_seconds, a.train_arg)
+                                               a.update_seconds if previous else a.first_seconds,
+                                               a.train_arg + (a.update_arg if previous else []))
         job_s = time.perf_counter() - t0      # the model written: what --max-seconds bounds
         # the volume being labelled, as the panel's Apply gives it: its painted slices (and the
         # slices marked empty) guide the network (inference/guide.py); the network alone beside it
@@ -230,7 +233,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     result = {"machine": describe(), "date": datetime.date.today().isoformat(), "order": a.order, "data": a.data,
               "first_seconds": a.first_seconds, "update_seconds": a.update_seconds,
-              "train_args": a.train_arg, "rounds": rows}
+              "train_args": a.train_arg, "update_args": a.update_arg, "rounds": rows}
     write_json(out / "results.json", result)
     print(f"\nMeasured {result['date']} on {result['machine']}; order {a.order}, first training "
           f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--max-seconds: the whole job; --from the "

@@ -84,9 +84,11 @@ GROUPS = {
                ["save_state", "load_state", "match_layouts", "batches", "start", "epoch_end"]),
     "budget": (["MedTransferLib/training/hooks.py", "MedTransferLib/training/preview.py"],
                ["Testing/test_hooks.py", "Testing/test_preview.py"],
-               [f"TimeBudgetǁ{m}" for m in ("__init__", "start", "_own", "left", "step_end", "epoch_end", "should_stop")]
-               + [f"Previewǁ{m}" for m in ("__init__", "start", "plan", "step_end", "last_cost", "end", "_write")]
-               + ["LoopStateǁremaining"]),
+               [f"TimeBudgetǁ{m}" for m in ("__init__", "start", "_own", "left", "average", "step_end", "epoch_end",
+                                                    "should_stop")]
+               + [f"Previewǁ{m}" for m in ("__init__", "start", "plan", "step_end", "last_cost", "_interval",
+                                           "_whole_fits", "end", "_write")]
+               + ["LoopStateǁremaining", "SlicePreviewǁwrite"]),
     "guide": (["MedTransferLib/inference/guide.py"],
               [f"Testing/test_guide.py::{name}" for name in (
                   "test_signed_distance_gives_back_the_mask_and_mm",
@@ -100,6 +102,7 @@ GROUPS = {
                   "test_anisotropic_pixels_are_interpolated_in_mm",
                   "test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond",
                   "test_fuse_network_overrides_only_when_very_sure",
+                  "test_fuse_gives_the_definitions_classes_on_every_kind_of_slice",
                   "test_a_structure_on_one_side_of_a_wide_gap_is_left_to_the_network",
                   "test_across_a_wide_gap_the_interpolated_outline_is_soft",
                   "test_guide_for_maps_label_values_and_refuses_unknown_ones",

@@ -137,10 +137,9 @@ class TimeBudget(Hook):
     def left(self, now: float, after: float = 0.0) -> float:
         """Seconds left for training at ``now``: the budget less the time spent and kept back
         (``after``: what other hooks will spend after training, ``LoopState.after``)."""
-        return (self.seconds - (now - self.since) - self.closing - self.finish_steps * self.average - after
+        return (self.seconds - (now - self.since) - self.closing - self.finish_steps * self.average() - after
                 - self.exit_seconds)
 
-    @property
     def average(self) -> float:
         """The average step so far (its own time: previews and epoch ends not counted)."""
         return self.stepping / max(1, self.done)
@@ -157,7 +156,7 @@ class TimeBudget(Hook):
         if left >= self.longest:
             return False
         self.spent = True
-        kept = self.closing + self.finish_steps * self.average + s.after + self.exit_seconds
+        kept = self.closing + self.finish_steps * self.average() + s.after + self.exit_seconds
         s.reporter.emit("note", message=f"time budget: stopping after step {s.step} ({now - self.since:.0f} of "
                                         f"{self.seconds:g} s; ~{kept:.0f} s kept to close the epoch, write "
                                         f"the model and exit)")
