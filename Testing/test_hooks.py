@@ -250,6 +250,18 @@ def test_the_package_is_kept_back_at_the_average_step_not_the_first_slow_one():
     assert budget.average() == 11.0 / 8 and budget.longest == 4.0
     assert stops == [False] * 7 + [True]
     assert "after step 8 (13 of 20 s; ~4 s kept" in s.reporter.seen[-1][1]["message"]
+    # the last 10 steps only: a first run's half batches (0.5 s) then full ones (1 s) — the
+    # package's forward passes cost what a step costs by then, not the run's average
+    budget, s = TimeBudget(100.0, clock=lambda: clock.now), _state()
+    budget.start(s)
+    assert budget.average() == 0.0
+    for step in range(1, 26):
+        clock.now += 0.5 if step <= 15 else 1.0
+        s.step = step
+        budget.step_end(s)
+        if step == 15:
+            assert budget.average() == 0.5
+    assert budget.average() == 1.0 and budget.longest == 1.0
 
 
 def test_progress_events_count_down_to_the_budget_s_end():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -98,14 +99,18 @@ class SmallBatchesFirst(Hook):
             self.set_batch(self.full)
 
 
+RECENT = 10   # steps a time budget averages to estimate the work after training
+
+
 class TimeBudget(Hook):
     """Keeps a run within ``seconds``: from ``since`` (a ``clock`` reading, the job's start — the
     command's, torch loading included; ``None``: the loop's start) to the package written.
     Training ends once the next step (as long as the longest seen so far), closing the epoch (its
     validation and checkpoint, as long as the longest epoch end seen) and the work after training
-    (``finish_steps`` average steps' worth: the package's reference statistics — not the longest
-    step, which is the first one, slowed by its allocations; and the last live preview,
-    ``LoopState.after``) would not fit in what is left. The run still writes a valid package.
+    (``finish_steps`` steps' worth at the average of the last ``RECENT``: the package's reference
+    statistics — not the longest step, which is the first one, slowed by its allocations, nor the
+    average of all, which a first run's half batches make cheaper than a step is by then; and the
+    last live preview, ``LoopState.after``) would not fit in what is left. The run still writes a valid package.
 
     ``fit_schedule``: every ``every`` steps, fit the learning-rate schedule into the steps the
     budget leaves at the average pace, so a run cut short still ends at a small rate. Used when a
@@ -124,8 +129,9 @@ class TimeBudget(Hook):
         self.t0 = self.last = self.clock()
         if self.since is None:
             self.since = self.t0
-        self.longest = self.closing = self.stepping = 0.0
-        self.first_step, self.done = s.step, 0
+        self.longest = self.closing = 0.0
+        self.first_step = s.step
+        self.recent: deque[float] = deque(maxlen=RECENT)
         self.aside = s.aside
 
     def _own(self, s: LoopState, now: float) -> float:
@@ -141,14 +147,16 @@ class TimeBudget(Hook):
                 - self.exit_seconds)
 
     def average(self) -> float:
-        """The average step so far (its own time: previews and epoch ends not counted)."""
-        return self.stepping / max(1, self.done)
+        """The average of the last ``RECENT`` steps (their own time: previews and epoch ends not
+        counted); 0 before any."""
+        return sum(self.recent) / max(1, len(self.recent))
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
         own = self._own(s, now)
-        self.longest, self.stepping = max(self.longest, own), self.stepping + own
-        self.done = done = s.step - self.first_step
+        self.longest = max(self.longest, own)
+        self.recent.append(own)
+        done = s.step - self.first_step
         pace, left = (now - self.t0) / done, max(self.left(now, s.after), 0.0)
         if self.fit_schedule and done % self.every == 0:
             s.opt.fit_horizon(s.step + left / pace)
