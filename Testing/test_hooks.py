@@ -193,20 +193,34 @@ def test_the_time_budget_stops_before_a_step_would_overrun_it():
     assert "after step 4 (4 of 5 s;" in s.reporter.seen[-1][1]["message"]
 
 
-def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_run():
+def _budget(clock, seconds, **kwargs):
+    """A TimeBudget on ``clock.now``, started on a new loop state."""
     from MedTransferLib.training.hooks import TimeBudget
 
+    budget, s = TimeBudget(seconds, clock=lambda: clock.now, **kwargs), _state()
+    budget.start(s)
+    return budget, s
+
+
+def _steps(budget, s, clock, first: int, seconds: list) -> list:
+    """Steps ``first``, ``first + 1``, ... taking ``seconds`` each until the budget stops them:
+    what each step's end returned."""
+    stops = []
+    for step, took in enumerate(seconds, start=first):
+        clock.now += took
+        s.step = step
+        stops.append(budget.step_end(s))
+        if stops[-1]:
+            break
+    return stops
+
+
+def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_run():
     clock = SimpleNamespace(now=10.0)
     # the job started at 6.0 (4 s of start-up before the loop); the package costs 2 steps' worth,
     # the process's exit 1 s
-    budget = TimeBudget(20.0, clock=lambda: clock.now, since=6.0, finish_steps=2.0, exit_seconds=1.0)
-    s = _state()
-    budget.start(s)
-    stops = []
-    for step in range(1, 4):               # three 1-second steps, then an epoch end of 3 s
-        clock.now += 1.0
-        s.step = step
-        stops.append(budget.step_end(s))
+    budget, s = _budget(clock, 20.0, since=6.0, finish_steps=2.0, exit_seconds=1.0)
+    stops = _steps(budget, s, clock, 1, [1.0] * 3)   # three 1-second steps, then an epoch end of 3 s
     # after step 3 (at 13.0): 20 - 7 - 2 - 1 = 10 s left at 1 s a step, the job ends in 13 s
     assert (s.steps_due, s.ends_in) == (13, 13.0)
     clock.now += 3.0
@@ -214,12 +228,7 @@ def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_ru
     assert budget.closing == 3.0 and budget.longest == 1.0
     # at 16.0: 20 - (16 - 6) - 3 (closing) - 2 * 1 (package) - 1 (exit) = 4 s left
     assert budget.left(clock.now) == 4.0
-    for step in range(4, 10):
-        clock.now += 1.0
-        s.step = step
-        stops.append(budget.step_end(s))
-        if stops[-1]:
-            break
+    stops += _steps(budget, s, clock, 4, [1.0] * 6)
     # the epoch end is not a step (longest stays 1 s); after step 6 (at 19.0) 1 s is left: one
     # more step fits; after step 7 (at 20.0: 14 s of the job) none
     assert budget.longest == 1.0 and stops == [False] * 6 + [True]
@@ -228,22 +237,14 @@ def test_the_budget_counts_from_the_job_s_start_and_keeps_back_the_end_of_the_ru
 
 
 def test_the_package_is_kept_back_at_the_average_step_not_the_first_slow_one():
-    from MedTransferLib.training.hooks import TimeBudget
-
     clock = SimpleNamespace(now=0.0)
-    budget = TimeBudget(20.0, clock=lambda: clock.now, since=0.0, finish_steps=2.0, exit_seconds=1.0)
-    s = _state()
-    budget.start(s)
-    stops = []
-    for step in range(1, 20):     # the first step 4 s (its allocations), then 1 s each; a 2-s preview
-        clock.now += 4.0 if step == 1 else 1.0       # after step 3, which is not a step's time
-        if step == 4:
-            clock.now += 2.0
-            s.aside += 2.0
-        s.step = step
-        stops.append(budget.step_end(s))
-        if stops[-1]:
-            break
+    budget, s = _budget(clock, 20.0, since=0.0, finish_steps=2.0, exit_seconds=1.0)
+    # the first step 4 s (its allocations), then 1 s each; after step 3 a 2-s preview, which is
+    # not a step's time
+    stops = _steps(budget, s, clock, 1, [4.0, 1.0, 1.0])
+    clock.now += 2.0
+    s.aside += 2.0
+    stops += _steps(budget, s, clock, 4, [1.0] * 16)
     # after step k (k >= 3) the clock reads k + 5 and the steps took k + 3 s: left = 20 - (k + 5)
     # - 2 (k + 3) / k - 1, which falls under the longest step (4 s) after step 8 (3.25 s); kept
     # back at the longest step instead, training would have stopped after step 3
@@ -252,15 +253,10 @@ def test_the_package_is_kept_back_at_the_average_step_not_the_first_slow_one():
     assert "after step 8 (13 of 20 s; ~4 s kept" in s.reporter.seen[-1][1]["message"]
     # the last 10 steps only: a first run's half batches (0.5 s) then full ones (1 s) — the
     # package's forward passes cost what a step costs by then, not the run's average
-    budget, s = TimeBudget(100.0, clock=lambda: clock.now), _state()
-    budget.start(s)
+    budget, s = _budget(clock, 100.0)
     assert budget.average() == 0.0
-    for step in range(1, 26):
-        clock.now += 0.5 if step <= 15 else 1.0
-        s.step = step
-        budget.step_end(s)
-        if step == 15:
-            assert budget.average() == 0.5
+    assert _steps(budget, s, clock, 1, [0.5] * 15) == [False] * 15 and budget.average() == 0.5
+    assert _steps(budget, s, clock, 16, [1.0] * 10) == [False] * 10
     assert budget.average() == 1.0 and budget.longest == 1.0
 
 
