@@ -276,6 +276,8 @@ def test_progress_events_count_down_to_the_budget_s_end():
     assert s.remaining(200, 5.0) == (10, 0.0)             # never below the steps made
     s.step, s.steps_due, s.ends_in = 3, None, None
     assert s.remaining(10, 5.0) == (10, 11.7)             # 7 steps at 5/3 s, to a tenth of a second
+    s.step = 1
+    assert s.remaining(10, 2.0) == (10, 18.0)             # after the first step: 9 more at 2 s
 
 
 def test_the_loop_ends_mid_epoch_on_the_budget_and_scores_that_epoch():

@@ -446,13 +446,18 @@ def test_a_preview_predicts_a_batch_of_slices_at_a_time(tmp_path):
             p[n, z % 3] = 0.6
         return p
 
-    preview = SlicePreview([case], 2, [3, 7], predict)
+    other = Case(np.zeros((40, 4, 5), np.float32), geometry, np.zeros((40, 4, 5), np.uint8))
+    preview = SlicePreview([other, case], 2, [3, 7], predict)
+    preview.write(0, [0, 1], tmp_path / "other.nrrd")     # another case's map is its own
+    calls.clear()
     wanted = list(range(2, 37))
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(preview.write(0, wanted, tmp_path / "p.nrrd"))))
+    image = sitk.ReadImage(str(preview.write(1, wanted, tmp_path / "p.nrrd")))
+    assert image.GetPixelID() == sitk.sitkUInt8           # a label map: Slicer reads it as labels
+    arr = sitk.GetArrayFromImage(image)
     assert calls == [wanted[:16], wanted[16:32], wanted[32:]]
     lut = np.array([0, 3, 7])
     assert all((arr[z] == lut[z % 3]).all() for z in wanted) and not arr[[0, 1, 37, 38, 39]].any()
-    assert sorted(preview.uncertainty[0]) == wanted
+    assert sorted(preview.uncertainty[1]) == wanted
     calls.clear()
     whole = SlicePreview([case], 2, [3, 7], lambda c, slices: calls.append(list(slices)) or
                          np.ones((len(slices), 4, 5), np.uint8), whole_volume=True)
