@@ -267,7 +267,7 @@ def test_fuse_gives_the_definitions_classes_on_every_kind_of_slice():
     classes[45][disc(5, (32, 32), (20.0, 20.0))] = 2     # 30 → 45: wide, nothing shared, open only
     g = interpolate(classes, [4, 8, 12, 30, 45], 3)
     assert g.soft and g.open and (g.classes[5:8] > 0).any()
-    assert {31, 44} <= set(g.open) - set(g.soft)
+    assert {31, 44} <= set(g.open) - set(g.soft) and g.known.dtype == bool and g.painted.dtype == bool
     counts = rng.multinomial(64, rng.dirichlet([0.3] * 3, size=(60, 32, 32))).astype(np.float32) / 64
     probs = np.moveaxis(counts, -1, 1).copy()
     slices = list(range(60))
