@@ -101,10 +101,10 @@ class Guide:
         ``(B, C, H, W)``: the interpolation combined on known slices, painted slices as painted.
 
         The score ``(1 - w) log p + w log q`` is not formed for every class: with ``q`` one-hot
-        (``1 - eps + eps/C`` on the interpolated class, ``eps/C`` on the rest) the term ``w log(eps/C)``
-        is the same for every class and the only class that gains is the interpolated one, so the
-        winner is the network's most likely class or the interpolated class, whichever scores more. Two logarithms per pixel instead of one per class:
-        the fusion took as long as the network's prediction of the same slices before
+        (``1 - eps + eps/C`` on the interpolated class, ``eps/C`` on the rest) the term
+        ``w log(eps/C)`` is the same for every class and only the interpolated class gains, so the
+        winner is the network's most likely class or the interpolated one, whichever scores more:
+        two logarithms per pixel instead of one per class, and no ``(B, C, H, W)`` temporaries
         (bench/micro.py ``--only fuse``). A wide gap's soft outline is scored in full."""
         slices = np.asarray(list(slices), int)
         out = probs.argmax(1).astype(np.uint8)

@@ -110,7 +110,8 @@ class TimeBudget(Hook):
     (``finish_steps`` steps' worth at the average of the last ``RECENT``: the package's reference
     statistics — not the longest step, which is the first one, slowed by its allocations, nor the
     average of all, which a first run's half batches make cheaper than a step is by then; and the
-    last live preview, ``LoopState.after``) would not fit in what is left. The run still writes a valid package.
+    last live preview, ``LoopState.after``) would not fit in what is left. The run still writes a
+    valid package.
 
     ``fit_schedule``: every ``every`` steps, fit the learning-rate schedule into the steps the
     budget leaves at the average pace, so a run cut short still ends at a small rate. Used when a

@@ -194,7 +194,8 @@ class SlicePreview:
         # a batch of slices at a time: the probabilities of a whole preview at once (60 slices of
         # 9 classes: 80 MB) cost more per slice than the first preview's 16 measured, and the time
         # a budget kept back for the last preview ran over
-        for part in [slices] if self.whole_volume else [slices[i:i + CHUNK] for i in range(0, len(slices), CHUNK)]:
+        parts = [slices] if self.whole_volume else [slices[i:i + CHUNK] for i in range(0, len(slices), CHUNK)]
+        for part in parts:
             classes = self.predict(case, part)
             if classes.ndim == 4:   # probabilities: each slice's uncertainty, then the classes
                 from MedTransferLib.inference.suggest import slice_uncertainty
