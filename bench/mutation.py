@@ -84,7 +84,7 @@ GROUPS = {
                ["save_state", "load_state", "match_layouts", "batches", "start", "epoch_end"]),
     "budget": (["MedTransferLib/training/hooks.py", "MedTransferLib/training/preview.py"],
                ["Testing/test_hooks.py", "Testing/test_preview.py"],
-               [f"TimeBudgetǁ{m}" for m in ("__init__", "start", "_own", "left", "average", "step_end", "epoch_end",
+               [f"TimeBudgetǁ{m}" for m in ("__init__", "start", "_own", "left", "kept", "average", "step_end", "epoch_end",
                                                     "should_stop")]
                + [f"Previewǁ{m}" for m in ("__init__", "start", "plan", "step_end", "last_cost", "_interval",
                                            "_whole_fits", "end", "_write")]

@@ -144,8 +144,12 @@ class TimeBudget(Hook):
     def left(self, now: float, after: float = 0.0) -> float:
         """Seconds left for training at ``now``: the budget less the time spent and kept back
         (``after``: what other hooks will spend after training, ``LoopState.after``)."""
-        return (self.seconds - (now - self.since) - self.closing - self.finish_steps * self.average() - after
-                - self.exit_seconds)
+        return self.seconds - (now - self.since) - self.kept(after)
+
+    def kept(self, after: float = 0.0) -> float:
+        """Seconds kept back from training: closing the epoch, the package, ``after`` (the last
+        preview) and the exit."""
+        return self.closing + self.finish_steps * self.average() + after + self.exit_seconds
 
     def average(self) -> float:
         """The average of the last ``RECENT`` steps (their own time: previews and epoch ends not
@@ -165,7 +169,7 @@ class TimeBudget(Hook):
         if left >= self.longest:
             return False
         self.spent = True
-        kept = self.closing + self.finish_steps * self.average() + s.after + self.exit_seconds
+        kept = self.kept(s.after)
         s.reporter.emit("note", message=f"time budget: stopping after step {s.step} ({now - self.since:.0f} of "
                                         f"{self.seconds:g} s; ~{kept:.0f} s kept to close the epoch, write "
                                         f"the model and exit)")

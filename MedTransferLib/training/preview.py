@@ -189,6 +189,7 @@ class SlicePreview:
     def write(self, case: int, slices: list[int], path: Path) -> Path:
         from MedTransferLib.data.io import write_label
         from MedTransferLib.data.slabs import from_slices_first
+        from MedTransferLib.inference.suggest import slice_uncertainty
 
         label = self.maps.setdefault(case, np.zeros(self.shapes[case], self.lut.dtype))
         # a batch of slices at a time: the probabilities of a whole preview at once (60 slices of
@@ -198,8 +199,6 @@ class SlicePreview:
         for part in parts:
             classes = self.predict(case, part)
             if classes.ndim == 4:   # probabilities: each slice's uncertainty, then the classes
-                from MedTransferLib.inference.suggest import slice_uncertainty
-
                 self.uncertainty.setdefault(case, {}).update(zip(part, slice_uncertainty(classes).tolist()))
                 classes = self.guide(case).fuse(part, classes)   # guided by the painted slices
             label[part] = self.lut[classes]
