@@ -229,9 +229,9 @@ def run() -> None:
     sys.stderr.flush()
     if "coverage" not in sys.modules:
         # Every output is written (atomically) and both streams are flushed: skip the interpreter's
-        # teardown of torch, MONAI and SimpleITK, 1.2 s after a training job's last event against
-        # 0.05 s (2-core AMD EPYC) — time a training budget keeps back (core/defaults.py
-        # EXIT_SECONDS). Not under coverage, which writes its data at exit. An exception out of
+        # teardown of torch, MONAI and SimpleITK: a training job exited 1.36 s after its last event
+        # with the teardown, 0.14 s without (bench/update_timeline.py, 2-core AMD EPYC,
+        # 2026-12-03) — time a training budget keeps back (core/defaults.py EXIT_SECONDS). Not under coverage, which writes its data at exit. An exception out of
         # main() never gets here.
         os._exit(code or 0)
     sys.exit(code)

@@ -36,8 +36,9 @@ VIEW_FILE = "view.json"
 PREVIEW_EVERY = {"cuda": 5.0, "cpu": 25.0}   # seconds between previews (never over 10 % of the time)
 UPDATE_SECONDS = 60
 # what a time budget keeps back for the process to exit after its last event: `python -m
-# MedTransferLib` and `medtransfer` skip the interpreter's teardown (app/cli.py run(): 0.05 s
-# measured against 1.2-1.8 s with torch, MONAI and SimpleITK loaded; 2-core AMD EPYC)
+# MedTransferLib` and `medtransfer` skip the interpreter's teardown (app/cli.py run(): 0.14 s
+# from a training job's last event to its exit against 1.36 s with the teardown;
+# bench/update_timeline.py, 2-core AMD EPYC, 2026-12-03)
 EXIT_SECONDS = 0.5
 
 # the strategies the Slicer panel offers (any name `medtransfer train --strategy` accepts works too)
