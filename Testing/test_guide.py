@@ -200,12 +200,43 @@ def test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond():
     # before slice 5, which holds structures, the network decides alone
     assert g.known.tolist() == [False] * 5 + [True] * 15
     assert not g.classes[:5].any() and not g.classes[15:].any()
+    # no room for a structure beyond the empty slice 14 (9 → 14: structure 1 ends somewhere there)
+    assert g.empty == set(range(15, 20))
     assert interpolate(classes, [5, 9], 3).known.tolist() == [False] * 5 + [True] * 5 + [False] * 10
+    assert not interpolate(classes, [5, 9], 3).empty
     # one slice painted empty and nothing else: it ends nothing
     assert interpolate(classes, [14], 3).known.tolist() == [False] * 14 + [True] + [False] * 5
     # the first painted slice empty: the structures start after it, nothing before
     classes[2] = 0
     assert interpolate(classes, [2, 5, 9], 3).known.tolist() == [True] * 10 + [False] * 10
+    assert interpolate(classes, [2, 5, 9], 3).empty == {0, 1}   # 2 → 5: the structures start there
+
+
+def test_where_no_structure_can_be_the_network_needs_far_higher_odds():
+    # slice 0 painted empty, 4 and 8 hold class 1 (an outline between them), 12 and 16 nothing: no
+    # structure can be on 13..15 (between two empty slices) or beyond 16; on 1..3 and 9..11 class 1
+    # starts or ends somewhere (the guide says background there as usual)
+    classes = np.zeros((20, 8, 8), np.uint8)
+    classes[4][2:6, 2:6] = 1
+    classes[8][2:6, 2:6] = 1
+    g = interpolate(classes, [0, 4, 8, 12, 16], 3)
+    assert g.empty == set(range(13, 16)) | {17, 18, 19}
+    assert g.eps_empty == guiding.EPS_EMPTY == 1e-3
+    probs = np.zeros((20, 3, 8, 8), np.float32)
+    # the network says class 2: at odds 82 : 1 against class 1 and 122 : 1 against background ...
+    probs[:, 0], probs[:, 1], probs[:, 2] = 0.008, 0.012, 0.98
+    probs[:, :, 0, 0] = [0.0004, 0.0006, 0.999]    # ... 2498 : 1 against background on one pixel
+    probs[:, :, 0, 1] = [0.0002, 0.0002, 0.9996]   # ... 4998 : 1 on another
+    out = g.fuse(range(20), probs)
+    # with 3 classes the network overrules an outline above odds (0.95 + 0.05/3) / (0.05/3) = 58
+    # and no outline above (0.999 + 0.001/3) / (0.001/3) = 2998
+    for z in (1, 2, 3, 5, 6, 7, 9, 10, 11):              # an outline or a structure's end: 82 : 1 wins
+        assert (out[z] == 2).all(), z
+    for z in sorted(g.empty):                            # no room for a structure: only 4998 : 1 does
+        assert out[z][0, 1] == 2 and out[z][0, 0] == 0 and (out[z].ravel()[2:] == 0).all(), z
+    assert np.array_equal(out, fuse_by_definition(g, list(range(20)), probs))
+    same = dataclasses.replace(g, eps_empty=g.eps)       # treated as anywhere else
+    assert (same.fuse(range(20), probs)[sorted(g.empty)] == 2).all()
 
 
 def test_fuse_network_overrides_only_when_very_sure():
@@ -235,8 +266,8 @@ def test_fuse_network_overrides_only_when_very_sure():
 def fuse_by_definition(g, slices, probs):
     """The guide's combination as its docstring defines it, every class scored: ``argmax over c of
     (1 - w) log(p_c + 1e-6) + w log q_c`` on known slices (``w`` 0 where the network decides
-    alone, ``q`` one-hot or a wide gap's soft vote), the network's argmax elsewhere, painted slices
-    as painted. The reference for ``Guide.fuse`` (here and in bench/micro.py)."""
+    alone, ``q`` one-hot with ``eps``, or ``eps_empty`` where no outline is placed, or a wide gap's
+    soft vote), the network's argmax elsewhere, painted slices as painted. The reference for ``Guide.fuse`` (here and in bench/micro.py)."""
     out = probs.argmax(1).astype(np.uint8)
     c = g.num_classes
     for i, z in enumerate(slices):
@@ -247,7 +278,8 @@ def fuse_by_definition(g, slices, probs):
             continue
         onehot = g.soft_vote(*g.soft[z]) if z in g.soft else np.moveaxis(np.eye(c, dtype=np.float32)[g.classes[z]], -1, 0)
         w = np.where(g.open[z], 0.0, g.weight) if z in g.open else np.full(probs.shape[2:], g.weight)
-        score = (1 - w) * np.log(probs[i] + 1e-6) + w * np.log((1 - g.eps) * onehot + g.eps / c)
+        eps = g.eps_empty if z in g.empty else g.eps
+        score = (1 - w) * np.log(probs[i] + 1e-6) + w * np.log((1 - eps) * onehot + eps / c)
         out[i] = score.argmax(0)
     return out
 

@@ -4,6 +4,7 @@ without training again (the guided prediction of a given model is deterministic)
 
     .venv/bin/python bench/guide_rescore.py runs/bench_interactive [runs/bench_interactive_ct ...]
                      [--weights 1:0.05 0.7:0.05 0.5:0.05 0.3:0.05 0.5:0.2] [--budgets 12 19]
+                     [--empty 0.05 0.01 0.001]
 
 For each round of each run (its ``results.json`` and ``run<N>/model``): Dice on the
 never-labelled slices (mean / worst structure) of
@@ -16,7 +17,10 @@ never-labelled slices (mean / worst structure) of
 
 With ``--weights W:EPS ...`` the columns are instead the guide as shipped with its weight ``w``
 and spread ``eps`` (``Guide.weight``, ``Guide.eps``) set to each pair: ``1:...`` is the
-interpolation alone (the network only where the wide-gap rules leave it the say).
+interpolation alone (the network only where the wide-gap rules leave it the say). With
+``--empty EPS ...`` they are the guide as shipped with its spread where it places no outline
+(``Guide.eps_empty``: beyond a slice painted empty, between two slices painted empty)
+set to each value: ``0.05``, the outline's own ``EPS``, is the guide before ``EPS_EMPTY``.
 
 Prints a Markdown table per run with the machine. Not a test: about a minute per round on 2 CPU cores.
 """
@@ -39,6 +43,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--weights", nargs="+", default=None, metavar="W:EPS")
+    ap.add_argument("--empty", nargs="+", type=float, default=None, metavar="EPS")
     ap.add_argument("--budgets", nargs="+", type=int, default=None, help="only these rounds (painted slices)")
     a = ap.parse_args(argv)
     import MedTransferLib as mt
@@ -54,12 +59,15 @@ def main(argv: list[str]) -> int:
     weights = [tuple(map(float, w.split(":"))) for w in a.weights] if a.weights else None
     if weights:
         variants = [(f"w = {w:g}, eps {e:g}", {}) for w, e in weights]
+    elif a.empty:
+        weights = [(guide.WEIGHT, guide.EPS, e) for e in a.empty]
+        variants = [(f"eps where no outline {e:g}", {}) for e in a.empty]
     interpolate = guide.interpolate
 
-    def weighted(w, e):
-        def make(*args, **kw):   # the guide as built, its weight and spread replaced
+    def weighted(w, e, empty=guide.EPS_EMPTY):
+        def make(*args, **kw):   # the guide as built, its weight and spreads replaced
             g = interpolate(*args, **kw)
-            g.weight, g.eps = w, e
+            g.weight, g.eps, g.eps_empty = w, e, empty
             return g
         return make
     np.seterr(over="ignore")                          # exp() of a hard outline saturates, as meant

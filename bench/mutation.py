@@ -103,6 +103,7 @@ GROUPS = {
                   "test_only_structures_on_both_sides_are_interpolated_and_nothing_beyond",
                   "test_fuse_network_overrides_only_when_very_sure",
                   "test_fuse_gives_the_definitions_classes_on_every_kind_of_slice",
+                  "test_where_no_structure_can_be_the_network_needs_far_higher_odds",
                   "test_a_structure_on_one_side_of_a_wide_gap_is_left_to_the_network",
                   "test_across_a_wide_gap_the_interpolated_outline_is_soft",
                   "test_guide_for_maps_label_values_and_refuses_unknown_ones",
