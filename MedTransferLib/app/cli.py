@@ -231,7 +231,7 @@ def run() -> None:
         # Every output is written (atomically) and both streams are flushed: skip the interpreter's
         # teardown of torch, MONAI and SimpleITK: a training job exited 1.36 s after its last event
         # with the teardown, 0.14 s without (bench/update_timeline.py, 2-core AMD EPYC,
-        # 2026-12-03) — time a training budget keeps back (core/defaults.py EXIT_SECONDS). Not under coverage, which writes its data at exit. An exception out of
-        # main() never gets here.
+        # 2026-12-03) — time a training budget keeps back (core/defaults.py EXIT_SECONDS). Not
+        # under coverage, which writes its data at exit. An exception out of main() never gets here.
         os._exit(code or 0)
     sys.exit(code)
