@@ -115,7 +115,8 @@ class Guide:
         ``(B, C, H, W)``: the interpolation combined on known slices, painted slices as painted.
 
         The score ``(1 - w) log p + w log q`` is not formed for every class: with ``q`` one-hot
-        (``1 - eps + eps/C`` on the interpolated class, ``eps/C`` on the rest) the term
+        (``1 - eps + eps/C`` on the interpolated class, ``eps/C`` on the rest; ``eps_empty`` for
+        ``eps`` on the slices where no structure can be) the term
         ``w log(eps/C)`` is the same for every class and only the interpolated class gains, so the
         winner is the network's most likely class or the interpolated one, whichever scores more:
         two logarithms per pixel instead of one per class, and no ``(B, C, H, W)`` temporaries
