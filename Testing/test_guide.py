@@ -266,8 +266,9 @@ def test_fuse_network_overrides_only_when_very_sure():
 def fuse_by_definition(g, slices, probs):
     """The guide's combination as its docstring defines it, every class scored: ``argmax over c of
     (1 - w) log(p_c + 1e-6) + w log q_c`` on known slices (``w`` 0 where the network decides
-    alone, ``q`` one-hot with ``eps``, or ``eps_empty`` where no outline is placed, or a wide gap's
-    soft vote), the network's argmax elsewhere, painted slices as painted. The reference for ``Guide.fuse`` (here and in bench/micro.py)."""
+    alone, ``q`` one-hot with ``eps`` — ``eps_empty`` where no structure can be — or a wide gap's
+    soft vote), the network's argmax elsewhere, painted slices as painted. The reference for
+    ``Guide.fuse`` (here and in bench/micro.py)."""
     out = probs.argmax(1).astype(np.uint8)
     c = g.num_classes
     for i, z in enumerate(slices):

@@ -18,7 +18,7 @@ never-labelled slices (mean / worst structure) of
 With ``--weights W:EPS ...`` the columns are instead the guide as shipped with its weight ``w``
 and spread ``eps`` (``Guide.weight``, ``Guide.eps``) set to each pair: ``1:...`` is the
 interpolation alone (the network only where the wide-gap rules leave it the say). With
-``--empty EPS ...`` they are the guide as shipped with its spread where it places no outline
+``--empty EPS ...`` they are the guide as shipped with its spread where no structure can be
 (``Guide.eps_empty``: beyond a slice painted empty, between two slices painted empty)
 set to each value: ``0.05``, the outline's own ``EPS``, is the guide before ``EPS_EMPTY``.
 
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
         variants = [(f"w = {w:g}, eps {e:g}", {}) for w, e in weights]
     elif a.empty:
         weights = [(guide.WEIGHT, guide.EPS, e) for e in a.empty]
-        variants = [(f"eps where no outline {e:g}", {}) for e in a.empty]
+        variants = [(f"eps where no structure can be {e:g}", {}) for e in a.empty]
     interpolate = guide.interpolate
 
     def weighted(w, e, empty=guide.EPS_EMPTY):
