@@ -15,6 +15,7 @@ import MedTransferLib as mt
 from MedTransferLib.app.cli import main
 from MedTransferLib.core.case import IGNORE, Case, Geometry
 from MedTransferLib.core.progress import Reporter
+from MedTransferLib.inference import windows
 from MedTransferLib.inference.suggest import slice_uncertainty, suggest_slices
 from MedTransferLib.package.store import ModelPackage
 from MedTransferLib.training.hooks import LoopState, TimeBudget
@@ -323,7 +324,7 @@ ARGS = ["--backbone", "resnet18", "--weights", "none", "--strategy", "finetune",
         "--patch", "64", "--val-fraction", "0", "--axis", "1", "--progress", "json"]
 
 
-def test_the_preview_is_the_network_s_prediction_in_the_case_geometry(blobs, tmp_path, capsys):
+def test_the_preview_is_the_network_s_prediction_in_the_case_geometry(blobs, tmp_path, capsys, monkeypatch):
     # one step, then a preview at once (--preview-seconds 0), and the last one at the end: the
     # network previewed is the one saved
     preview = tmp_path / "preview"
@@ -346,6 +347,9 @@ def test_the_preview_is_the_network_s_prediction_in_the_case_geometry(blobs, tmp
     assert shown[0]["predicted"] == first and shown[0]["covered"] == round(len(first) / 40, 3)
     predicted = sorted(set(first) | set(shown[1]["predicted"]))   # the last one's extra slices vary with its timing
     assert shown[1]["covered"] == round(len(predicted) / 40, 3)
+    # a preview predicts each slice alone (its slices are scattered); Apply also smooths along the
+    # slices (inference/windows.py): the same network with that off
+    monkeypatch.setattr(windows, "SMOOTH_PIXELS", 0.0)
     full = mt.predict(tmp_path / "run", mt.read_case(blobs.parent / "img1.nii.gz")).label
     others = [j for j in range(40) if j not in predicted]
     assert np.mean(got[:, predicted, :] == full[:, predicted, :]) > 0.999

@@ -110,6 +110,9 @@ GROUPS = {
                   "test_case_guide_counts_only_slices_painted_all_over_along_the_models_axis")]
               + ["Testing/test_preview.py::test_the_preview_of_a_volume_painted_on_some_slices_is_guided_by_them"],
               None),
+    # predict_slices itself is under a decorator (torch.inference_mode): mutmut leaves it alone
+    "smoothing": (["MedTransferLib/inference/windows.py"], ["Testing/test_slice_smoothing.py"],
+                  ["smooth_weight", "slice_smoothing", "_smoothed"]),
 }
 KILLED = {"killed", "timeout", "segfault"}   # a crash of the test process is a failed test
 MAX_DIFFS = 200   # survivors shown with their diff per group (the rest are listed by name)

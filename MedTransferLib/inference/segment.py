@@ -11,7 +11,12 @@ from MedTransferLib.core.case import Case
 from MedTransferLib.core.device import memory_format, resolve_device
 from MedTransferLib.core.errors import MedTransferError
 from MedTransferLib.data.slabs import from_slices_first, to_slices_first, with_channels
-from MedTransferLib.inference.windows import Slabs, predict_slices, predict_volume_3d
+from MedTransferLib.inference.windows import (
+    Slabs,
+    predict_slices,
+    predict_volume_3d,
+    slice_smoothing,
+)
 from MedTransferLib.package.store import ModelPackage
 
 
@@ -79,7 +84,8 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     ``guide``: ``case`` is the volume being labelled and ``case.label`` its painted slices
     (``IGNORE`` elsewhere, the model's label values): the shape interpolated between painted
     slices is combined with the network's (2.5D; inference/guide.py) and painted slices come back
-    as painted.
+    as painted. A 2.5D network's probabilities are smoothed along the slices by the case's voxel
+    spacing first (:func:`~MedTransferLib.inference.windows.slice_smoothing`).
 
     Example:
         >>> pred = predict("runs/demo/model", read_case("ch2.nii.gz"))  # doctest: +SKIP
@@ -159,7 +165,8 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
             helper = case_guide(case, [lab.value for lab in pkg.labels], pkg.axis)
         else:
             helper = None
-        classes = predict_slices(model, image, pkg.slices, prep, dev, batch_size=batch_size, guide=helper)
+        classes = predict_slices(model, image, pkg.slices, prep, dev, batch_size=batch_size, guide=helper,
+                                 smooth=slice_smoothing(case.geometry.spacing, pkg.axis))
     labels = pkg.labels
     lut = np.array([0] + [lab.value for lab in labels],
                    dtype=np.uint8 if max(lab.value for lab in labels) <= 255 else np.uint16)
