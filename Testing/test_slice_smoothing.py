@@ -96,6 +96,8 @@ def test_the_weight_is_a_gaussian_one_pixel_wide_sampled_at_the_slice_spacing(mo
     # the finer in-plane side: spacing (i, j, k) = (0.8, 2.0, 0.9) along k is 0.9 mm against 0.8 mm
     assert slice_smoothing((0.8, 2.0, 0.9), 2) == pytest.approx(smooth_weight(0.9, 0.8))
     assert slice_smoothing((0.9, 2.0, 0.8), 0) == pytest.approx(smooth_weight(0.9, 0.8))
+    for bad in ((0.0, 1.0), (1.0, 0.0), (-1.0, 1.0), (1.0, -1.0), (float("nan"), 1.0), (1.0, float("nan"))):
+        assert smooth_weight(*bad) == 0.0, bad                    # no spacing to go by: no smoothing
     monkeypatch.setattr(windows, "SMOOTH_PIXELS", 0.0)
     assert smooth_weight(1.0, 1.0) == 0.0
 

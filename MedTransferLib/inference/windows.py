@@ -52,15 +52,16 @@ def _smoothed(batches, w: float):
             start, zs, lp = held
             after = (item[1][0], item[2][0]) if item is not None else None
             total = (1 - 2 * w) * lp
-            norm = torch.full((len(zs), 1, 1, 1), 1 - 2 * w, device=lp.device)
             for j, z in enumerate(zs):
                 left = (zs[j - 1], lp[j - 1]) if j > 0 else before
                 right = (zs[j + 1], lp[j + 1]) if j + 1 < len(zs) else after
+                norm = 1 - 2 * w
                 for neighbour in (left, right):
                     if neighbour is not None and abs(neighbour[0] - z) == 1:
                         total[j] += w * neighbour[1]
-                        norm[j] += w
-            yield start, torch.softmax(total / norm, 1)
+                        norm += w
+                total[j] /= norm
+            yield start, torch.softmax(total, 1)
             before = (zs[-1], lp[-1])
         held = item
 
