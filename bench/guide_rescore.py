@@ -4,7 +4,7 @@ without training again (the guided prediction of a given model is deterministic)
 
     .venv/bin/python bench/guide_rescore.py runs/bench_interactive [runs/bench_interactive_ct ...]
                      [--weights 1:0.05 0.7:0.05 0.5:0.05 0.3:0.05 0.5:0.2] [--budgets 12 19]
-                     [--empty 0.05 0.01 0.001]
+                     [--empty 0.05 0.01 0.001] [--smooth 0 1]
 
 For each round of each run (its ``results.json`` and ``run<N>/model``): Dice on the
 never-labelled slices (mean / worst structure) of
@@ -21,6 +21,10 @@ interpolation alone (the network only where the wide-gap rules leave it the say)
 ``--empty EPS ...`` they are the guide as shipped with its spread where no structure can be
 (``Guide.eps_empty``: beyond a slice painted empty, between two slices painted empty)
 set to each value: ``0.05``, the outline's own ``EPS``, is the guide before ``EPS_EMPTY``.
+With ``--smooth PX ...`` they are the network alone and the guided prediction with the smoothing
+along the slices (``inference/windows.py``, ``SMOOTH_PIXELS``) set to each width: ``0`` is each
+slice predicted alone. A ``medtransfer demo`` folder (``runs/demo``: its ``model`` and
+``dataset_sparse.json``) counts as one round, its labelled slices painted.
 
 Prints a Markdown table per run with the machine. Not a test: about a minute per round on 2 CPU cores.
 """
@@ -44,10 +48,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--weights", nargs="+", default=None, metavar="W:EPS")
     ap.add_argument("--empty", nargs="+", type=float, default=None, metavar="EPS")
+    ap.add_argument("--smooth", nargs="+", type=float, default=None, metavar="PX")
     ap.add_argument("--budgets", nargs="+", type=int, default=None, help="only these rounds (painted slices)")
     a = ap.parse_args(argv)
     import MedTransferLib as mt
     import MedTransferLib.inference.guide as guide
+    import MedTransferLib.inference.windows as windows
     from MedTransferLib.core.case import IGNORE, Case
     from MedTransferLib.core.labels import Label
     from MedTransferLib.data.metrics import evaluate, summary
@@ -62,6 +68,8 @@ def main(argv: list[str]) -> int:
     elif a.empty:
         weights = [(guide.WEIGHT, guide.EPS, e) for e in a.empty]
         variants = [(f"eps where no structure can be {e:g}", {}) for e in a.empty]
+    elif a.smooth:
+        variants = [(f"{what}, smoothing {px:g} px", {}) for px in a.smooth for what in ("network alone", "guided")]
     interpolate = guide.interpolate
 
     def weighted(w, e, empty=guide.EPS_EMPTY):
@@ -70,9 +78,10 @@ def main(argv: list[str]) -> int:
             g.weight, g.eps, g.eps_empty = w, e, empty
             return g
         return make
+    smooth = windows.SMOOTH_PIXELS
     np.seterr(over="ignore")                          # exp() of a hard outline saturates, as meant
     for folder in map(Path, a.runs):
-        result = json.loads((folder / "results.json").read_text())
+        result = rounds(folder)
         datalist = folder / "ct_data" / "dataset.json" if result["data"] == "ct" else Path(mt.sample_data())
         data = json.loads(datalist.read_text())
         entry = data["training"][0]
@@ -81,9 +90,11 @@ def main(argv: list[str]) -> int:
         labels = [Label(int(k), v, (0.5, 0.5, 0.5)) for k, v in data["labels"].items() if int(k) > 0]
         print(f"\n{folder} ({result['data']}, order {result['order']}; bench run {result['date']} on "
               f"{result['machine']})\n")
-        heads = ([name for name, _ in variants] if weights else ["plain guide", "+ open ends", "+ soft outline (default)"])
-        print("| painted slices | Fill between slices | network alone | " + " | ".join(heads) + " |")
-        print("|---:|" + "---:|" * (2 + len(heads)))
+        heads = ([name for name, _ in variants] if weights or a.smooth
+                 else ["plain guide", "+ open ends", "+ soft outline (default)"])
+        print("| painted slices | Fill between slices | " + ("" if a.smooth else "network alone | ")
+              + " | ".join(heads) + " |")
+        print("|---:|" + "---:|" * (1 + (not a.smooth) + len(heads)))
         for row in result["rounds"]:
             if a.budgets and len(row["slices"]) not in a.budgets:
                 continue
@@ -91,15 +102,24 @@ def main(argv: list[str]) -> int:
             painted = np.full_like(ref, IGNORE)
             painted[painted_slices] = ref[painted_slices]
             held_out = [s for s in range(ref.shape[0]) if s not in set(painted_slices)]
-            package = folder / f"run{len(row['slices'])}" / "model"
+            package = folder / row.get("model", f"run{len(row['slices'])}/model")
 
             def score(label):
                 s = summary(evaluate(label, ref, labels, case.geometry, held_out, axis=2))
                 return f"{s['mean_dice']:.3f} / {s['min_dice']:.3f}"
 
-            cells = [f"{row['fill_mean']:.3f} / {row['fill_worst']:.3f}",
-                     score(mt.predict(package, Case(case.image, case.geometry)).label)]
-            for i, (_, change) in enumerate(variants):
+            cells = [f"{row['fill_mean']:.3f} / {row['fill_worst']:.3f}" if "fill_mean" in row else "—"]
+            if not a.smooth:
+                cells.append(score(mt.predict(package, Case(case.image, case.geometry)).label))
+            for px in a.smooth or []:
+                windows.SMOOTH_PIXELS = px
+                try:
+                    cells.append(score(mt.predict(package, Case(case.image, case.geometry)).label))
+                    cells.append(score(mt.predict(package, Case(case.image, case.geometry, painted, case.case_id),
+                                                  guide=True).label))
+                finally:
+                    windows.SMOOTH_PIXELS = smooth
+            for i, (_, change) in enumerate([] if a.smooth else variants):
                 for name, value in {**shipped, **change}.items():
                     setattr(guide, name, value)
                 if weights:
@@ -113,6 +133,17 @@ def main(argv: list[str]) -> int:
                 cells.append(score(guided.label))
             print(f"| {len(row['slices'])} | " + " | ".join(cells) + " |", flush=True)
     return 0
+
+
+def rounds(folder: Path) -> dict:
+    """An interactive bench run's ``results.json``, or a ``medtransfer demo`` folder as one round:
+    its labelled slices painted, nothing painted empty, no Fill between slices."""
+    if (folder / "results.json").exists():
+        return json.loads((folder / "results.json").read_text())
+    entry = json.loads((folder / "dataset_sparse.json").read_text())["training"][0]
+    ended = json.loads((folder / "run.json").read_text())["ended"][:10]
+    return {"data": "colin", "order": "every 10th (medtransfer demo)", "date": ended, "machine": "see its run",
+            "rounds": [{"slices": entry["labelled_slices"], "empty": [], "model": "model"}]}
 
 
 if __name__ == "__main__":
