@@ -40,7 +40,7 @@ def _smoothed(batches, w: float):
     softmax: the weighted geometric mean of the three slices' probabilities. A 2.5D network sees
     each slice once, in the middle of its slab, and neighbouring slices' predictions differ by
     chance as well as by anatomy; on the sample MRI this raised the network alone's mean Dice on
-    never-labelled slices by 0.005-0.02 and left a synthetic CT of 2.5-mm slices unchanged
+    never-labelled slices by 0.006-0.025 and left a synthetic CT of 2.5-mm slices unchanged
     (bench/guide_rescore.py ``--smooth``, bench/RESULTS.md).
 
     ``batches`` yields ``(start, zs, logp)``: a batch's position in the output, its slice indices
