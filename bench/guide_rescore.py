@@ -23,7 +23,7 @@ interpolation alone (the network only where the wide-gap rules leave it the say)
 set to each value: ``0.05``, the outline's own ``EPS``, is the guide before ``EPS_EMPTY``.
 With ``--smooth PX ...`` they are the network alone and the guided prediction with the smoothing
 along the slices (``inference/windows.py``, ``SMOOTH_PIXELS``) set to each width: ``0`` is each
-slice predicted alone. A ``medtransfer demo`` folder (``runs/demo``: its ``model`` and
+slice predicted alone; each cell adds the mean HD95 in mm. A ``medtransfer demo`` folder (``runs/demo``: its ``model`` and
 ``dataset_sparse.json``) counts as one round, its labelled slices painted.
 
 Prints a Markdown table per run with the machine. Not a test: about a minute per round on 2 CPU cores.
@@ -106,7 +106,8 @@ def main(argv: list[str]) -> int:
 
             def score(label):
                 s = summary(evaluate(label, ref, labels, case.geometry, held_out, axis=2))
-                return f"{s['mean_dice']:.3f} / {s['min_dice']:.3f}"
+                hd95 = f" ({s['mean_hd95_mm']:.2f} mm)" if a.smooth else ""   # and the mean HD95
+                return f"{s['mean_dice']:.3f} / {s['min_dice']:.3f}{hd95}"
 
             cells = [f"{row['fill_mean']:.3f} / {row['fill_worst']:.3f}" if "fill_mean" in row else "—"]
             if not a.smooth:
