@@ -82,6 +82,31 @@ def test_the_cli_continues_with_a_short_schedule_and_keeps_a_time_budget(first, 
     assert main(args + ["--out", str(tmp_path / "y"), "--max-seconds", "-1"]) == 2
 
 
+def test_an_update_holds_nothing_out_so_every_correction_trains(first, tmp_path):
+    # two cases, half held out for validation — except in a brief continuation (the panel's
+    # Update: --from, no more epochs than the patience of 4), which early stopping could not end:
+    # a case or slice held out there would never learn the user's correction
+    from conftest import Events
+
+    from MedTransferLib.data.split import SHORT_RUN_NOTE
+
+    datalist, run = first
+    seen = {}
+    for name, extra in (("update", dict(init_from=str(run.package), epochs=4)),
+                        ("longer", dict(init_from=str(run.package), epochs=5)),
+                        ("new", dict(epochs=2))):
+        events = Events()
+        mt.train(datalist, tmp_path / name, reporter=events, **{**TINY, "val_fraction": 0.5, "steps_per_epoch": 1,
+                                                                 **extra})
+        start = next(f for e, f in events.seen if e == "start")
+        notes = [f["message"] for e, f in events.seen if e == "note" and f["message"].startswith("validation")]
+        seen[name] = (start["train_slices"], start["val_slices"], notes)
+    total = sum(seen["new"][:2])
+    assert seen["update"] == (total, 0, [SHORT_RUN_NOTE])
+    for name in ("longer", "new"):
+        assert seen[name][1] > 0 and seen[name][2] == ["validation: 1 of 2 cases held out (img0)"], seen[name]
+
+
 def test_the_budget_counts_the_job_s_start_up_too(first, tmp_path):
     # the reporter's clock is the job's: a reporter started 1000 s ago leaves nothing of 500 s,
     # so the run stops after its first step (counted from the loop, 50 epochs would run)

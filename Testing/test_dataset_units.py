@@ -20,7 +20,7 @@ from MedTransferLib.data.slabs import (
     padded_size,
     value_lut,
 )
-from MedTransferLib.data.split import split_train_val
+from MedTransferLib.data.split import SHORT_RUN_NOTE, split_train_val
 
 
 class FixedDraws:
@@ -260,6 +260,8 @@ def test_one_case_holds_out_slices_spread_over_the_structures():
     assert val == [] and note == ("validation: none (validation fraction 0); training runs for the full number "
                                   "of epochs without early stopping")
     assert split_train_val([_vol(t)], 0.2, seed=0)[1] == split_train_val([_vol(t)], 0.2, seed=5)[1]  # no chance in it
+    train, val, note = split_train_val([_vol(t)], 0.2, seed=0, short_run=True)   # an Update: nothing held out
+    assert val == [] and sorted(s for _, s in train) == sorted(fg + [1, 3, 5, 7]) and note == SHORT_RUN_NOTE
 
 
 def test_several_cases_hold_out_whole_cases():

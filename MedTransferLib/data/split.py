@@ -12,12 +12,17 @@ from MedTransferLib.data.slabs import Volume
 MIN_FG_SLICES_FOR_VALIDATION = 10
 
 
-def split_train_val(volumes: list[Volume], val_fraction: float, seed: int):
+SHORT_RUN_NOTE = ("validation: none (a brief continuation of a model cannot stop early, so all "
+                  "labelled data trains, the latest corrections included)")
+
+
+def split_train_val(volumes: list[Volume], val_fraction: float, seed: int, short_run: bool = False):
     """Split labelled slices into training and validation sets.
 
     Several cases: whole cases go to validation (never one case's slices on both sides).
     One case: whole labelled slices are held out, spread evenly over those with structures —
     when it has at least 10 of them; with fewer, all are needed for training (no validation).
+    ``short_run`` (an Update: ``TrainConfig.brief_continuation``): nothing is held out.
     Returns ``(train, val, note)`` with train/val lists of ``(volume index, slice)``.
     """
     labelled = []
@@ -29,6 +34,8 @@ def split_train_val(volumes: list[Volume], val_fraction: float, seed: int):
                                    f"slice or remove the case from the datalist")
         labelled.append(idx)
     rng = np.random.default_rng(seed)
+    if short_run:
+        return [(vi, int(s)) for vi in range(len(volumes)) for s in labelled[vi]], [], SHORT_RUN_NOTE
     if len(volumes) > 1 and val_fraction <= 0:   # every case trains (a test found case 0 alone did)
         return ([(vi, int(s)) for vi in range(len(volumes)) for s in labelled[vi]], [],
                 "validation: none (validation fraction 0); training runs for the full number of epochs "

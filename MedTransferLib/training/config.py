@@ -50,6 +50,14 @@ class TrainConfig:
     preview: str | None = None         # folder for the live preview while training (training.preview)
     preview_seconds: float | None = None  # seconds between previews (None: 5 on a GPU, 25 on a CPU)
 
+    @property
+    def brief_continuation(self) -> bool:
+        """A short continuation of an earlier model: ``--from`` with no more epochs than the
+        early-stopping patience (``--from``'s default 4) — the panel's Update after the user
+        corrected or added slices. It holds nothing out for validation: early stopping could not
+        end it, and a correction held out would never be learnt."""
+        return self.init_from is not None and self.epochs <= self.patience
+
     def check(self) -> None:
         if self.mode not in ("2.5d", "3d"):
             raise MedTransferError(f"mode '{self.mode}' is unknown; use --mode 2.5d or --mode 3d")

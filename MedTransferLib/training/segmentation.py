@@ -134,7 +134,7 @@ class Segmentation(Task):
         check_memory(cases, config)
         volumes = self.volumes = [Volume.from_case(c, prep, axis, values) for c in cases]
         self.profiles = _check_inputs(cases, volumes, prep, axis, reporter)
-        self.train_items, self.val_items, self.split_note = split_train_val(volumes, config.val_fraction, config.seed)
+        self.train_items, self.val_items, self.split_note = split_train_val(volumes, config.val_fraction, config.seed, config.brief_continuation)
         train_items = self.train_items
         if three_d:
             patch = ((config.patch,) * 3 if config.patch else
