@@ -16,6 +16,9 @@ import MedTransferLib as mt
 from MedTransferLib.core.progress import Reporter
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the Slicer harness's Qt runs without a screen
+# the panel starts no spare process (core/launch.py) unless a test turns it on: each would load
+# torch beside the test on 2 cores
+os.environ["MEDTRANSFER_SPARE"] = "0"
 
 OBLIQUE = tuple(np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0].ravel())
 

@@ -18,8 +18,14 @@ import psutil
 import pytest
 from slicer_harness.launcher import write_launcher
 
+from MedTransferLib.core.launch import (
+    drop_spare,
+    popen_options,
+    prepare_spare,
+    waiting_spare,
+)
 from MedTransferLib.core.rundir import read_state
-from MedTransferLib.core.runner import Job, popen_options
+from MedTransferLib.core.runner import Job
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name == "nt", reason="the launcher stand-in is a POSIX script")]
 
@@ -126,6 +132,55 @@ def test_no_training_outlives_the_application(blob_datalist, tmp_path, ending, h
     app.wait(timeout=30)
     assert _gone(tree, timeout=10), f"training outlived an application that {how}"
     assert not (out / "model").exists()
+
+
+_SPARE = '''
+import json, sys, time
+sys.path.insert(0, {root!r})
+import psutil
+from MedTransferLib.core.launch import prepare_spare
+spare = prepare_spare({launcher!r})
+while not psutil.Process(spare.proc.pid).children():   # the launcher has started the interpreter
+    time.sleep(0.05)
+print(json.dumps([spare.proc.pid] + [c.pid for c in psutil.Process(spare.proc.pid).children(recursive=True)]), flush=True)
+{ending}
+'''
+
+
+@pytest.mark.parametrize("ending, how", [("sys.exit(0)", "exits"), ("time.sleep(600)", "is killed")])
+def test_no_spare_outlives_the_application(tmp_path, ending, how):
+    """A spare (core/launch.py) behind the launcher ends with the application: at its exit
+    (atexit), or — killed — when its stdin closes (Slicer's launcher forwards stdin to the
+    interpreter, as CTK's AppLauncher does since 2018; so does the stand-in)."""
+    launcher = write_launcher(tmp_path)
+    code = _SPARE.format(root=str(ROOT), launcher=str(launcher), ending=ending)
+    app = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    tree = json.loads(app.stdout.readline())
+    assert len(tree) >= 2
+    if how == "is killed":
+        app.kill()
+    app.wait(timeout=30)
+    # exits: its tree killed at once; killed: the spare reads the end of its stdin once its
+    # imports are done (a few seconds)
+    assert _gone(tree, timeout=1 if how == "exits" else 60), f"a spare outlived an application that {how}"
+
+
+def test_a_spare_behind_the_launcher_runs_the_job_and_cancel_stops_its_tree(blob_datalist, tmp_path):
+    launcher = write_launcher(tmp_path)
+    out = tmp_path / "run"
+    spare = prepare_spare(str(launcher))
+    try:
+        job = Job(_long_training(blob_datalist, out), python=str(launcher)).start()
+        assert job.warm and job.pid == spare.proc.pid and waiting_spare() is None
+        _wait_for_steps(job)
+        tree = [job.pid] + [c.pid for c in psutil.Process(job.pid).children(recursive=True)]
+        assert len(tree) >= 2
+        job.cancel()
+        assert job.wait(timeout=10) == "cancelled"
+        assert _gone(tree, timeout=5.0), "a process of the spare's tree outlived Cancel by 5 s"
+        assert read_state(out)["state"] == "cancelled" and not (out / "model").exists()
+    finally:
+        drop_spare()
 
 
 def test_windows_children_get_their_own_group_and_no_console_window():

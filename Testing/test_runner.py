@@ -78,3 +78,53 @@ def test_a_job_starts_once():
     with pytest.raises(RuntimeError, match="already running"):
         job.start()
     assert job.wait(timeout=120) == "finished"
+
+
+@pytest.mark.slow   # child processes
+def test_a_job_takes_over_the_waiting_spare_and_its_clock_starts_with_the_command(blob_datalist, tmp_path):
+    import sys
+
+    from MedTransferLib.core.launch import drop_spare, prepare_spare, waiting_spare
+    from MedTransferLib.package.store import ModelPackage
+
+    args = ["train", "--datalist", str(blob_datalist), "--epochs", "1", "--steps-per-epoch", "1", *TINY]
+    try:
+        spare = prepare_spare(sys.executable)
+        assert prepare_spare(sys.executable) is spare and waiting_spare() is spare   # one, kept
+        time.sleep(8)   # the spare waits: none of this is the job's time
+        t0 = time.monotonic()
+        job = Job([*args, "--out", str(tmp_path / "warm")]).start()
+        assert job.warm and job.pid == spare.proc.pid and waiting_spare() is None   # taken: used once
+        assert job.wait(timeout=300) == "finished", job.error
+        done = next(e for e in job.events if e["event"] == "done")
+        # the job's clock (its events' time_s, what --max-seconds counts) starts with the command
+        assert done["time_s"] <= time.monotonic() - t0 + 0.5
+        assert ModelPackage.load(job.result["package"]).manifest.complete
+        cold = Job([*args, "--out", str(tmp_path / "cold")]).start()   # none waiting: a process of its own
+        assert not cold.warm and cold.wait(timeout=300) == "finished"
+    finally:
+        drop_spare()
+
+
+@pytest.mark.slow   # child processes
+def test_a_spare_for_another_environment_or_one_that_died_is_not_used():
+    import os
+    import sys
+
+    from MedTransferLib.core.launch import drop_spare, prepare_spare, waiting_spare
+
+    env = dict(os.environ, MEDTRANSFER_EXAMPLE="a")
+    try:
+        spare = prepare_spare(sys.executable, env)
+        other = Job(["sampledata"], env=dict(env, MEDTRANSFER_EXAMPLE="b")).start()
+        assert not other.warm and other.pid != spare.proc.pid and waiting_spare() is spare
+        assert other.wait(timeout=120) == "finished"
+        assert prepare_spare(sys.executable) is not spare and spare.proc.poll() is not None   # replaced, ended
+        dead = prepare_spare(sys.executable, env)
+        dead.proc.kill()
+        dead.proc.wait()
+        job = Job(["sampledata"], env=env).start()
+        assert not job.warm and waiting_spare() is None   # a dead spare is dropped, not handed the job
+        assert job.wait(timeout=120) == "finished"
+    finally:
+        drop_spare()

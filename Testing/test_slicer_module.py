@@ -480,15 +480,19 @@ def _red_view_on(h, volume, k):
 
 
 @pytest.mark.slow   # two trainings in child processes
-def test_training_shows_a_live_preview_and_update_continues_the_model(harness, colin_crop):
+def test_training_shows_a_live_preview_and_update_continues_the_model(harness, colin_crop, monkeypatch):
     import json
 
+    from MedTransferLib.core.launch import waiting_spare
     from MedTransferLib.data.io import read_image
     from MedTransferLib.package.store import ModelPackage
 
+    monkeypatch.setenv("MEDTRANSFER_SPARE", "1")   # as in Slicer: a spare process waits for each next task
     h = harness
     h.load()
     h.enter()
+    entered = waiting_spare()
+    assert entered is not None and entered.alive()
     ui, p = h.ui, h.widget.logic.getParameterNode()
     volume, seg, _, painted = colin_pair(h.scene, colin_crop, every=8)
     h.click("addAllPairsButton")
@@ -499,8 +503,11 @@ def test_training_shows_a_live_preview_and_update_continues_the_model(harness, c
     # a preview after every step's worth of time (--preview-seconds 0: still ≤ 10 % of the time)
     quick_training(h.widget.logic, steps=4, extra=["--preview-seconds", "0"])
     h.click("trainButton")
+    assert _task(h).job.warm and _task(h).job.pid == entered.proc.pid and waiting_spare() is None
     h.wait_for(lambda: not _busy(h), 600, "training")
     assert _task(h).state == "finished", _task(h).error
+    spare = waiting_spare()   # the next one, started when the training ended
+    assert spare is not None and spare.alive() and spare is not entered
     run = h.widget.panel.panel.last_run
     # the panel told the training which slices the Red view shows: case 0, slice 7 and its neighbours
     assert json.loads((run / "preview" / "view.json").read_text()) == {"case": 0, "slices": [6, 7, 8]}
@@ -524,8 +531,13 @@ def test_training_shows_a_live_preview_and_update_continues_the_model(harness, c
 
     # Update: continue that model for a time budget, into a new run folder, the preview replaced in place
     h.click("updateButton")
+    assert _task(h).job.warm and _task(h).job.pid == spare.proc.pid
     h.wait_for(lambda: not _busy(h), 600, "the update")
     assert _task(h).kind == "update" and _task(h).state == "finished", _task(h).error
+    last = waiting_spare()
+    assert last is not None and last.alive()
+    h.widget.cleanup()   # Slicer closing: no spare is left behind
+    assert waiting_spare() is None and last.proc.poll() is not None
     assert h.widget.panel.panel.last_run != run and p.modelFolder != first_model
     m = ModelPackage.load(p.modelFolder).manifest
     assert m.training["init_from"] == first_model and m.training["max_seconds"] == 60

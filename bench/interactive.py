@@ -14,7 +14,9 @@ more in rounds. Each round, on exactly the same labelled slices:
   (inference/guide.py); the network alone is scored beside it.
 
 Both are scored by Dice on the never-labelled slices (mean and worst structure); the update's
-wall-clock time (training + prediction of the whole volume) is recorded.
+wall-clock time (training + prediction of the whole volume) is recorded. Each round runs through
+the panel's runner in a spare process that loaded torch while the annotator painted, as the panel
+does (core/launch.py; ``--no-spare``: a new process each round, its start-up in the time).
 
     .venv/bin/pip install itk-morphologicalcontourinterpolation      # the bench's one extra
     .venv/bin/python bench/interactive.py --out runs/bench_interactive [--budgets 3 5 8 12 19]
@@ -101,35 +103,48 @@ def fill_between_slices(label: np.ndarray, labelled: list[int], work: Path) -> t
     return np.load(work / "filled.npy").astype(label.dtype), float(done.stdout.strip().splitlines()[-1])
 
 
-def train_with_preview(datalist: Path, out: Path, previous, seconds: float, extra=()):
-    """One round as the panel runs it: ``medtransfer train`` in a child process (interpreter and
-    torch start included in the time) with ``--preview`` and a time budget, continuing
-    ``previous`` if given. Returns the package and each preview as ``(seconds since the start,
-    label map, slices it predicted)``."""
-    import subprocess
+def spare_ready(timeout: float = 60.0) -> None:
+    """Start a spare process as the panel does when a task ends (core/launch.py) and wait until it
+    has loaded torch — until it stops using the CPU (the annotator paints meanwhile; the bench must
+    not predict beside it on 2 cores)."""
+    import psutil
 
+    from MedTransferLib.core.launch import prepare_spare
+
+    proc = psutil.Process(prepare_spare(sys.executable).proc.pid)
+    used, end = -1.0, time.monotonic() + timeout
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        now = sum(proc.cpu_times()[:2])
+        if now - used < 0.02:
+            return
+        used = now
+
+
+def train_with_preview(datalist: Path, out: Path, previous, seconds: float, extra=()):
+    """One round as the panel runs it: ``medtransfer train`` in a child process through the
+    panel's runner (core/runner.py: a waiting spare's process if there is one, else a new one,
+    interpreter and torch start included in the time) with ``--preview`` and a time budget,
+    continuing ``previous`` if given. Returns the package, each preview as ``(seconds since the
+    start, label map, slices it predicted)``, and whether a spare ran it."""
+    from MedTransferLib.core.runner import Job
     from MedTransferLib.data.io import read_image
 
-    args = [sys.executable, "-m", "MedTransferLib", "train", "--datalist", str(datalist), "--out", str(out),
-            "--progress", "json", "--preview", str(out / "preview"), "--max-seconds", str(seconds)]
+    args = ["train", "--datalist", str(datalist), "--out", str(out), "--preview", str(out / "preview"),
+            "--max-seconds", str(seconds)]
     if previous is not None:
         args += ["--from", str(previous)]
-    args += list(extra)
     t0 = time.perf_counter()
-    previews, package = [], None
-    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
-        for line in proc.stdout:
-            if not line.startswith("{"):
-                continue
-            event = json.loads(line)
+    job, previews = Job(args + list(extra)).start(), []
+    while job.state == "running":
+        for event in job.poll():
             if event["event"] == "preview":
                 label, _ = read_image(event["path"], "preview")
                 previews.append((time.perf_counter() - t0, label, event["predicted"]))
-            elif event["event"] == "done":
-                package = event["package"]
-    if proc.returncode != 0 or package is None:
-        raise SystemExit(f"training failed ({proc.returncode}): {' '.join(args)}")
-    return package, previews
+        time.sleep(0.02)
+    if job.state != "finished":
+        raise SystemExit(f"training {job.state}: {job.error} ({' '.join(args)})")
+    return job.result["package"], previews, job.warm
 
 
 def main() -> None:
@@ -150,6 +165,9 @@ def main() -> None:
     p.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                    help="one more argument for every round's `medtransfer train` (repeat it: "
                         "--train-arg=--batch-size --train-arg=8), to compare a setting")
+    p.add_argument("--no-spare", dest="spare", action="store_false",
+                   help="start each round's process from nothing, as before the panel kept a spare process "
+                        "with torch loaded (core/launch.py)")
     p.add_argument("--update-arg", action="append", default=[], metavar="ARG",
                    help="one more argument for every Update (the rounds continuing a model, --from) only")
     a = p.parse_args()
@@ -195,8 +213,10 @@ def main() -> None:
                                                label=str((root / entry["label"]).resolve()),
                                                labelled_slices=sorted(labelled + empty), slice_axis=2)])
         write_json(round_dl, round_data)
+        if a.spare:
+            spare_ready()
         t0 = time.perf_counter()
-        package, previews = train_with_preview(round_dl, out / f"run{n}", previous,
+        package, previews, warm = train_with_preview(round_dl, out / f"run{n}", previous,
                                                a.update_seconds if previous else a.first_seconds,
                                                a.train_arg + (a.update_arg if previous else []))
         job_s = time.perf_counter() - t0      # the model written: what --max-seconds bounds
@@ -227,17 +247,17 @@ def main() -> None:
                "medtransfer_worst": ours["min_dice"], "network_mean": alone["mean_dice"],
                "network_worst": alone["min_dice"], "fill_mean": fill["mean_dice"], "fill_worst": fill["min_dice"],
                "job_seconds": round(job_s, 1), "update_seconds": round(update_s, 1), "steps": run.metrics["steps_run"],
-               "previews": scored, "first_useful_preview_s": useful,
+               "previews": scored, "first_useful_preview_s": useful, "spare": warm,
                "fill_seconds": round(itk_s, 2)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"machine": describe(), "date": datetime.date.today().isoformat(), "order": a.order, "data": a.data,
               "first_seconds": a.first_seconds, "update_seconds": a.update_seconds,
-              "train_args": a.train_arg, "update_args": a.update_arg, "rounds": rows}
+              "train_args": a.train_arg, "update_args": a.update_arg, "spare": a.spare, "rounds": rows}
     write_json(out / "results.json", result)
     print(f"\nMeasured {result['date']} on {result['machine']}; order {a.order}, first training "
           f"{a.first_seconds:g} s, each update {a.update_seconds:g} s (--max-seconds: the whole job; --from the "
-          f"previous round); "
+          f"previous round; {'each round in a spare process with torch loaded' if a.spare else 'no spare'}); "
           f"MedTransfer also gets {len(empty)} slices marked empty.\n")
     print("| labelled slices | MedTransfer mean / worst | network alone | Fill between slices mean / worst "
           "| model written / whole volume predicted (s) | steps | previews: s (held-out slices covered) mean |")

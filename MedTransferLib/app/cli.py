@@ -15,6 +15,7 @@ from MedTransferLib.app import evaluate_commands as e
 from MedTransferLib.core.defaults import CONTINUE_EPOCHS
 from MedTransferLib.core.defaults import TRAINING as D
 from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.core.launch import SPARE_FLAG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,9 +223,25 @@ def main(argv=None) -> int:
             watchdog.stop()
 
 
+def spare() -> int:
+    """``python -m MedTransferLib --spare`` (core/launch.py): load what the jobs need, then run the
+    one command the runner sends on stdin as a JSON list of arguments. Nothing is printed until
+    then; stdin closed first (the spare dropped, its parent gone) → exit."""
+    try:
+        import monai.networks.nets  # noqa: F401  (the decoder; MONAI imports torchvision too)
+        import SimpleITK  # noqa: F401
+
+        import MedTransferLib.inference.segment  # noqa: F401
+        import MedTransferLib.training.segmentation  # noqa: F401
+    except ImportError:
+        pass   # e.g. no torch yet: the command itself then reports it, as in a process of its own
+    line = sys.stdin.readline()
+    return main(json.loads(line)) if line.strip() else 0
+
+
 def run() -> None:
     """``python -m MedTransferLib`` and the ``medtransfer`` command: :func:`main`, then the exit."""
-    code = main()
+    code = spare() if sys.argv[1:] == [SPARE_FLAG] else main()
     sys.stdout.flush()
     sys.stderr.flush()
     if "coverage" not in sys.modules:

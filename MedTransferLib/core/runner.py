@@ -36,13 +36,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 
-from MedTransferLib.core.lifeline import PARENT_PID_ENV, STOP_FILE_ENV
+from MedTransferLib.core.launch import (
+    child_environment,
+    descendants,
+    kill_tree,
+    launch,
+    take_spare,
+)
 
 STATES = ("idle", "running", "finished", "failed", "cancelled")
 
@@ -99,40 +104,6 @@ JSON_COMMANDS = ("train", "apply", "advise", "export", "doctor")
 _LIVE: "weakref.WeakSet[Job]" = weakref.WeakSet()
 
 
-def popen_options(os_name: str | None = None) -> dict:
-    """How the child is started so that its whole tree can be stopped: a new session (POSIX) or
-    a new process group with no console window (Windows)."""
-    if (os_name or os.name) == "nt":
-        create_new_process_group, create_no_window = 0x00000200, 0x08000000
-        return {"creationflags": create_new_process_group | create_no_window}
-    return {"start_new_session": True}
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (empty without psutil or once ``pid`` is gone)."""
-    try:
-        import psutil
-
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except Exception:   # no psutil, process gone, access denied
-        return []
-
-
-def _kill_pids(pids) -> None:
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    for pid in pids:
-        try:
-            if psutil is not None:
-                psutil.Process(pid).kill()
-            elif os.name != "nt":
-                os.kill(pid, signal.SIGKILL)
-        except Exception:   # already gone
-            pass
-
-
 class Job:
     """A ``medtransfer`` command in a child process.
 
@@ -161,6 +132,7 @@ class Job:
         self._give_up_at: float | None = None
         self._seen: set[int] = set()      # descendants seen while running (orphans keep their pid)
         self._control: str | None = None  # folder of the stop file
+        self.warm = False                 # started in a spare (core/launch.py)
 
     @property
     def pid(self) -> int | None:
@@ -178,16 +150,14 @@ class Job:
         return cmd
 
     def start(self) -> "Job":
+        """Start the child — or hand the command to a waiting spare with the same Python and
+        environment (core/launch.py), which has loaded torch already."""
         if self.state != "idle":
             raise RuntimeError(f"job already {self.state}")
-        self._control = tempfile.mkdtemp(prefix="medtransfer-job-")
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env[STOP_FILE_ENV] = self.stop_file
-        env[PARENT_PID_ENV] = str(os.getpid())
-        self._proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      stdin=subprocess.DEVNULL, text=True, encoding="utf-8",
-                                      errors="replace", bufsize=1, env=env, **popen_options())
+        env, args = child_environment(self.env), self.command()[3:]
+        spare = take_spare(self.python, env)
+        self.warm = spare is not None
+        self._proc, self._control = spare.hand_over(args) if spare else launch(self.python, args, env)
         self.state = "running"
         _LIVE.add(self)
         for stream, kind in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
@@ -284,20 +254,8 @@ class Job:
 
     def _kill_tree(self) -> None:
         """Kill everything the job started, whatever the launcher did."""
-        if self._proc is None:
-            return
-        pids = set(self._seen) | set(descendants(self._proc.pid))
-        if os.name != "nt":
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)   # the group outlives its leader
-            except (ProcessLookupError, PermissionError):
-                pass
-        elif self._proc.poll() is None:
-            subprocess.call(["taskkill", "/F", "/T", "/PID", str(self._proc.pid)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen_options())
-        _kill_pids(pids)
-        if self._proc.poll() is None:
-            self._proc.kill()
+        if self._proc is not None:
+            kill_tree(self._proc, self._seen)
 
     # -- protocol -----------------------------------------------------------------------------
     def _apply(self, event: dict) -> None:

@@ -95,15 +95,21 @@ class Logic:
     def pythonExecutable(self) -> str:
         return self.python or shutil.which("PythonSlicer") or sys.executable
 
-    def _job(self, args: list[str], python: str | None = None):
-        """Start the CLI in a child process with MedTransferLib importable."""
-        from MedTransferLib.core.runner import Job
-
-        self._requireDependencies()
+    def childSetup(self, python: str | None = None):
+        """The interpreter and environment of a child process (MedTransferLib importable)."""
         lib_dir = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = lib_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return (self.jobFactory or Job)(args, python=python or self.pythonExecutable(), env=env).start()
+        return python or self.pythonExecutable(), env
+
+    def _job(self, args: list[str], python: str | None = None, needsTorch: bool = True):
+        """Start the CLI in a child process — a waiting spare's if one fits (panel.py)."""
+        from MedTransferLib.core.runner import Job
+
+        if needsTorch:
+            self._requireDependencies()
+        python, env = self.childSetup(python)
+        return (self.jobFactory or Job)(args, python=python, env=env).start()
 
     @staticmethod
     def _workdir(kind: str) -> str:
@@ -297,13 +303,7 @@ class Logic:
     def doctorInBackground(self, outputFolder=".", python=None) -> Task:
         """``medtransfer doctor`` in a child process: ``outputs`` is its report (checks, devices,
         backbones). Runs with dependencies missing too (it says what is missing)."""
-        from MedTransferLib.core.runner import Job
-
-        lib_dir = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = lib_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        job = (self.jobFactory or Job)(["doctor", "--out-dir", str(outputFolder)],
-                                       python=python or self.pythonExecutable(), env=env).start()
+        job = self._job(["doctor", "--out-dir", str(outputFolder)], python, needsTorch=False)
         return Task("doctor", job, lambda j: {k: v for k, v in j.result.items() if k != "event"})
 
     # -- results in the scene ------------------------------------------------------------------------------

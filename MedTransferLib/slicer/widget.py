@@ -91,6 +91,7 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
         self._entered = True
         self.setParameterNode(self.logic.getParameterNode())
         self.refreshDependencies()
+        self.panel.prepare_spare()
 
     def exit(self) -> None:
         self._entered = False
