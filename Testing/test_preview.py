@@ -315,6 +315,28 @@ def test_the_budget_keeps_back_the_last_preview():
     assert "~2 s kept" in s.reporter.seen[-1][1]["message"]
 
 
+def test_no_preview_at_the_step_the_budget_stops_training_the_last_one_follows(tmp_path):
+    # the hooks in the loop's order: the budget, then the preview. A preview due at the step where
+    # the budget stops would be followed at once by the last preview (end()): only that one comes
+    clock = Clock()
+    s, _ = _state()
+    target = FakeTarget(clock, per_slice=0.001)
+    budget, hook = TimeBudget(9.0, clock=clock), Preview(tmp_path, target, every=4.0, clock=clock)
+    budget.start(s)
+    hook.start(s)
+    stopped = []
+    while not stopped:
+        clock.now += 1.0
+        s.step += 1
+        if budget.step_end(s):
+            stopped.append(s.step)
+        hook.step_end(s)
+    assert s.stopping and clock.now >= hook.due          # a periodic preview was due at that step
+    assert [t for t in target.times] == [4.0]             # only the one at 4 s during training
+    hook.end(s)
+    assert [f["weights"] for e, f in s.reporter.seen if e == "preview"] == ["current", "final"]
+
+
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     return write_blob_datalist(tmp_path_factory.mktemp("blobs"), (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)

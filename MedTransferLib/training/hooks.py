@@ -50,6 +50,7 @@ class LoopState:
     after: float = 0.0            # seconds hooks will spend once training ends (the last preview)
     steps_due: int | None = None  # a time budget's estimate of the steps the run will make
     ends_in: float | None = None  # and of the seconds until the job ends
+    stopping: bool = False        # a hook ended training at this step (hooks after it see it)
 
     def remaining(self, planned: int, elapsed: float) -> tuple[int, float]:
         """``(steps in all, seconds left)`` for the progress events: the ``planned`` schedule at
@@ -168,7 +169,7 @@ class TimeBudget(Hook):
         s.steps_due, s.ends_in = s.step + int(left / pace), self.seconds - (now - self.since)
         if left >= self.longest:
             return False
-        self.spent = True
+        self.spent = s.stopping = True
         kept = self.kept(s.after)
         s.reporter.emit("note", message=f"time budget: stopping after step {s.step} ({now - self.since:.0f} of "
                                         f"{self.seconds:g} s; ~{kept:.0f} s kept to close the epoch, write "

@@ -93,7 +93,7 @@ class Preview(Hook):
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
-        if now >= self.due:
+        if now >= self.due and not s.stopping:   # stopping: the last preview (end()) comes at once
             interval = self._interval(now)
             case, view = read_view(self.folder, self.target.cases, self.target.slices)
             t0 = self.clock()
