@@ -103,22 +103,23 @@ def fill_between_slices(label: np.ndarray, labelled: list[int], work: Path) -> t
     return np.load(work / "filled.npy").astype(label.dtype), float(done.stdout.strip().splitlines()[-1])
 
 
-def spare_ready(timeout: float = 60.0) -> None:
+def spare_ready(timeout: float = 60.0, env=None) -> float:
     """Start a spare process as the panel does when a task ends (core/launch.py) and wait until it
     has loaded torch — until it stops using the CPU (the annotator paints meanwhile; the bench must
-    not predict beside it on 2 cores)."""
+    not predict beside it on 2 cores). Returns the waiting spare's resident memory in MiB."""
     import psutil
 
     from MedTransferLib.core.launch import prepare_spare
 
-    proc = psutil.Process(prepare_spare(sys.executable).proc.pid)
+    proc = psutil.Process(prepare_spare(sys.executable, env).proc.pid)
     used, end = -1.0, time.monotonic() + timeout
     while time.monotonic() < end:
         time.sleep(1.0)
         now = sum(proc.cpu_times()[:2])
         if now - used < 0.02:
-            return
+            break
         used = now
+    return proc.memory_info().rss / 2 ** 20
 
 
 def train_with_preview(datalist: Path, out: Path, previous, seconds: float, extra=()):
