@@ -128,3 +128,24 @@ def test_a_spare_for_another_environment_or_one_that_died_is_not_used():
         assert job.wait(timeout=120) == "finished"
     finally:
         drop_spare()
+
+
+@pytest.mark.slow   # child processes
+def test_a_spare_that_ends_as_it_is_handed_the_job_leaves_the_job_to_a_new_process(monkeypatch):
+    import sys
+
+    from MedTransferLib.core.launch import Spare, drop_spare, prepare_spare
+
+    def gone(self, args):   # the spare died between the check and the command
+        self.proc.kill()
+        self.proc.wait()
+        raise BrokenPipeError("the spare's stdin is closed")
+
+    try:
+        spare = prepare_spare(sys.executable)
+        monkeypatch.setattr(Spare, "hand_over", gone)
+        job = Job(["sampledata"]).start()
+        assert not job.warm and job.pid != spare.proc.pid
+        assert job.wait(timeout=120) == "finished"
+    finally:
+        drop_spare()

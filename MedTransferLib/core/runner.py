@@ -156,8 +156,15 @@ class Job:
             raise RuntimeError(f"job already {self.state}")
         env, args = child_environment(self.env), self.command()[3:]
         spare = take_spare(self.python, env)
+        if spare is not None:
+            try:
+                self._proc, self._control = spare.hand_over(args)
+            except OSError:   # it ended between the check and the command: start a process instead
+                spare.close()
+                spare = None
         self.warm = spare is not None
-        self._proc, self._control = spare.hand_over(args) if spare else launch(self.python, args, env)
+        if spare is None:
+            self._proc, self._control = launch(self.python, args, env)
         self.state = "running"
         _LIVE.add(self)
         for stream, kind in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
