@@ -143,18 +143,21 @@ class Job:
         return os.path.join(self._control, "stop") if self._control else None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def command(self) -> list[str]:
-        cmd = [self.python, "-m", "MedTransferLib", *self.args]
+    def arguments(self) -> list[str]:
+        """The arguments after ``-m MedTransferLib`` (JSON progress for the commands that speak it)."""
         if self.args and self.args[0] in JSON_COMMANDS and "--progress" not in self.args:
-            cmd += ["--progress", "json"]
-        return cmd
+            return [*self.args, "--progress", "json"]
+        return list(self.args)
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "MedTransferLib", *self.arguments()]
 
     def start(self) -> "Job":
         """Start the child — or hand the command to a waiting spare with the same Python and
         environment (core/launch.py), which has loaded torch already."""
         if self.state != "idle":
             raise RuntimeError(f"job already {self.state}")
-        env, args = child_environment(self.env), self.command()[3:]
+        env, args = child_environment(self.env), self.arguments()
         spare = take_spare(self.python, env)
         if spare is not None:
             try:

@@ -34,10 +34,11 @@ def split_train_val(volumes: list[Volume], val_fraction: float, seed: int, short
                                    f"slice or remove the case from the datalist")
         labelled.append(idx)
     rng = np.random.default_rng(seed)
+    everything = [(vi, int(s)) for vi in range(len(volumes)) for s in labelled[vi]]
     if short_run:
-        return [(vi, int(s)) for vi in range(len(volumes)) for s in labelled[vi]], [], SHORT_RUN_NOTE
+        return everything, [], SHORT_RUN_NOTE
     if len(volumes) > 1 and val_fraction <= 0:   # every case trains (a test found case 0 alone did)
-        return ([(vi, int(s)) for vi in range(len(volumes)) for s in labelled[vi]], [],
+        return (everything, [],
                 "validation: none (validation fraction 0); training runs for the full number of epochs "
                 "without early stopping")
     if len(volumes) > 1:
