@@ -424,11 +424,16 @@ def test_self_test_without_dependencies_installs_nothing_and_runs_the_checks_tha
 
 
 @pytest.mark.slow   # child processes
-def test_self_test_with_dependencies_trains_applies_and_checks_the_segmentation(make_harness, caplog):
+def test_self_test_with_dependencies_trains_applies_and_checks_the_segmentation(make_harness, caplog, tmp_path,
+                                                                                monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     h = make_harness(testing=True)
     with caplog.at_level("INFO"):
         _self_test(h)
     assert "MedTransfer self-test passed" in caplog.text
+    assert not list(tmp_path.glob("MedTransferSelfTest-*"))   # its run and model removed
     assert any(s.GetName() == "MRHead MedTransfer" for s in _nodes(h.scene, "vtkMRMLSegmentationNode"))
 
 

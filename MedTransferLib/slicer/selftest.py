@@ -13,6 +13,7 @@ checks were skipped and why.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 
 import numpy as np
@@ -71,17 +72,20 @@ def run(test, logic, sample=None) -> dict:
         return ran
 
     out = tempfile.mkdtemp(prefix="MedTransferSelfTest-")
-    task = logic.trainInBackground(pairs.pairs(), ["bright"], out, epochs=1, steps_per_epoch=2,
-                                   weights="none", strategy="finetune", batch_size=2)
-    test.assertEqual(task.wait(timeout=900), "finished", task.error)
-    table, _chart = logic.learningCurve(task.progress.history)
-    test.assertEqual(table.GetTable().GetNumberOfRows(), 1)
-    [(segmentation, volumes, metrics)] = logic.predict([volume], task.package, seg)
-    test.assertEqual(logic.segmentNames(segmentation), ["bright"])
-    test.assertEqual(volumes.GetTable().GetNumberOfRows(), 1)
-    test.assertIsNotNone(metrics)
-    test.assertIn("bright", logic.describeModel(task.package))
-    test.assertEqual(slicer.util.arrayFromVolume(volume).tobytes(), before.tobytes())   # input untouched
+    try:
+        task = logic.trainInBackground(pairs.pairs(), ["bright"], out, epochs=1, steps_per_epoch=2,
+                                       weights="none", strategy="finetune", batch_size=2)
+        test.assertEqual(task.wait(timeout=900), "finished", task.error)
+        table, _chart = logic.learningCurve(task.progress.history)
+        test.assertEqual(table.GetTable().GetNumberOfRows(), 1)
+        [(segmentation, volumes, metrics)] = logic.predict([volume], task.package, seg)
+        test.assertEqual(logic.segmentNames(segmentation), ["bright"])
+        test.assertEqual(volumes.GetTable().GetNumberOfRows(), 1)
+        test.assertIsNotNone(metrics)
+        test.assertIn("bright", logic.describeModel(task.package))
+        test.assertEqual(slicer.util.arrayFromVolume(volume).tobytes(), before.tobytes())   # input untouched
+    finally:
+        shutil.rmtree(out, ignore_errors=True)   # the run and its model: nothing left behind
     ran["trained"] = True
     logging.info("MedTransfer self-test passed")
     return ran
