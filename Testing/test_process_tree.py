@@ -112,7 +112,8 @@ while job.progress.step < 1:
     job.poll(); time.sleep(0.05)
     assert job.state == "running", job.log
 import psutil
-print(json.dumps([job.pid] + [c.pid for c in psutil.Process(job.pid).children(recursive=True)]), flush=True)
+print(json.dumps([job._control, job.pid] + [c.pid for c in psutil.Process(job.pid).children(recursive=True)]),
+      flush=True)
 {ending}
 '''
 
@@ -120,18 +121,23 @@ print(json.dumps([job.pid] + [c.pid for c in psutil.Process(job.pid).children(re
 @pytest.mark.parametrize("ending, how", [("sys.exit(0)", "exits"), ("time.sleep(600)", "is killed")])
 def test_no_training_outlives_the_application(blob_datalist, tmp_path, ending, how):
     """Application exit (atexit) and an application that dies with SIGKILL (the child's watchdog
-    sees its parent gone) both end the training."""
+    sees its parent gone, its stdout's reader is gone) both end the training; the killed
+    application's child stops as Cancel does and removes the control folder the application
+    can no longer remove."""
     launcher = write_launcher(tmp_path)
     out = tmp_path / "run"
     code = _SLICER.format(root=str(ROOT), args=_long_training(blob_datalist, out), launcher=str(launcher),
                           ending=ending)
     app = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    tree = json.loads(app.stdout.readline())
+    control, *tree = json.loads(app.stdout.readline())
+    assert os.path.isdir(control)
     if how == "is killed":
         app.kill()
     app.wait(timeout=30)
     assert _gone(tree, timeout=10), f"training outlived an application that {how}"
-    assert not (out / "model").exists()
+    assert not (out / "model").exists() and not os.path.exists(control)
+    if how == "is killed":
+        assert read_state(out)["state"] == "cancelled"   # not "failed" on a broken pipe
 
 
 _SPARE = '''
@@ -142,7 +148,8 @@ from MedTransferLib.core.launch import prepare_spare
 spare = prepare_spare({launcher!r})
 while not psutil.Process(spare.proc.pid).children():   # the launcher has started the interpreter
     time.sleep(0.05)
-print(json.dumps([spare.proc.pid] + [c.pid for c in psutil.Process(spare.proc.pid).children(recursive=True)]), flush=True)
+print(json.dumps([spare.control, spare.proc.pid]
+                 + [c.pid for c in psutil.Process(spare.proc.pid).children(recursive=True)]), flush=True)
 {ending}
 '''
 
@@ -155,14 +162,15 @@ def test_no_spare_outlives_the_application(tmp_path, ending, how):
     launcher = write_launcher(tmp_path)
     code = _SPARE.format(root=str(ROOT), launcher=str(launcher), ending=ending)
     app = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    tree = json.loads(app.stdout.readline())
-    assert len(tree) >= 2
+    control, *tree = json.loads(app.stdout.readline())
+    assert len(tree) >= 2 and os.path.isdir(control)
     if how == "is killed":
         app.kill()
     app.wait(timeout=30)
     # exits: its tree killed at once; killed: the spare reads the end of its stdin once its
     # imports are done (a few seconds)
     assert _gone(tree, timeout=1 if how == "exits" else 60), f"a spare outlived an application that {how}"
+    assert not os.path.exists(control)   # killed: the spare removed it
 
 
 def test_a_spare_behind_the_launcher_runs_the_job_and_cancel_stops_its_tree(blob_datalist, tmp_path):

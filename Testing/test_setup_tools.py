@@ -201,6 +201,24 @@ def test_the_watchdog_stops_when_the_application_has_died():
     assert len(reasons) == 1 and str(app.pid) in reasons[0]
 
 
+def test_progress_whose_reader_has_gone_stops_the_run_as_cancel_does():
+    """Slicer killed: the child's stdout pipe has no reader. The next progress line ends the run
+    as Cancel does (KeyboardInterrupt: state "cancelled", exit 130), not with a BrokenPipeError
+    (state "failed"), and the stream now writes to the null device, so the exit's flush works."""
+    from MedTransferLib.core.progress import Reporter
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as stream:
+        reporter = Reporter(stream=stream, bar=False)
+        with pytest.raises(KeyboardInterrupt):
+            reporter.emit("step", step=1)
+        assert reporter.stream is None
+        reporter.emit("step", step=2)   # nothing more is written, nothing raised
+        stream.write("x" * 200_000)   # more than a pipe holds: the null device takes it
+        stream.flush()
+
+
 # -- the apply request ----------------------------------------------------------------------------------
 def test_a_bad_apply_request_is_named(tmp_path):
     from MedTransferLib.app.apply import load_request

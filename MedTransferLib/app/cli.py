@@ -16,6 +16,11 @@ from MedTransferLib.core.defaults import CONTINUE_EPOCHS
 from MedTransferLib.core.defaults import TRAINING as D
 from MedTransferLib.core.errors import MedTransferError
 from MedTransferLib.core.launch import SPARE_FLAG
+from MedTransferLib.core.lifeline import (
+    remove_control_folder,
+    start_from_environment,
+    write_or_silence,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,19 +209,19 @@ def _cancel(*_):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _cancel)
-    from MedTransferLib.core.lifeline import start_from_environment
-
     watchdog = start_from_environment()   # the runner's stop file / Slicer gone → a clean stop
     try:
         return args.func(args)
     except MedTransferError as exc:
-        print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
-        print(f"medtransfer: error: {exc}", file=sys.stderr)
+        write_or_silence(sys.stdout, json.dumps({"event": "error", "message": str(exc)}) + "\n")
+        write_or_silence(sys.stderr, f"medtransfer: error: {exc}\n")
         return 2
-    except KeyboardInterrupt:
-        print(json.dumps({"event": "cancelled"}), flush=True)
+    except KeyboardInterrupt:   # also when stdout's reader has gone (core/progress.py)
+        if watchdog is not None and watchdog.orphaned():
+            remove_control_folder()   # the runner that made it is gone and cannot remove it
+        write_or_silence(sys.stdout, json.dumps({"event": "cancelled"}) + "\n")
         why = f" ({watchdog.reason})" if watchdog is not None and watchdog.reason else ""
-        print(f"medtransfer: cancelled{why}", file=sys.stderr)
+        write_or_silence(sys.stderr, f"medtransfer: cancelled{why}\n")
         return 130
     finally:
         if watchdog is not None:
@@ -236,7 +241,10 @@ def spare() -> int:
     except ImportError:
         pass   # e.g. no torch yet: the command itself then reports it, as in a process of its own
     line = sys.stdin.readline()
-    return main(json.loads(line)) if line.strip() else 0
+    if not line.strip():
+        remove_control_folder()   # dropped, or its parent is gone and cannot remove it
+        return 0
+    return main(json.loads(line))
 
 
 def run() -> None:

@@ -69,9 +69,13 @@ class Watchdog:
         """Why this process should stop now, or None."""
         if self.stop_file is not None and self.stop_file.exists():
             return "stop requested"
-        if self.parent_pid and not pid_alive(self.parent_pid):
+        if self.orphaned():
             return f"the process that started this one ({self.parent_pid}) has ended"
         return None
+
+    def orphaned(self) -> bool:
+        """Whether the process that started this one has ended."""
+        return bool(self.parent_pid) and not pid_alive(self.parent_pid)
 
     def _run(self) -> None:
         while not self._done.wait(self.interval):
@@ -87,6 +91,36 @@ class Watchdog:
 
     def stop(self) -> None:
         self._done.set()
+
+
+def write_or_silence(stream, text: str) -> bool:
+    """Write ``text`` to ``stream`` (stdout or stderr) and flush. If its reader has gone (Slicer
+    ended, or a pipe such as ``| head`` closed), point the stream at the null device instead —
+    so that later writes and the exit's flush succeed — and return False."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return True
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        except (OSError, ValueError):   # no file descriptor (a test's stream): nothing to silence
+            pass
+        finally:
+            os.close(null)
+        return False
+
+
+def remove_control_folder(env=None) -> None:
+    """Remove the (empty) folder of the runner's stop file: the process that made it, and would
+    remove it, is gone. A folder that holds anything is left alone."""
+    stop_file = (os.environ if env is None else env).get(STOP_FILE_ENV)
+    if stop_file:
+        try:
+            os.rmdir(os.path.dirname(stop_file))
+        except OSError:
+            pass
 
 
 def start_from_environment(env=None) -> Watchdog | None:

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from MedTransferLib.core.lifeline import write_or_silence
+
 
 class Reporter:
     """Sends events to ``sink`` (a callable taking a dict) and/or as JSON lines to ``stream``.
@@ -28,9 +30,10 @@ class Reporter:
         msg = {"event": event, "time_s": round(time.monotonic() - self.t0, 3), **fields}
         if self.sink is not None:
             self.sink(msg)
-        if self.stream is not None:
-            self.stream.write(json.dumps(msg) + "\n")
-            self.stream.flush()
+        if self.stream is not None and not write_or_silence(self.stream, json.dumps(msg) + "\n"):
+            # nobody reads the progress any more (Slicer has ended): stop as Cancel does
+            self.stream, self.bar, self.lines = None, False, False
+            raise KeyboardInterrupt
         if self.bar:
             self._draw(msg)
         elif self.lines and event in ("epoch", "note"):
