@@ -82,6 +82,23 @@ def test_the_cli_continues_with_a_short_schedule_and_keeps_a_time_budget(first, 
     assert main(args + ["--out", str(tmp_path / "y"), "--max-seconds", "-1"]) == 2
 
 
+def test_an_update_shows_its_starting_model_at_once_a_new_run_after_the_interval(first, tmp_path, capsys):
+    datalist, run = first
+    args = ["train", "--datalist", str(datalist), "--backbone", "resnet18", "--weights", "none", "--batch-size", "2",
+            "--patch", "64", "--val-fraction", "0", "--steps-per-epoch", "2", "--progress", "json"]
+
+    def previews(out, *extra):
+        capsys.readouterr()
+        assert main(args + ["--out", str(tmp_path / out), "--preview", str(tmp_path / out / "preview"), *extra]) == 0
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        return [(e["step"], e["weights"]) for e in events if e["event"] == "preview"]
+
+    # the default interval (25 s on a CPU) is far longer than these runs: only the first step's
+    # preview of the continued model and the finished model's
+    assert previews("update", "--from", str(run.package.parent)) == [(1, "current"), (8, "final")]
+    assert previews("new", "--epochs", "2") == [(4, "final")]
+
+
 def test_an_update_holds_nothing_out_so_every_correction_trains(first, tmp_path):
     # two cases, half held out for validation — except in a brief continuation (the panel's
     # Update: --from, no more epochs than the patience of 4), which early stopping could not end:

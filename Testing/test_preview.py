@@ -124,6 +124,24 @@ def test_previews_come_on_time_show_the_viewed_slices_and_cost_at_most_a_tenth(t
     assert previews[0]["slices"] == 18 and previews[0]["case"] == 0
 
 
+def test_a_continued_model_is_previewed_after_its_first_step_then_on_the_usual_schedule(tmp_path):
+    """An Update starts from a model that is already useful: guided by the slices just painted,
+    it is shown at once (``first=0``), not after the first ``every`` seconds; the next preview
+    follows ``every`` seconds after it."""
+    clock = Clock()
+    target = FakeTarget(clock, per_slice=1 / 64)   # binary fractions: exact clock arithmetic
+    hook = Preview(tmp_path, target, every=5.0, first=0.0, clock=clock)
+    s, _ = _state()
+    hook.start(s)
+    for step in range(1, 15):           # a step takes 0.5 s
+        clock.now += 0.5
+        s.step = step
+        hook.step_end(s)
+    previews = [f for e, f in s.reporter.seen if e == "preview"]
+    # at 0.5 s (16 slices, 0.25 s), then 5 s after that one ended
+    assert [p["step"] for p in previews] == [1, 11] and target.times == [0.5, 5.75]
+
+
 def test_cheap_previews_predict_as_many_slices_as_a_tenth_of_the_interval_allows(tmp_path):
     clock = Clock()
     target = FakeTarget(clock, per_slice=1 / 64)             # binary fractions: exact clock arithmetic
@@ -333,6 +351,25 @@ def test_no_preview_at_the_step_the_budget_stops_training_the_last_one_follows(t
         hook.step_end(s)
     assert s.stopping and clock.now >= hook.due          # a periodic preview was due at that step
     assert [t for t in target.times] == [4.0]             # only the one at 4 s during training
+    hook.end(s)
+    assert [f["weights"] for e, f in s.reporter.seen if e == "preview"] == ["current", "final"]
+
+
+def test_no_periodic_preview_when_the_budget_ends_within_half_an_interval(tmp_path):
+    # a preview due at 8 s of a 9.5-s budget would come 1-2 s before the last one (the finished
+    # model): the user would see two previews in a row and training lose the time of one
+    clock = Clock()
+    s, _ = _state()
+    target = FakeTarget(clock, per_slice=0.001)
+    budget, hook = TimeBudget(9.5, clock=clock), Preview(tmp_path, target, every=4.0, clock=clock)
+    budget.start(s)
+    hook.start(s)
+    while not s.stopping:
+        clock.now += 1.0
+        s.step += 1
+        budget.step_end(s)
+        hook.step_end(s)
+    assert s.step == 9 and target.times == [4.0]   # due again at 8 s: 1.5 s of the budget left
     hook.end(s)
     assert [f["weights"] for e, f in s.reporter.seen if e == "preview"] == ["current", "final"]
 

@@ -11,7 +11,10 @@ slices not predicted yet are 0. Once validation has scored an epoch, a preview s
 validated weights so far (what the model package would hold if training stopped now), not the
 weights of the step in progress.
 
-How often: every ``every`` seconds (default 5 s on a GPU, 25 s on a CPU), and never more than
+How often: every ``every`` seconds (default 5 s on a GPU, 25 s on a CPU; a run that continues a
+model shows it after its first step: guided by the slices painted since, the user sees what a
+correction changes within seconds), none when a time budget ends training within half an
+interval (the last preview is then close), and never more than
 ``overhead`` (10 %) of the time: the number of extra slices is chosen from the measured cost per
 slice, and when even the viewed slices cost more, the next preview waits longer. 3D models
 predict the whole volume (a sliding window cannot predict a slice alone), with the same rule
@@ -69,12 +72,13 @@ class Preview(Hook):
     """``target``: what the task predicts and writes (see :class:`SlicePreview`)."""
 
     def __init__(self, folder, target, every: float, overhead: float = 0.10,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, first: float | None = None):
         self.folder, self.target, self.every, self.overhead, self.clock = Path(folder), target, float(every), overhead, clock
+        self.first = self.every if first is None else float(first)   # seconds to the first preview
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def start(self, s: LoopState) -> None:
-        self.due = self.clock() + self.every
+        self.due = self.clock() + self.first
         self.per_slice: float | None = None
         self.cursor: dict[int, int] = {}
         self.count = 0
@@ -93,7 +97,10 @@ class Preview(Hook):
 
     def step_end(self, s: LoopState) -> bool:
         now = self.clock()
-        if now >= self.due and not s.stopping:   # stopping: the last preview (end()) comes at once
+        # stopping, or a time budget ending within half an interval: the last preview (end()),
+        # of the finished model, comes before the next would
+        last_soon = s.stopping or (s.ends_in is not None and s.ends_in < self.every / 2)
+        if now >= self.due and not last_soon:
             interval = self._interval(now)
             case, view = read_view(self.folder, self.target.cases, self.target.slices)
             t0 = self.clock()

@@ -109,8 +109,9 @@ def _preview(config: TrainConfig, target, device):
     from MedTransferLib.training.preview import DEFAULT_EVERY, Preview
 
     every = config.preview_seconds
+    # a continued model (--from: the panel's Update) is useful already: shown after the first step
     return Preview(config.preview, target, DEFAULT_EVERY["cuda" if device.type == "cuda" else "cpu"]
-                   if every is None else every)
+                   if every is None else every, first=0.0 if config.init_from else None)
 
 
 def run(task: Task, out, config: TrainConfig | None = None, reporter: Reporter | None = None,
