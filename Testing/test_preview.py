@@ -333,35 +333,15 @@ def test_the_budget_keeps_back_the_last_preview():
     assert "~2 s kept" in s.reporter.seen[-1][1]["message"]
 
 
-def test_no_preview_at_the_step_the_budget_stops_training_the_last_one_follows(tmp_path):
-    # the hooks in the loop's order: the budget, then the preview. A preview due at the step where
-    # the budget stops would be followed at once by the last preview (end()): only that one comes
+def _until_the_budget_stops(tmp_path, seconds, every, finish_steps=0.0):
+    """The budget, then the preview (the loop's order), 1-s steps until the budget stops training,
+    then the last preview: the last step, the times of the previews during training, whether one
+    was due at the last step, and the weights each preview showed."""
     clock = Clock()
     s, _ = _state()
-    target = FakeTarget(clock, per_slice=0.001)
-    budget, hook = TimeBudget(9.0, clock=clock), Preview(tmp_path, target, every=4.0, clock=clock)
-    budget.start(s)
-    hook.start(s)
-    stopped = []
-    while not stopped:
-        clock.now += 1.0
-        s.step += 1
-        if budget.step_end(s):
-            stopped.append(s.step)
-        hook.step_end(s)
-    assert s.stopping and clock.now >= hook.due          # a periodic preview was due at that step
-    assert [t for t in target.times] == [4.0]             # only the one at 4 s during training
-    hook.end(s)
-    assert [f["weights"] for e, f in s.reporter.seen if e == "preview"] == ["current", "final"]
-
-
-def test_no_periodic_preview_when_the_budget_ends_within_half_an_interval(tmp_path):
-    # a preview due at 8 s of a 9.5-s budget would come 1-2 s before the last one (the finished
-    # model): the user would see two previews in a row and training lose the time of one
-    clock = Clock()
-    s, _ = _state()
-    target = FakeTarget(clock, per_slice=0.001)
-    budget, hook = TimeBudget(9.5, clock=clock), Preview(tmp_path, target, every=4.0, clock=clock)
+    target = FakeTarget(clock, per_slice=1 / 1024)
+    budget = TimeBudget(seconds, clock=clock, finish_steps=finish_steps)
+    hook = Preview(tmp_path, target, every=every, clock=clock)
     budget.start(s)
     hook.start(s)
     while not s.stopping:
@@ -369,9 +349,26 @@ def test_no_periodic_preview_when_the_budget_ends_within_half_an_interval(tmp_pa
         s.step += 1
         budget.step_end(s)
         hook.step_end(s)
-    assert s.step == 9 and target.times == [4.0]   # due again at 8 s: 1.5 s of the budget left
+    during, due = list(target.times), clock.now >= hook.due
     hook.end(s)
-    assert [f["weights"] for e, f in s.reporter.seen if e == "preview"] == ["current", "final"]
+    return s.step, during, due, [f["weights"] for e, f in s.reporter.seen if e == "preview"]
+
+
+def test_no_preview_at_the_step_the_budget_stops_training_the_last_one_follows(tmp_path):
+    # a preview due at the step where the budget stops would be followed at once by the last
+    # preview (end()): only that one comes. Three steps' worth kept back for the package: the
+    # budget stops at 8 s of 12, the job ending after more than half an interval
+    step, during, due, shown = _until_the_budget_stops(tmp_path, 12.0, every=4.0, finish_steps=3)
+    assert step == 8 and due and during == [4.0]   # none at step 8
+    assert shown == ["current", "final"]
+
+
+def test_no_periodic_preview_when_the_budget_ends_within_half_an_interval(tmp_path):
+    # a preview due at 8 s of a 9.5-s budget would come 1-2 s before the last one (the finished
+    # model): the user would see two previews in a row and training lose the time of one
+    step, during, _, shown = _until_the_budget_stops(tmp_path, 9.5, every=4.0)
+    assert step == 9 and during == [4.0]   # due again at 8 s: 1.5 s of the budget left
+    assert shown == ["current", "final"]
 
 
 @pytest.fixture(scope="module")

@@ -508,16 +508,17 @@ def test_training_shows_a_live_preview_and_update_continues_the_model(harness, c
     # a preview after every step's worth of time (--preview-seconds 0: still ≤ 10 % of the time)
     quick_training(h.widget.logic, steps=4, extra=["--preview-seconds", "0"])
     h.click("trainButton")
+    run = h.widget.panel.panel.last_run
+    # the panel tells the training which slices the Red view shows, before its first preview:
+    # case 0, slice 7 and its neighbours
+    assert json.loads((run / "preview" / "view.json").read_text()) == {"case": 0, "slices": [6, 7, 8]}
     assert _task(h).job.warm and _task(h).job.pid == entered.proc.pid and waiting_spare() is None
     h.wait_for(lambda: not _busy(h), 600, "training")
     assert _task(h).state == "finished", _task(h).error
     spare = waiting_spare()   # the next one, started when the training ended
     assert spare is not None and spare.alive() and spare is not entered
-    run = h.widget.panel.panel.last_run
-    # the panel told the training which slices the Red view shows: case 0, slice 7 and its neighbours
-    assert json.loads((run / "preview" / "view.json").read_text()) == {"case": 0, "slices": [6, 7, 8]}
     shown = [e for e in _task(h).events if e.get("event") == "preview"]
-    assert shown and all(e["viewed"] == [6, 7, 8] for e in shown[1:])
+    assert shown and all(e["viewed"] == [6, 7, 8] for e in shown)
     previews = [s for s in _nodes(h.scene, "vtkMRMLSegmentationNode") if s.GetName() == "MedTransfer preview"]
     assert len(previews) == 1 and bridge.segment_names(previews[0]) == ["Caudate_L", "Putamen_L"]
     drawn = bridge.segmentation_to_label(previews[0], volume, bridge.labels_from_segments(previews[0], [
@@ -536,9 +537,15 @@ def test_training_shows_a_live_preview_and_update_continues_the_model(harness, c
 
     # Update: continue that model for a time budget, into a new run folder, the preview replaced in place
     h.click("updateButton")
+    viewed = [suggested - 1, suggested, suggested + 1]
+    update_run = h.widget.panel.panel.last_run
+    assert json.loads((update_run / "preview" / "view.json").read_text()) == {"case": 0, "slices": viewed}
     assert _task(h).job.warm and _task(h).job.pid == spare.proc.pid
     h.wait_for(lambda: not _busy(h), 600, "the update")
     assert _task(h).kind == "update" and _task(h).state == "finished", _task(h).error
+    # the model being continued is previewed after the first step, on the slices in view
+    first = next(e for e in _task(h).events if e.get("event") == "preview")
+    assert first["step"] == 1 and first["viewed"] == viewed and first["weights"] == "current"
     last = waiting_spare()
     assert last is not None and last.alive()
     h.widget.cleanup()   # Slicer closing: no spare is left behind
