@@ -371,6 +371,20 @@ def test_no_periodic_preview_when_the_budget_ends_within_half_an_interval(tmp_pa
     assert shown == ["current", "final"]
 
 
+def test_a_preview_comes_when_the_budget_ends_half_an_interval_away_or_more(tmp_path):
+    clock = Clock()
+    shown = []
+    for ends_in in (2.0, 1.99):         # every 4 s: half an interval is 2 s
+        s, _ = _state()
+        hook = Preview(tmp_path, FakeTarget(clock), every=4.0, clock=clock)
+        hook.start(s)
+        clock.now += 4.0
+        s.step, s.ends_in = 1, ends_in
+        hook.step_end(s)
+        shown.append(len(s.reporter.seen))
+    assert shown == [1, 0]
+
+
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     return write_blob_datalist(tmp_path_factory.mktemp("blobs"), (0.8, 0.9, 2.0), (5.0, -3.0, 1.0), OBLIQUE)
