@@ -219,6 +219,24 @@ def test_progress_whose_reader_has_gone_stops_the_run_as_cancel_does():
         stream.flush()
 
 
+def test_a_broken_pipe_and_on_windows_einval_mean_the_reader_has_gone():
+    import errno
+
+    from MedTransferLib.core.lifeline import reader_gone, write_or_silence
+
+    einval = OSError(errno.EINVAL, "Invalid argument")
+    assert reader_gone(BrokenPipeError(errno.EPIPE, "Broken pipe"), windows=False)
+    assert reader_gone(einval, windows=True) and not reader_gone(einval, windows=False)
+    assert not reader_gone(OSError(errno.ENOSPC, "No space left on device"), windows=True)
+
+    class Full:   # stdout redirected to a full disk: an error to report, not a reader gone
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_or_silence(Full(), "x")
+
+
 # -- the apply request ----------------------------------------------------------------------------------
 def test_a_bad_apply_request_is_named(tmp_path):
     from MedTransferLib.app.apply import load_request

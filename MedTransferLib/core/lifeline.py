@@ -13,6 +13,7 @@ there are no POSIX signals to send through a launcher.
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 import threading
 from pathlib import Path
@@ -93,6 +94,13 @@ class Watchdog:
         self._done.set()
 
 
+def reader_gone(exc: OSError, windows: bool | None = None) -> bool:
+    """Whether a failed write means the stream's reader has gone: a broken pipe, or on Windows
+    EINVAL, which a write to a broken pipe can raise there instead (CPython issue #79935)."""
+    windows = os.name == "nt" if windows is None else windows
+    return isinstance(exc, BrokenPipeError) or (windows and exc.errno == errno.EINVAL)
+
+
 def write_or_silence(stream, text: str) -> bool:
     """Write ``text`` to ``stream`` (stdout or stderr) and flush. If its reader has gone (Slicer
     ended, or a pipe such as ``| head`` closed), point the stream at the null device instead —
@@ -101,7 +109,9 @@ def write_or_silence(stream, text: str) -> bool:
         stream.write(text)
         stream.flush()
         return True
-    except BrokenPipeError:
+    except OSError as exc:
+        if not reader_gone(exc):
+            raise
         null = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(null, stream.fileno())
