@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timeline(root: Path, datalist: Path, init_from: Path | None, seconds: float, spare: bool = False) -> dict:
-    sys.path.insert(0, str(root))
     from MedTransferLib.core.runner import Job
 
     out = Path(tempfile.mkdtemp(prefix="timeline_"))
@@ -82,6 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--spare-memory", action="store_true",
                     help="only start a spare process, wait until it has loaded torch and print its memory")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(a.root).resolve()))   # the runner of that checkout, once
     if a.spare_memory:
         from interactive import spare_ready  # bench/interactive.py
 

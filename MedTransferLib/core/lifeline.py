@@ -122,10 +122,10 @@ def write_or_silence(stream, text: str) -> bool:
         return False
 
 
-def remove_control_folder(env=None) -> None:
+def remove_control_folder() -> None:
     """Remove the (empty) folder of the runner's stop file: the process that made it, and would
     remove it, is gone. A folder that holds anything is left alone."""
-    stop_file = (os.environ if env is None else env).get(STOP_FILE_ENV)
+    stop_file = os.environ.get(STOP_FILE_ENV)
     if stop_file:
         try:
             os.rmdir(os.path.dirname(stop_file))

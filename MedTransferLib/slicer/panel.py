@@ -122,10 +122,11 @@ class Panel:
         self.task = task
         return task
 
-    def start_train(self, p, update: bool = False):
+    def start_train(self, p, update: bool = False, view=None):
         """Train into a new run folder; a segmentation shows a live preview while it trains.
         ``update``: continue the current model (``p.modelFolder``) for a short time budget on the
-        list as it is now (after correcting or adding slices)."""
+        list as it is now (after correcting or adding slices). ``view()``: the ``(case, slices)``
+        the user looks at (as for :meth:`tick`), told to the training before its first preview."""
         if self.busy:
             raise MedTransferError("a task is already running")
         run = self.new_run_folder(p.outputFolder)
@@ -149,12 +150,14 @@ class Panel:
             # the node previews are drawn into is kept from run to run
             self.preview = LivePreview(self.logic, run / "preview", [v for v, _ in pairs],
                                        self.logic.labelsOf(pairs[0][1], names), node=previous)
+            if view is not None:   # at once, not at the first tick: a continued model previews after one step
+                self.preview.report_view(view())
         self.curve = (None, None)
         self.last_run = run
         return self._start(task)
 
-    def start_update(self, p):
-        return self.start_train(p, update=True)
+    def start_update(self, p, view=None):
+        return self.start_train(p, update=True, view=view)
 
     def start_apply(self, p, volumes):
         if self.busy:
@@ -244,7 +247,7 @@ class Panel:
             if first:
                 self.logic.showChartInLayout(self.curve[1])
         if task.running:
-            out.status = self._running_text(task)
+            out.status = self.running_text(task)
             return out
         if not was_running:
             return out
@@ -261,7 +264,7 @@ class Panel:
         return out
 
     @staticmethod
-    def _running_text(task) -> str:
+    def running_text(task) -> str:
         prog = task.progress
         if getattr(task.job, "cancel_requested", False):
             return "Cancelling…"

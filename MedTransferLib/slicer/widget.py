@@ -214,25 +214,23 @@ class PanelWidget(TrainingListSlots, VTKObservationMixin):
             self.showManifest()
 
     # -- background tasks --------------------------------------------------------------------------------
-    def _started(self, task, training: bool = False) -> None:
+    def _started(self, task) -> None:
         self.ui.logTextEdit.clear()
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = self.panel._running_text(task)
+        self.ui.statusLabel.text = self.panel.running_text(task)
         self.timer.start()
-        if training and self.panel.preview is not None:   # the slices in view, before the first preview
-            self.panel.preview.report_view(self.viewed())
         self.updateGUI()
 
     def onTrain(self) -> None:
         """Train in a child process (never in Slicer's GUI thread); the timer polls its progress."""
         with slicer.util.tryWithErrorDisplay("Training could not start.", waitCursor=True):
-            self._started(self.panel.start_train(self._parameterNode), training=True)
+            self._started(self.panel.start_train(self._parameterNode, view=self.viewed))
             self.ui.statusLabel.text = f"Training into {self.panel.last_run}"
 
     def onUpdate(self) -> None:
         """Continue the current model on the corrected or added slices; the job keeps within a minute."""
         with slicer.util.tryWithErrorDisplay("The update could not start.", waitCursor=True):
-            self._started(self.panel.start_update(self._parameterNode), training=True)
+            self._started(self.panel.start_update(self._parameterNode, view=self.viewed))
 
     def onSuggestSlice(self) -> None:
         with slicer.util.tryWithErrorDisplay("No slice to suggest.", waitCursor=False):
