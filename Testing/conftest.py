@@ -72,6 +72,26 @@ def write_blob_datalist(folder, spacing=(0.8, 0.8, 2.0), origin=(0.0, 0.0, 0.0),
     return path
 
 
+def red_view(scene, normal):
+    """The scene's Red view (added if missing), its plane turned to ``normal`` (RAS); for the
+    Slicer tests."""
+    import slicer
+
+    view = scene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+    if view is None:
+        view = slicer.vtkMRMLSliceNode()
+        view.SetSingletonTag("Red")
+        view = scene.AddNode(view)
+    n = np.asarray(normal, float) / np.linalg.norm(normal)
+    x = np.cross([0.0, 1.0, 0.0] if abs(n[1]) < 0.9 else [1.0, 0.0, 0.0], n)
+    x /= np.linalg.norm(x)
+    for r, row in enumerate(np.stack([x, np.cross(n, x), n], axis=1)):
+        for c in range(3):
+            view.GetSliceToRAS().SetElement(r, c, float(row[c]))
+    view.UpdateMatrices()
+    return view
+
+
 class Events(Reporter):
     """A reporter that keeps every event as ``(event, fields)`` in ``seen``."""
 

@@ -5,7 +5,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from conftest import OBLIQUE, blob_volume  # noqa: E402
+from conftest import OBLIQUE, blob_volume, red_view  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
 from MedTransferLib.slicer import bridge as sb  # noqa: E402
@@ -187,7 +187,7 @@ def test_slices_marked_empty_are_labelled_background_and_saved_on_the_node(scene
     assert seg.GetAttribute(sb.EMPTY_SLICES) == '{"2": [0, 5, 7]}'   # a node attribute: saved with the scene
     sb.set_empty_slices(seg, [9])
     with pytest.raises(mt.MedTransferError, match=r"marks slices \[9\] as empty, outside volume 'vol' \(8 slices"):
-        sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore")
+        sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore", axis=2)
     seg.SetAttribute(sb.EMPTY_SLICES, "[not json")
     with pytest.raises(mt.MedTransferError, match="attribute is not readable"):
         sb.empty_slices(seg)
@@ -205,3 +205,37 @@ def test_the_slice_a_view_shows_is_found_in_the_volumes_grid(scene):
             view.GetSliceToRAS().SetElement(r, 3, float(ras[r]))
         view.UpdateMatrices()
         assert sb.slice_index_in_view(vol, scene.GetSingletonNode("Red", "vtkMRMLSliceNode"), axis=2) == k
+
+
+SAGITTAL = (0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0)   # LPS, row-major: i → A, j → S, k → R
+
+
+def test_a_volume_stored_sagittally_is_painted_along_the_axis_the_red_view_steps_along(scene, tmp_path):
+    """A volume whose k runs left-right (a sagittal acquisition), painted on three axial slices in
+    the Red view: those are slices along its voxel axis j, and only they are labelled — read along
+    k, every sagittal slice crossing the paint would count as labelled, background all around it."""
+    geo = mt.Geometry((8, 10, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), SAGITTAL)
+    assert int(np.argmax(np.abs(np.asarray(SAGITTAL).reshape(3, 3)[2]))) == 1    # j is the body axis
+    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((12, 10, 8), np.float32), geo), "sagittal")
+    label = np.zeros((12, 10, 8), np.uint8)
+    label[3:9, [1, 4, 6], 2:7] = 3                  # axial slices j = 1, 4, 6
+    seg = sb.label_to_segmentation_node(scene, label, geo, LABELS[:1], "painted", reference_volume=vol)
+    assert sb.view_axis(vol) == 1                   # no Red view: the patient's superior axis
+    sparse = sb.segmentation_to_label(seg, vol, LABELS[:1], unpainted="ignore")
+    assert (sparse != mt.IGNORE).any(axis=(0, 2)).nonzero()[0].tolist() == [1, 4, 6]
+    assert (sparse[:, [0, 2, 3, 5, 7, 8, 9], :] == mt.IGNORE).all()
+    path = sb.export_training_data([(vol, seg)], ["Liver"], tmp_path / "data", unpainted="ignore")
+    entry = mt.load_datalist(path).training[0]
+    assert entry.slice_axis == 1 and entry.labelled_slices == [1, 4, 6]
+    assert sb.labelled_slice_counts([(vol, seg)], ["Liver"])[0]["labelled_slices"] == 3
+    red = red_view(scene, [0.0, 0.0, 1.0])              # the Red view, axial
+    assert sb.view_axis(vol) == 1 and sb.view_axis(vol, red) == 1
+    red_view(scene, [1.0, 0.1, 0.0])                    # turned sagittal
+    assert sb.view_axis(vol) == 2
+    for k in (0, 5):                                # the slice a sagittal view shows, along k
+        ras = geo.ijk_to_ras() @ np.array([3.0, 4.0, k, 1.0])
+        red = scene.GetSingletonNode("Red", "vtkMRMLSliceNode")
+        for r in range(3):
+            red.GetSliceToRAS().SetElement(r, 3, float(ras[r]))
+        red.UpdateMatrices()
+        assert sb.slice_index_in_view(vol, red) == k

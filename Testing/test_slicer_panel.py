@@ -9,7 +9,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from conftest import OBLIQUE, blob_volume  # noqa: E402
+from conftest import OBLIQUE, blob_volume, red_view  # noqa: E402
 
 import MedTransferLib as mt  # noqa: E402
 from MedTransferLib.core.errors import MedTransferError  # noqa: E402
@@ -24,8 +24,11 @@ LIVER_TERM = ("Segmentation category and type - DICOM master list~SCT^123037004^
 
 @pytest.fixture
 def scene():
+    """A scene whose Red view shows the k slices of volumes on ``GEO`` (turned to that oblique
+    grid's plane): the slices the tests paint on."""
     s = slicer.vtkMRMLScene()
     sb.segmentations_logic(s)
+    red_view(s, GEO.ijk_to_ras()[:3, 2])
     return s
 
 

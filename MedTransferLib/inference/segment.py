@@ -85,7 +85,9 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     (``IGNORE`` elsewhere, the model's label values): the shape interpolated between painted
     slices is combined with the network's (2.5D; inference/guide.py) and painted slices come back
     as painted. A 2.5D network's probabilities are smoothed along the slices by the case's voxel
-    spacing first (:func:`~MedTransferLib.inference.windows.slice_smoothing`).
+    spacing first (:func:`~MedTransferLib.inference.windows.slice_smoothing`). A case stored in
+    another voxel order than the model's is predicted in the model's order and the label map
+    returned in the case's own (:mod:`~MedTransferLib.data.orientation`).
 
     Example:
         >>> pred = predict("runs/demo/model", read_case("ch2.nii.gz"))  # doctest: +SKIP
@@ -105,6 +107,16 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
     if guide and pkg.mode != "2.5d":
         raise MedTransferError(f"guiding by painted slices needs a 2.5D model; '{pkg.path}' is {pkg.mode}: "
                                f"predict without it")
+    order = pkg.manifest.slicing.orientation
+    if order:   # the network reads voxels in its training's order (data/orientation.py)
+        from MedTransferLib.data.orientation import to_order
+
+        (ordered,), (turn,) = to_order([case], order)
+        adapt_cases = to_order(list(adapt_cases), order)[0] if adapt_cases else adapt_cases
+        if turn is not None:   # predicted in that order, returned in the case's own
+            pred = predict(pkg, ordered, device, batch_size, overlap, adapt_bn, adapt_cases, check, guide)
+            pred.label, pred.case = turn.back(pred.label), case
+            return pred
     dev = resolve_device(device)
     model = pkg.build_model(dev)
     fmt = memory_format(dev, 2) if pkg.mode == "2.5d" else None

@@ -52,10 +52,14 @@ class Slicing:
     axis: int
     slices: int
     channels: int = 1
+    orientation: str = ""   # the voxel order the network reads (data/orientation.py); "": as stored
 
     @classmethod
     def from_json(cls, d: dict) -> "Slicing":
-        return cls(int(d["axis"]), int(d["slices"]), int(d.get("channels", 1)))
+        order = str(d.get("orientation", ""))
+        if order and (set(order) - set("LRAPIS") or sorted(order.translate(str.maketrans("RAI", "LPS"))) != list("LPS")):
+            raise ValueError(f"slicing orientation {order!r}")
+        return cls(int(d["axis"]), int(d["slices"]), int(d.get("channels", 1)), order)
 
 
 @dataclass

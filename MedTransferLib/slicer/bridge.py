@@ -27,6 +27,7 @@ from MedTransferLib.slicer.mrml import (
     set_empty_slices,
     show_slice,
     slice_index_in_view,
+    view_axis,
     volume_node_to_case,
 )
 from MedTransferLib.slicer.tables import (
@@ -51,4 +52,4 @@ __all__ = ["advise_from_nodes", "classify_to_table", "export_classification_data
            "volume_node_to_case", "audit_to_table", "learning_curve_nodes", "place_with_volume",
            "rows_to_table_node", "save_scene", "table_node_rows", "TrainingPairs", "common_segments",
            "labelled_slice_counts", "pair_all", "EMPTY_SLICES", "empty_slices", "set_empty_slices",
-           "slice_index_in_view", "show_slice"]
+           "slice_index_in_view", "show_slice", "view_axis"]

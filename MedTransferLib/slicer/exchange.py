@@ -12,16 +12,20 @@ from MedTransferLib.slicer.mrml import (
     nodes_to_case,
     segment_names,
     segmentation_to_label,
+    view_axis,
     volume_node_to_case,
 )
 from MedTransferLib.slicer.tables import place_with_volume, rows_to_table_node
 
 
 def export_training_data(pairs, segment_names_: list[str], folder, unpainted: str = "background",
-                         axis: int = 2):
+                         axis: int | None = None):
     """Write (volume node, segmentation node) pairs as a datalist a child process can train on:
     one NRRD image and label map per pair (unlabelled voxels 255) and ``dataset.json``. The nodes
-    are only read. Returns the datalist path."""
+    are only read. ``axis`` None: each volume's slices are those the Red view steps along
+    (:func:`~MedTransferLib.slicer.mrml.view_axis`), the axis the user painted on; the training
+    reads the volumes in the first one's voxel order (data/orientation.py). Returns the datalist
+    path."""
     from MedTransferLib.core.files import write_json
     from MedTransferLib.data.io import write_image, write_label
 
@@ -30,11 +34,12 @@ def export_training_data(pairs, segment_names_: list[str], folder, unpainted: st
     labels = labels_from_segments(pairs[0][1], segment_names_)
     entries = []
     for i, (volume, segmentation) in enumerate(pairs):
-        case = nodes_to_case(volume, segmentation, labels, unpainted, axis)
+        along = view_axis(volume) if axis is None else axis
+        case = nodes_to_case(volume, segmentation, labels, unpainted, along)
         image = write_image(folder / f"case{i}_image.nrrd", case.image, case.geometry)
         label = write_label(folder / f"case{i}_label.nrrd", case.label, case.geometry)
         entries.append({"image": image.name, "label": label.name, "id": volume.GetName() or f"case{i}",
-                        "labelled_slices": case.labelled_slices(axis), "slice_axis": axis})
+                        "labelled_slices": case.labelled_slices(along), "slice_axis": along})
     data = {"labels": {"0": "background", **{str(lab.value): lab.name for lab in labels}},
             "colors": {str(lab.value): list(lab.color) for lab in labels}, "training": entries}
     if any(lab.terminology for lab in labels):
@@ -73,8 +78,9 @@ def export_classification_data(volume_nodes, classes: list[str], folder):
 
 
 def train_from_nodes(pairs, segment_names_: list[str], out, unpainted: str = "background",
-                     axis: int = 2, reporter=None, **config):
-    """Train on (volume node, segmentation node) pairs; segments are matched by name.
+                     axis: int | None = None, reporter=None, **config):
+    """Train on (volume node, segmentation node) pairs; segments are matched by name. ``axis``
+    None: each volume's slices along the Red view (as :func:`export_training_data`).
 
     Example (Slicer Python console):
         >>> run = train_from_nodes([(vol, seg)], ["tumor"], "/tmp/run", epochs=5)  # doctest: +SKIP
@@ -85,12 +91,12 @@ def train_from_nodes(pairs, segment_names_: list[str], out, unpainted: str = "ba
     if not pairs:
         raise MedTransferError("no training pairs: choose at least one volume with its segmentation")
     labels = labels_from_segments(pairs[0][1], segment_names_)
-    cases = []
-    for volume, segmentation in pairs:
-        case = nodes_to_case(volume, segmentation, labels, unpainted, axis)
+    cases, axes = [], [view_axis(v) if axis is None else axis for v, _ in pairs]
+    for (volume, segmentation), along in zip(pairs, axes):
+        case = nodes_to_case(volume, segmentation, labels, unpainted, along)
         case.case_id = volume.GetName()
         cases.append(case)
-    return train(cases, labels, out, TrainConfig(**config), reporter, axis)
+    return train(cases, labels, out, TrainConfig(**config), reporter, axes[0])
 
 
 def predict_to_nodes(volume_node, model, reference_segmentation=None, device: str = "auto"):

@@ -148,14 +148,15 @@ def segment_names(segmentation_node) -> list[str]:
 
 
 def segmentation_to_label(segmentation_node, reference_volume, labels: list[Label],
-                          unpainted: str = "background", axis: int = 2) -> np.ndarray:
+                          unpainted: str = "background", axis: int | None = None) -> np.ndarray:
     """Label array ``(k, j, i)`` on ``reference_volume``'s grid from the segments named in
     ``labels`` (matched by name; each gets its label's value). Other segments are ignored.
 
     ``unpainted="ignore"``: slices along ``axis`` where none of the chosen segments is painted
     are marked :data:`IGNORE` (sparse labelling) — except the slices the user marked as empty
     (:func:`empty_slices`), which are labelled background; ``"background"``: every unpainted
-    slice counts as background.
+    slice counts as background. ``axis`` None: the voxel axis the Red view steps along
+    (:func:`view_axis`).
     """
     _, vtk, _ = _mods()
     if unpainted not in ("background", "ignore"):
@@ -181,6 +182,7 @@ def segmentation_to_label(segmentation_node, reference_volume, labels: list[Labe
             mask = node_array(tmp) > 0
             out[mask] = lab.value
     if unpainted == "ignore":
+        axis = view_axis(reference_volume) if axis is None else axis
         arr_axis = 2 - axis
         other = tuple(a for a in range(3) if a != arr_axis)
         painted = (out > 0).any(axis=other)
@@ -230,10 +232,27 @@ def set_empty_slices(segmentation_node, slices, axis: int = 2) -> None:
     segmentation_node.SetAttribute(EMPTY_SLICES, json.dumps(data))
 
 
-def slice_index_in_view(volume_node, slice_node, axis: int = 2) -> int:
-    """The index along voxel ``axis`` of ``volume_node`` of the slice a slice view shows (its
-    plane's origin, converted from RAS to the volume's IJK)."""
+def view_axis(volume_node, slice_node=None) -> int:
+    """The voxel axis of ``volume_node`` a slice view steps along: the one closest to the view's
+    normal. ``slice_node`` None: the Red view's, or, in a scene without one, the patient's
+    superior axis (the Red view's default). Painting in the Red view paints slices along this
+    axis whatever the volume's voxel order: k for a volume stored axially, another axis for one
+    stored sagittally or coronally."""
     _, vtk, _ = _mods()
+    if slice_node is None and volume_node.GetScene() is not None:
+        slice_node = volume_node.GetScene().GetSingletonNode("Red", "vtkMRMLSliceNode")
+    normal = ([slice_node.GetSliceToRAS().GetElement(r, 2) for r in range(3)] if slice_node is not None
+              else [0.0, 0.0, 1.0])
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(m)
+    return int(np.argmax([abs(sum(m.GetElement(r, c) * normal[r] for r in range(3))) for c in range(3)]))
+
+
+def slice_index_in_view(volume_node, slice_node, axis: int | None = None) -> int:
+    """The index along voxel ``axis`` of ``volume_node`` (None: :func:`view_axis`) of the slice a
+    slice view shows (its plane's origin, converted from RAS to the volume's IJK)."""
+    _, vtk, _ = _mods()
+    axis = view_axis(volume_node, slice_node) if axis is None else axis
     origin = [slice_node.GetSliceToRAS().GetElement(r, 3) for r in range(3)] + [1.0]
     m = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(m)
@@ -241,10 +260,11 @@ def slice_index_in_view(volume_node, slice_node, axis: int = 2) -> int:
     return int(round(ijk[axis]))
 
 
-def show_slice(volume_node, slice_node, k: int, axis: int = 2) -> None:
-    """Move a slice view to slice ``k`` (along voxel ``axis``) of ``volume_node``, through the
-    middle of the volume's other two axes."""
+def show_slice(volume_node, slice_node, k: int, axis: int | None = None) -> None:
+    """Move a slice view to slice ``k`` (along voxel ``axis``; None: :func:`view_axis`) of
+    ``volume_node``, through the middle of the volume's other two axes."""
     _, vtk, _ = _mods()
+    axis = view_axis(volume_node, slice_node) if axis is None else axis
     dims = volume_node.GetImageData().GetDimensions()
     ijk = [(d - 1) / 2.0 for d in dims] + [1.0]
     ijk[axis] = float(k)
@@ -254,7 +274,7 @@ def show_slice(volume_node, slice_node, k: int, axis: int = 2) -> None:
 
 
 def nodes_to_case(volume_node, segmentation_node, labels: list[Label], unpainted: str = "background",
-                  axis: int = 2) -> Case:
+                  axis: int | None = None) -> Case:
     """A training :class:`Case` from a volume and its segmentation (input nodes are not modified)."""
     case = volume_node_to_case(volume_node)
     case.label = segmentation_to_label(segmentation_node, volume_node, labels, unpainted, axis)

@@ -13,6 +13,7 @@ from MedTransferLib.slicer.mrml import (
     segmentation_to_label,
     set_empty_slices,
     slice_index_in_view,
+    view_axis,
 )
 from MedTransferLib.slicer.mrml import is_image_volume as _is_image_volume
 
@@ -56,22 +57,24 @@ def common_segments(pairs) -> tuple[list[str], dict[str, list[str]]]:
 
 
 def labelled_slice_counts(pairs, segment_names_: list[str], unpainted: str = "ignore",
-                          axis: int = 2) -> list[dict]:
-    """Per pair: how many slices along ``axis`` carry labels the training will use (with
-    ``unpainted='ignore'`` the slices where any chosen segment is painted; with 'background'
-    every slice) and how many voxels each chosen segment has."""
+                          axis: int | None = None) -> list[dict]:
+    """Per pair: how many slices along ``axis`` (None: the one the Red view steps along in that
+    volume) carry labels the training will use (with ``unpainted='ignore'`` the slices where any
+    chosen segment is painted; with 'background' every slice) and how many voxels each chosen
+    segment has."""
     rows = []
     if not pairs or not segment_names_:
         return rows
     labels = labels_from_segments(pairs[0][1], segment_names_)
     for volume, seg in pairs:
-        label = segmentation_to_label(seg, volume, labels, "ignore", axis)
-        arr_axis = 2 - axis
+        along = view_axis(volume) if axis is None else axis
+        label = segmentation_to_label(seg, volume, labels, "ignore", along)
+        arr_axis = 2 - along
         painted = int((label != IGNORE).any(axis=tuple(a for a in range(3) if a != arr_axis)).sum())
         total = int(label.shape[arr_axis])
         rows.append({"volume": volume.GetName(), "segmentation": seg.GetName(),
                      "labelled_slices": painted if unpainted == "ignore" else total,
-                     "empty_slices": len(empty_slices(seg, axis)),
+                     "empty_slices": len(empty_slices(seg, along)),
                      "painted_slices": painted, "slices": total,
                      **{f"voxels_{lab.name}": int((label == lab.value).sum()) for lab in labels}})
     return rows
@@ -111,9 +114,10 @@ class TrainingPairs:
                 self.rows.append({"volume": volume, "segmentation": seg, "class": ""})
         return problems
 
-    def toggle_empty_in_view(self, index: int, slice_node, axis: int = 2) -> str:
+    def toggle_empty_in_view(self, index: int, slice_node, axis: int | None = None) -> str:
         """Mark (or unmark) the slice a slice view shows as labelled with nothing on it, for the
-        row ``index`` (the only row when none is selected); returns what happened, in words."""
+        row ``index`` (the only row when none is selected); returns what happened, in words.
+        ``axis`` None: the voxel axis the view steps along in that volume."""
         if not 0 <= index < len(self.rows):
             if len(self.rows) != 1:
                 raise MedTransferError("select the row of the volume whose slice is empty")
@@ -124,6 +128,7 @@ class TrainingPairs:
         if slice_node is None:
             raise MedTransferError("no slice view found: show the volume in the Red view, on the empty slice")
         volume, seg = row["volume"], row["segmentation"]
+        axis = view_axis(volume, slice_node) if axis is None else axis
         k = slice_index_in_view(volume, slice_node, axis)
         n = volume.GetImageData().GetDimensions()[axis] if volume.GetImageData() is not None else 0
         if not 0 <= k < n:

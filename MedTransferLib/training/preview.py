@@ -103,6 +103,7 @@ class Preview(Hook):
         if now >= self.due and not last_soon:
             interval = self._interval(now)
             case, view = read_view(self.folder, self.target.cases, self.target.slices)
+            view = self.target.from_view(case, view)
             t0 = self.clock()
             shown = "current"
             if s.best_state is not None:   # validation kept better weights: show what Apply would get now
@@ -146,6 +147,7 @@ class Preview(Hook):
         now = self.clock()
         interval = self._interval(now)
         case, view = read_view(self.folder, self.target.cases, self.target.slices)
+        view = self.target.from_view(case, view)
         if self.target.whole_volume and not self._whole_fits(case, interval):
             return
         self._write(s, case, view, self.plan(case, view, interval), "final", now)
@@ -161,8 +163,9 @@ class Preview(Hook):
         # the next preview once the time since this one makes this one's cost ≤ overhead of it
         self.due = self.last_end + max(self.every, cost / self.overhead - cost)
         s.reporter.emit("preview", path=str(path), case=case, step=s.step, slices=len(slices),
-                        viewed=view, covered=round(self.target.covered(case), 3), seconds=round(cost, 2),
-                        suggest=self.target.suggest(case), predicted=slices, weights=shown)
+                        viewed=self.target.to_case(case, view), covered=round(self.target.covered(case), 3),
+                        seconds=round(cost, 2), suggest=self.target.suggest(case),
+                        predicted=self.target.to_case(case, slices), weights=shown)
 
 
 class SlicePreview:
@@ -172,12 +175,20 @@ class SlicePreview:
     is written with its labels' values in the case's geometry. From the probabilities each
     slice's uncertainty is kept, and :meth:`suggest` names the slice to label next
     (:mod:`MedTransferLib.inference.suggest`); the classes shown combine the probabilities with the
-    case's painted slices (:meth:`guide`), painted slices shown as painted."""
+    case's painted slices (:meth:`guide`), painted slices shown as painted.
 
-    def __init__(self, cases, axis: int, values: list[int], predict: Callable, whole_volume: bool = False):
+    ``turns``: each case's :class:`~MedTransferLib.data.orientation.Reorientation` into the
+    network's voxel order (None: stored in it). The label map is written back in the case's own
+    order; the slices in view (``view.json``), those predicted and the one suggested are indices
+    of the case as stored, along its voxel axis that runs along the network's slices (the axis
+    the Slicer panel reads the Red view's slice on: the same anatomical direction)."""
+
+    def __init__(self, cases, axis: int, values: list[int], predict: Callable, whole_volume: bool = False,
+                 turns=None):
         from MedTransferLib.data.slabs import to_slices_first
 
         self.case_list, self.axis, self.predict, self.whole_volume = cases, axis, predict, whole_volume
+        self.turns = list(turns) if turns is not None else [None] * len(cases)
         self.lut = np.array([0] + list(values), dtype=np.uint8 if max(values) <= 255 else np.uint16)
         self.shapes = [to_slices_first(np.broadcast_to(np.zeros((), bool), c.image.shape[-3:]), axis).shape
                        for c in cases]
@@ -210,9 +221,20 @@ class SlicePreview:
                 classes = self.guide(case).fuse(part, classes)   # guided by the painted slices
             label[part] = self.lut[classes]
         self.done.setdefault(case, set()).update(slices)
-        c = self.case_list[case]
-        write_label(path, np.ascontiguousarray(from_slices_first(label, self.axis)), c.geometry)
+        label, turn = np.ascontiguousarray(from_slices_first(label, self.axis)), self.turns[case]
+        write_label(path, turn.back(label) if turn else label, turn.source if turn else self.case_list[case].geometry)
         return path
+
+    def to_case(self, case: int, slices) -> list[int]:
+        """Slices along the network's axis as indices of ``case`` as stored (the same ones unless
+        the case was reordered: then reversed where its axis runs the other way)."""
+        turn = self.turns[case]
+        return list(slices) if turn is None else turn.slices_back(self.axis, slices)[1]
+
+    def from_view(self, case: int, view: list[int]) -> list[int]:
+        """The viewed slices (of ``case`` as stored) along the network's axis."""
+        back = self.to_case(case, range(self.slices(case)))   # its own inverse: a reversal or nothing
+        return sorted(back[s] for s in view)
 
     def guide(self, case: int):
         """The case's painted slices, interpolated (inference/guide.py): a preview of a volume
@@ -236,4 +258,4 @@ class SlicePreview:
         scores = self.uncertainty.get(case)
         if not scores:
             return []
-        return suggest_slices(scores, self.case_list[case].labelled_slices(self.axis))
+        return self.to_case(case, suggest_slices(scores, self.case_list[case].labelled_slices(self.axis)))

@@ -18,9 +18,8 @@ from MedTransferLib.core.errors import MedTransferError
 from MedTransferLib.core.labels import Label
 from MedTransferLib.core.progress import Reporter
 from MedTransferLib.data.augment import augment
-from MedTransferLib.data.preprocessing import (
-    make_preprocessing,
-)
+from MedTransferLib.data.orientation import orientation_code, to_order
+from MedTransferLib.data.preprocessing import make_preprocessing
 from MedTransferLib.data.sampling import (
     PatchSampler3D,
     SlabSampler,
@@ -39,9 +38,7 @@ from MedTransferLib.inference.windows import (
     predict_slices,
     predict_volume_3d,
 )
-from MedTransferLib.models.segmentation import (
-    SegmentationNet,
-)
+from MedTransferLib.models.segmentation import SegmentationNet
 from MedTransferLib.package.manifest import Inference, Manifest, Slicing
 from MedTransferLib.package.store import array_fingerprint, save_package
 from MedTransferLib.training.config import TrainConfig, TrainResult
@@ -106,6 +103,9 @@ class Segmentation(Task):
             config.backbone, config.weights = self.start.manifest.model["backbone"], str(self.start.path)
         self.axis = (self.start.axis if self.start is not None else
                      self.axis_from_data if config.axis is None else config.axis)
+        # one voxel order for the network: the continued model's, else the first case's (data/orientation.py)
+        self.order = self.start.manifest.slicing.orientation if self.start else orientation_code(self.cases[0].geometry)
+        self.given, (self.cases, self.turns) = self.cases, to_order(self.cases, self.order)
         _check_labels(self.cases, self.labels, self.axis)
 
     def prepare(self, config, device, rng, reporter):
@@ -198,7 +198,7 @@ class Segmentation(Task):
         three_d, patch, axis = self.three_d, self.patch, self.axis
         return Manifest(
             task="segmentation", mode=config.mode, labels=list(self.labels), preprocessing=self.prep,
-            model=self.model_config, slicing=Slicing(axis, 1 if three_d else config.slices, self.channels),
+            model=self.model_config, slicing=Slicing(axis, 1 if three_d else config.slices, self.channels, self.order),
             inference=Inference(patch=list(patch), overlap=config.overlap) if three_d else Inference(),
             strategy=strategy,
             training={**asdict(config), "axis": axis, "device": str(device),
@@ -206,7 +206,7 @@ class Segmentation(Task):
                       "first_batch_size": self.small_first},
             provenance={
                 "inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image, c.label),
-                            "labelled_slices": len(c.labelled_slices(axis))} for c in self.cases],
+                            "labelled_slices": len(c.labelled_slices(axis))} for c in self.given],
                 "split": self.split_note, "versions": _versions(), "seed": config.seed,
             },
         )
@@ -249,7 +249,7 @@ class Segmentation(Task):
             return predict_slices(self.model, image, self.config.slices, self.prep, self.device, slices,
                                   probabilities=True)
 
-        return SlicePreview(self.cases, self.axis, [lab.value for lab in self.labels], predict, self.three_d)
+        return SlicePreview(self.cases, self.axis, [lab.value for lab in self.labels], predict, self.three_d, self.turns)
 
     def on_best(self, out, manifest):
         return lambda hist, epoch, best: _checkpoint(out, self.model, manifest, hist, epoch, best)
