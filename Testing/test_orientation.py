@@ -73,9 +73,16 @@ def test_slices_and_orders_map_back():
     assert turn.slices_back(2, [0, 1]) == (2, [4, 3])
     turn = reorientation(geometry_of(_image(np.zeros((5, 6, 7), np.float32), "PIL")), "LPS")   # transposed
     assert turn.slices_back(2, [0]) == (1, [5])    # the new k is the old j (I→S: reversed), of 6 slices
+    assert turn.slices_back(0, [0, 1]) == (2, [0, 1])   # the new i is the old k, the same way (L)
     assert to_order([], "LPS") == ([], [])
-    case = Case(np.zeros((5, 6, 7), np.float32), turn.source)
+    case = Case(np.arange(210, dtype=np.float32).reshape(5, 6, 7), turn.source, np.arange(210).reshape(5, 6, 7) % 7,
+                "c")
     assert to_order([case], "")[0][0] is case      # a model saved before orders were kept: as stored
+    (moved,), (same,) = to_order([case], "LPS")
+    assert same == turn and moved.case_id == "c" and moved.geometry == turn.geometry
+    assert np.array_equal(moved.image, turn.forward(case.image)) and np.array_equal(moved.label, turn.forward(case.label))
+    assert not np.array_equal(moved.label.ravel(), case.label.ravel())
+    assert turn.case(Case(case.image, case.geometry)).label is None
 
 
 def test_a_manifest_keeps_the_order_and_refuses_a_garbled_one():
@@ -177,6 +184,7 @@ def test_a_preview_of_a_reordered_case_is_written_in_its_own_order(tmp_path):
         probs[[i for i, s in enumerate(slices) if s == 0], 0] = 0.0
         return probs
 
+    assert SlicePreview([case], 2, [1], predict_).to_case(0, range(3)) == [0, 1, 2]   # no turns: as stored
     target = SlicePreview([case], 2, [1], predict_, turns=[turn])
     assert target.from_view(0, [0, 1]) == [8, 9]    # its slices 0 and 1 are the network's 9 and 8
     target.write(0, [0, 2, 3, 4], tmp_path / "p.nrrd")
@@ -202,3 +210,69 @@ def test_a_transposed_case_s_preview_speaks_of_its_own_slices(tmp_path):
     assert target.suggest(0) == [5]                 # the network's 0: unsure, 3+ slices from the painted one
     label, geometry = read_image(tmp_path / "p.nrrd")
     assert geometry == own.geometry and label.shape == stored.shape and (label[:, 1, :] == 0).all()
+
+
+def test_a_classification_entry_s_slice_labels_follow_its_case_into_another_order():
+    from MedTransferLib.data.class_datalist import ClassEntry
+    from MedTransferLib.training.classification import _entry_in_order
+
+    reversed_k = reorientation(geometry_of(_image(np.zeros((10, 4, 5), np.float32), "LPI")), "LPS")
+    entry = ClassEntry("a.nrrd", slice_labels={0: 1, 3: 0, 10: 0, 99: 1}, slice_axis=2, case_id="a")
+    moved = _entry_in_order(entry, reversed_k)
+    assert moved.slice_axis == 2 and moved.slice_labels == {9: 1, 6: 0, 10: 0, 99: 1}   # 10, 99: still outside
+    sagittal = reorientation(geometry_of(_image(np.zeros((10, 6, 8), np.float32), "PIL")), "LPS")
+    moved = _entry_in_order(ClassEntry("b.nrrd", slice_labels={0: 1}, slice_axis=1, case_id="b"), sagittal)
+    assert moved.slice_axis == 2 and moved.slice_labels == {5: 1}               # its j (I→S) is the new k
+    assert _entry_in_order(entry, None) is entry
+    assert _entry_in_order(ClassEntry("c.nrrd", label=1), reversed_k).label == 1
+
+
+def test_a_class_prediction_does_not_depend_on_the_order_the_volume_is_stored_in(tmp_path):
+    from MedTransferLib.inference.classify import predict_class
+
+    entries = []
+    for i in range(4):
+        image, _ = blob_volume(seed=i)
+        _stored(tmp_path, f"v{i}", image * (1 + i % 2), ("LPS", "RAI")[i // 2])
+        entries.append({"image": f"v{i}_img.nrrd", "label": i % 2})
+    datalist = tmp_path / "classes.json"
+    datalist.write_text(json.dumps({"task": "classification", "classes": ["a", "b"], "modality": "MR",
+                                    "training": entries}))
+    run = mt.train(datalist, tmp_path / "run", reporter=Reporter(stream=None, bar=False), backbone="resnet18",
+                   weights=None, epochs=1, steps_per_epoch=2, batch_size=2, patch=64, val_fraction=0)
+    assert ModelPackage.load(run.package).manifest.slicing.orientation == "LPS"
+    image, _ = blob_volume(seed=5)
+    rows = {code: predict_class(run.package, read_case(_stored(tmp_path, code, image, code)), per_slice=True)
+            for code in ("LPS", "LPI", "SPR")}
+    n = len(rows["LPS"])
+    p = {code: {r["slice"]: r["p_b"] for r in rs} for code, rs in rows.items()}
+    assert all(p["LPI"][n - 1 - s] == pytest.approx(p["LPS"][s], abs=1e-5) for s in range(n))   # k reversed
+    assert sorted(p["SPR"]) == list(range(n))       # its own slices along i, which runs I→S: the same order
+    assert all(p["SPR"][s] == pytest.approx(p["LPS"][s], abs=1e-5) for s in range(n))
+    assert len({round(v, 4) for v in p["LPS"].values()}) > 1    # the slices differ: the order is seen
+    whole = {code: predict_class(run.package, read_case(_stored(tmp_path, code, image, code)))["p_b"]
+             for code in ("LPS", "LPI", "SPR")}
+    assert whole["LPI"] == pytest.approx(whole["LPS"], abs=1e-5) and whole["SPR"] == pytest.approx(whole["LPS"], abs=1e-5)
+
+
+def test_a_slice_classifier_trains_on_each_case_s_slices_in_the_first_case_s_order(tmp_path):
+    import torch
+
+    from MedTransferLib.training.classification import Classification
+
+    entries = []
+    for i, code in enumerate(("LPS", "LPI")):       # the second stored upside down
+        image, _ = blob_volume(seed=i)
+        _stored(tmp_path, f"v{i}", image, code)
+        entries.append({"image": f"v{i}_img.nrrd", "slice_labels": {"2": 0, "12": 1}, "slice_axis": 2})
+    datalist = tmp_path / "slices.json"
+    datalist.write_text(json.dumps({"task": "classification", "classes": ["a", "b"], "modality": "MR",
+                                    "training": entries}))
+    config = TrainConfig(backbone="resnet18", weights=None, patch=64, batch_size=2, epochs=1, steps_per_epoch=1)
+    task = Classification(datalist)
+    task.check_inputs(config)
+    task.prepare(config, torch.device("cpu"), np.random.default_rng(0), Reporter(stream=None, bar=False))
+    assert task.entries[0].slice_labels == {2: 0, 12: 1}
+    assert task.entries[1].slice_labels == {13: 0, 3: 1}     # its slices 2 and 12 of 16, counted from the other end
+    assert np.array_equal(task.cases[1].image, blob_volume(seed=1)[0]) and task.given[1].image.shape == (16, 40, 48)
+    assert not np.array_equal(task.given[1].image, task.cases[1].image)

@@ -110,15 +110,19 @@ GROUPS = {
                   "test_case_guide_counts_only_slices_painted_all_over_along_the_models_axis")]
               + ["Testing/test_preview.py::test_the_preview_of_a_volume_painted_on_some_slices_is_guided_by_them"],
               None),
-    "orientation": (["MedTransferLib/data/orientation.py", "MedTransferLib/training/preview.py"],
+    "orientation": (["MedTransferLib/data/orientation.py", "MedTransferLib/training/preview.py",
+                     "MedTransferLib/training/classification.py"],
                     [f"Testing/test_orientation.py::{name}" for name in (
                         "test_reordering_matches_simpleitk_and_goes_back",
                         "test_an_oblique_grid_goes_to_its_nearest_order_and_keeps_its_obliquity",
                         "test_slices_and_orders_map_back",
                         "test_a_preview_of_a_reordered_case_is_written_in_its_own_order",
-                        "test_a_transposed_case_s_preview_speaks_of_its_own_slices")],
-                    ["orientation_code", "reorientation", "to_order"]
-                    + [f"Reorientationǁ{m}" for m in ("_order", "forward", "back", "case", "slices_back")]
+                        "test_a_transposed_case_s_preview_speaks_of_its_own_slices",
+                        "test_a_classification_entry_s_slice_labels_follow_its_case_into_another_order",
+                        "test_a_slice_classifier_trains_on_each_case_s_slices_in_the_first_case_s_order")],
+                    ["orientation_code", "reorientation", "to_order", "_entry_in_order"]
+                    + [f"Reorientationǁ{m}" for m in ("_order", "forward", "back", "case", "slices_back",
+                                                      "slices_forward")]
                     + [f"SlicePreviewǁ{m}" for m in ("to_case", "from_view", "suggest")]),
     # predict_slices itself is under a decorator (torch.inference_mode): mutmut leaves it alone
     "smoothing": (["MedTransferLib/inference/windows.py"], ["Testing/test_slice_smoothing.py"],

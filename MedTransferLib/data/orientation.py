@@ -78,6 +78,13 @@ class Reorientation:
         n = self.geometry.size[axis]
         return self.axes[axis], [n - 1 - s if self.flips[axis] else s for s in slices]
 
+    def slices_forward(self, axis: int, slices) -> tuple[int, list[int]]:
+        """Slices along the source's voxel ``axis``: ``(new voxel axis, their indices there)``;
+        an index outside the volume stays outside it (for the check that names it)."""
+        t = self.axes.index(axis)
+        n = self.geometry.size[t]
+        return t, [n - 1 - s if self.flips[t] and 0 <= s < n else s for s in slices]
+
 
 def reorientation(geometry: Geometry, code: str) -> Reorientation | None:
     """How to bring a grid into the voxel order ``code``; None when it is in that order already."""

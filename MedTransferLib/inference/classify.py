@@ -48,6 +48,8 @@ def predict_class(package, case: Case, device: str = "auto", slices=None, per_sl
                   model: nn.Module | None = None):
     """Class probabilities of a volume (2.5D: mean of slice logits over slices with content, or
     over ``slices``). Returns a row: case, predicted class, one probability column per class.
+    A case stored in another voxel order than the model's is read in the model's; ``slices`` and
+    the rows' ``slice`` are the case's own indices (along its axis that runs along the model's).
 
     ``per_slice=True`` (2.5D): a list of rows, one per slice (all slices, or ``slices``), with a
     ``slice`` column — for slice-level tasks. ``model``: the package's network already built (on
@@ -68,6 +70,13 @@ def predict_class(package, case: Case, device: str = "auto", slices=None, per_sl
     if case.channels != expected:
         raise MedTransferError(f"model '{pkg.path}' was trained on {expected} image(s) per case; "
                                f"case '{case.case_id}' has {case.channels}")
+    turn = None
+    if pkg.manifest.slicing.orientation:   # the network reads voxels in its training's order (data/orientation.py)
+        from MedTransferLib.data.orientation import to_order
+
+        (case,), (turn,) = to_order([case], pkg.manifest.slicing.orientation)
+        if turn is not None and slices is not None:   # the caller's slices are the case's own
+            slices = turn.slices_forward(turn.axes[pkg.axis], slices)[1]
     image = np.ascontiguousarray(to_slices_first(with_channels(prep.standardise(case.image)), pkg.axis))
     t = float((pkg.manifest.calibration or {}).get("temperature", 1.0))   # calibrated probabilities
     ood = _ood_of_case(pkg, model, image, size, dev)
@@ -76,8 +85,9 @@ def predict_class(package, case: Case, device: str = "auto", slices=None, per_sl
     elif per_slice:
         chosen = np.asarray(slices) if slices is not None else np.arange(image.shape[1])
         logits = volume_logits(model, image, chosen, pkg.slices, size, prep, dev)
+        own = turn.slices_back(pkg.axis, chosen.tolist())[1] if turn is not None else chosen.tolist()
         return [dict(_row(case.case_id, pkg.manifest.classes, torch.softmax(lg / t, 0).cpu().numpy(), int(s)), **ood)
-                for s, lg in zip(chosen, logits)]
+                for s, lg in zip(own, logits)]
     else:
         chosen = np.asarray(slices) if slices is not None else content_slices(image)
         logits = volume_logits(model, image, chosen, pkg.slices, size, prep, dev)

@@ -14,6 +14,7 @@ from MedTransferLib.data.augment import augment
 from MedTransferLib.data.class_datalist import ClassDatalist, load_class_datalist
 from MedTransferLib.data.class_inputs import content_slices, slab_batch, square_resize
 from MedTransferLib.data.metrics import classification_metrics
+from MedTransferLib.data.orientation import orientation_code, to_order
 from MedTransferLib.data.slabs import to_slices_first, with_channels
 from MedTransferLib.inference.classify import REFERENCE_STATS
 from MedTransferLib.inference.classify import ood_inputs as _ood_inputs
@@ -30,6 +31,16 @@ class _Item:
     case: int
     slice: int | None   # None: the whole volume (3D, or a volume label in 2.5D sampled per slice)
     label: int
+
+
+def _entry_in_order(entry, turn):
+    """A datalist entry of a case brought into another voxel order: its slice axis and slice
+    labels in that order."""
+    if turn is None:
+        return entry
+    axis, slices = turn.slices_forward(entry.slice_axis, list(entry.slice_labels or {}))
+    labels = dict(zip(slices, entry.slice_labels.values())) if entry.slice_labels else entry.slice_labels
+    return replace(entry, slice_axis=axis, slice_labels=labels)
 
 
 def _items(entries, images, three_d) -> list[_Item]:
@@ -125,7 +136,11 @@ class Classification(Task):
         self.config, self.device, self.rng = config, device, rng
         self.three_d = three_d = config.mode == "3d"
         pairs = dl.load_cases()
-        cases, entries = [p[0] for p in pairs], [p[1] for p in pairs]
+        # one voxel order for the network: the first case's (data/orientation.py)
+        self.order = orientation_code(pairs[0][0].geometry)
+        self.given = [p[0] for p in pairs]
+        cases, turns = to_order(self.given, self.order)
+        entries = [_entry_in_order(p[1], t) for p, t in zip(pairs, turns)]
         for c in cases:
             if c.channels != cases[0].channels:
                 raise MedTransferError(f"case '{c.case_id}' has {c.channels} images, case '{cases[0].case_id}' "
@@ -212,12 +227,12 @@ class Classification(Task):
         return Manifest(
             task="classification", mode=config.mode, labels=list(dl.labels()), classes=list(dl.classes),
             preprocessing=self.prep, model=self.model_config,
-            slicing=Slicing(self.entries[0].slice_axis, 1 if three_d else config.slices, self.channels),
+            slicing=Slicing(self.entries[0].slice_axis, 1 if three_d else config.slices, self.channels, self.order),
             inference=Inference(size=self.size, aggregation="mean of slice logits" if not three_d else "whole volume"),
             strategy=strategy,
             training={**asdict(config), "device": str(device), "patch": self.size, "batch_size": self.batch_size},
             provenance={"inputs": [{"case_id": c.case_id, "fingerprint": array_fingerprint(c.image)}
-                                   for c in self.cases],
+                                   for c in self.given],
                         "split": self.split_note, "versions": versions(), "seed": config.seed},
         )
 
