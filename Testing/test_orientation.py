@@ -276,3 +276,20 @@ def test_a_slice_classifier_trains_on_each_case_s_slices_in_the_first_case_s_ord
     assert task.entries[1].slice_labels == {13: 0, 3: 1}     # its slices 2 and 12 of 16, counted from the other end
     assert np.array_equal(task.cases[1].image, blob_volume(seed=1)[0]) and task.given[1].image.shape == (16, 40, 48)
     assert not np.array_equal(task.given[1].image, task.cases[1].image)
+
+
+@pytest.mark.slow   # a 3D training
+def test_a_3d_model_reads_every_case_in_its_order_too(mixed, tmp_path):
+    folder, datalist, _ = mixed
+    run = mt.train(datalist, tmp_path / "run3d", reporter=Reporter(stream=None, bar=False),
+                   **dict(TINY, mode="3d", backbone="segresnet", patch=32, batch_size=2, steps_per_epoch=4))
+    assert ModelPackage.load(run.package).manifest.slicing.orientation == "LPS"
+    image, _ = blob_volume(seed=2)
+    out = {}
+    for code in ("LPS", "RAI", "SPR"):
+        case = read_case(_stored(tmp_path, code, image, code))
+        label = predict(run.package, case, check=False).label
+        out[code] = sitk.GetArrayFromImage(sitk.DICOMOrient(
+            _image(label, code, case.geometry.spacing, case.geometry.origin), "LPS"))
+    assert np.array_equal(out["RAI"], out["LPS"]) and np.array_equal(out["SPR"], out["LPS"])
+    assert len(np.unique(out["LPS"])) > 1
