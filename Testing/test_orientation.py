@@ -214,17 +214,17 @@ def test_a_transposed_case_s_preview_speaks_of_its_own_slices(tmp_path):
 
 def test_a_classification_entry_s_slice_labels_follow_its_case_into_another_order():
     from MedTransferLib.data.class_datalist import ClassEntry
-    from MedTransferLib.training.classification import _entry_in_order
+    from MedTransferLib.training.classification import entry_in_order
 
     reversed_k = reorientation(geometry_of(_image(np.zeros((10, 4, 5), np.float32), "LPI")), "LPS")
     entry = ClassEntry("a.nrrd", slice_labels={0: 1, 3: 0, 10: 0, 99: 1}, slice_axis=2, case_id="a")
-    moved = _entry_in_order(entry, reversed_k)
+    moved = entry_in_order(entry, reversed_k)
     assert moved.slice_axis == 2 and moved.slice_labels == {9: 1, 6: 0, 10: 0, 99: 1}   # 10, 99: still outside
     sagittal = reorientation(geometry_of(_image(np.zeros((10, 6, 8), np.float32), "PIL")), "LPS")
-    moved = _entry_in_order(ClassEntry("b.nrrd", slice_labels={0: 1}, slice_axis=1, case_id="b"), sagittal)
+    moved = entry_in_order(ClassEntry("b.nrrd", slice_labels={0: 1}, slice_axis=1, case_id="b"), sagittal)
     assert moved.slice_axis == 2 and moved.slice_labels == {5: 1}               # its j (I→S) is the new k
-    assert _entry_in_order(entry, None) is entry
-    assert _entry_in_order(ClassEntry("c.nrrd", label=1), reversed_k).label == 1
+    assert entry_in_order(entry, None) is entry
+    assert entry_in_order(ClassEntry("c.nrrd", label=1), reversed_k).label == 1
 
 
 def test_a_class_prediction_does_not_depend_on_the_order_the_volume_is_stored_in(tmp_path):

@@ -120,7 +120,7 @@ GROUPS = {
                         "test_a_transposed_case_s_preview_speaks_of_its_own_slices",
                         "test_a_classification_entry_s_slice_labels_follow_its_case_into_another_order",
                         "test_a_slice_classifier_trains_on_each_case_s_slices_in_the_first_case_s_order")],
-                    ["orientation_code", "reorientation", "to_order", "_entry_in_order"]
+                    ["orientation_code", "reorientation", "to_order", "entry_in_order"]
                     + [f"Reorientationǁ{m}" for m in ("_order", "forward", "back", "case", "slices_back",
                                                       "slices_forward")]
                     + [f"SlicePreviewǁ{m}" for m in ("to_case", "from_view", "suggest")]),

@@ -33,7 +33,7 @@ class _Item:
     label: int
 
 
-def _entry_in_order(entry, turn):
+def entry_in_order(entry, turn):
     """A datalist entry of a case brought into another voxel order: its slice axis and slice
     labels in that order."""
     if turn is None:
@@ -140,7 +140,7 @@ class Classification(Task):
         self.order = orientation_code(pairs[0][0].geometry)
         self.given = [p[0] for p in pairs]
         cases, turns = to_order(self.given, self.order)
-        entries = [_entry_in_order(p[1], t) for p, t in zip(pairs, turns)]
+        entries = [entry_in_order(p[1], t) for p, t in zip(pairs, turns)]
         for c in cases:
             if c.channels != cases[0].channels:
                 raise MedTransferError(f"case '{c.case_id}' has {c.channels} images, case '{cases[0].case_id}' "

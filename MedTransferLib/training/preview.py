@@ -233,8 +233,7 @@ class SlicePreview:
 
     def from_view(self, case: int, view: list[int]) -> list[int]:
         """The viewed slices (of ``case`` as stored) along the network's axis."""
-        back = self.to_case(case, range(self.slices(case)))   # its own inverse: a reversal or nothing
-        return sorted(back[s] for s in view)
+        return sorted(self.to_case(case, view))   # the mapping is its own inverse: a reversal or nothing
 
     def guide(self, case: int):
         """The case's painted slices, interpolated (inference/guide.py): a preview of a volume
