@@ -239,3 +239,42 @@ def test_a_volume_stored_sagittally_is_painted_along_the_axis_the_red_view_steps
             red.GetSliceToRAS().SetElement(r, 3, float(ras[r]))
         red.UpdateMatrices()
         assert sb.slice_index_in_view(vol, red) == k
+
+
+def test_a_volume_under_a_transform_is_painted_shown_and_segmented_where_the_views_show_it(scene):
+    """A registered volume (under a transform, not hardened) is drawn where the transform puts it:
+    here turned 90° about the R axis (its A axis shown pointing superior) and moved. The Red
+    view's axial slices are then its j slices; the slice in view, the slice shown and the
+    predicted segmentation must all go through the transform — without it they land elsewhere."""
+    import vtk
+
+    geo = mt.Geometry((12, 10, 8), (1.0, 1.5, 2.0), (4.0, -6.0, 3.0), np.eye(3))   # axial, LPS
+    vol = sb.case_to_volume_node(scene, mt.Case(np.zeros((8, 10, 12), np.float32), geo), "registered")
+    turn = np.array([[1.0, 0, 0, 7.0], [0, 0, -1.0, -5.0], [0, 1.0, 0, 11.0], [0, 0, 0, 1.0]])  # volume → world
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, turn[r, c])
+    transform.SetMatrixTransformToParent(m)
+    assert sb.view_axis(vol) == 2                       # before: axial volume, axial Red view
+    vol.SetAndObserveTransformNodeID(transform.GetID())
+    red = red_view(scene, [0.0, 0.0, 1.0])
+    assert sb.view_axis(vol) == 1 and sb.view_axis(vol, red) == 1
+    to_ijk = np.linalg.inv(geo.ijk_to_ras()) @ np.linalg.inv(turn)   # world → the volume's voxels
+    for j in (0, 4, 9):
+        world = turn @ geo.ijk_to_ras() @ np.array([5.0, j, 3.0, 1.0])
+        for r in range(3):
+            red.GetSliceToRAS().SetElement(r, 3, float(world[r]))
+        red.UpdateMatrices()
+        assert sb.slice_index_in_view(vol, red) == j
+    sb.show_slice(vol, red, 6)
+    shown = to_ijk @ np.array([red.GetSliceToRAS().GetElement(r, 3) for r in range(3)] + [1.0])
+    assert shown[1] == pytest.approx(6.0)           # the view moved along its normal to slice j = 6
+    label = np.zeros((8, 10, 12), np.uint8)
+    label[2:6, 3:5, 1:4] = 3
+    seg = sb.label_to_segmentation_node(scene, label, geo, LABELS[:1], "pred", reference_volume=vol)
+    assert seg.GetTransformNodeID() == transform.GetID()
+    assert np.array_equal(sb.segmentation_to_label(seg, vol, LABELS[:1]), label)
+    again = sb.label_to_segmentation_node(scene, label[::-1].copy(), geo, LABELS[:1], node=seg, reference_volume=vol)
+    assert again is seg and np.array_equal(sb.segmentation_to_label(seg, vol, LABELS[:1]), label[::-1])

@@ -1,6 +1,6 @@
 """Everything the Slicer side does with MRML, in one namespace for scripts and tests:
 :mod:`.mrml` (nodes ↔ cases), :mod:`.tables` (results in the scene), :mod:`.exchange` (files for child
-processes, in-process entry points), :mod:`.training_list` (the panel's list)."""
+processes, in-process entry points), :mod:`.training_list` (the panel's list), :mod:`.views` (slice views ↔ voxels)."""
 
 from MedTransferLib.slicer.exchange import (
     advise_from_nodes,
@@ -25,9 +25,6 @@ from MedTransferLib.slicer.mrml import (
     segmentation_to_label,
     segmentations_logic,
     set_empty_slices,
-    show_slice,
-    slice_index_in_view,
-    view_axis,
     volume_node_to_case,
 )
 from MedTransferLib.slicer.tables import (
@@ -44,6 +41,7 @@ from MedTransferLib.slicer.training_list import (
     labelled_slice_counts,
     pair_all,
 )
+from MedTransferLib.slicer.views import show_slice, slice_index_in_view, view_axis
 
 __all__ = ["advise_from_nodes", "classify_to_table", "export_classification_data", "export_training_data",
            "predict_to_nodes", "train_from_nodes", "case_to_volume_node", "is_image_volume",

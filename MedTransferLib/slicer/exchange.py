@@ -12,10 +12,10 @@ from MedTransferLib.slicer.mrml import (
     nodes_to_case,
     segment_names,
     segmentation_to_label,
-    view_axis,
     volume_node_to_case,
 )
 from MedTransferLib.slicer.tables import place_with_volume, rows_to_table_node
+from MedTransferLib.slicer.views import view_axis
 
 
 def export_training_data(pairs, segment_names_: list[str], folder, unpainted: str = "background",

@@ -12,6 +12,7 @@ import numpy as np
 from MedTransferLib.core.case import IGNORE, Case, Geometry
 from MedTransferLib.core.errors import MedTransferError
 from MedTransferLib.core.labels import Label
+from MedTransferLib.slicer.views import view_axis
 
 
 def _mods():
@@ -232,47 +233,6 @@ def set_empty_slices(segmentation_node, slices, axis: int = 2) -> None:
     segmentation_node.SetAttribute(EMPTY_SLICES, json.dumps(data))
 
 
-def view_axis(volume_node, slice_node=None) -> int:
-    """The voxel axis of ``volume_node`` a slice view steps along: the one closest to the view's
-    normal. ``slice_node`` None: the Red view's, or, in a scene without one, the patient's
-    superior axis (the Red view's default). Painting in the Red view paints slices along this
-    axis whatever the volume's voxel order: k for a volume stored axially, another axis for one
-    stored sagittally or coronally."""
-    _, vtk, _ = _mods()
-    if slice_node is None and volume_node.GetScene() is not None:
-        slice_node = volume_node.GetScene().GetSingletonNode("Red", "vtkMRMLSliceNode")
-    normal = ([slice_node.GetSliceToRAS().GetElement(r, 2) for r in range(3)] if slice_node is not None
-              else [0.0, 0.0, 1.0])
-    m = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASDirectionMatrix(m)
-    return int(np.argmax([abs(sum(m.GetElement(r, c) * normal[r] for r in range(3))) for c in range(3)]))
-
-
-def slice_index_in_view(volume_node, slice_node, axis: int | None = None) -> int:
-    """The index along voxel ``axis`` of ``volume_node`` (None: :func:`view_axis`) of the slice a
-    slice view shows (its plane's origin, converted from RAS to the volume's IJK)."""
-    _, vtk, _ = _mods()
-    axis = view_axis(volume_node, slice_node) if axis is None else axis
-    origin = [slice_node.GetSliceToRAS().GetElement(r, 3) for r in range(3)] + [1.0]
-    m = vtk.vtkMatrix4x4()
-    volume_node.GetRASToIJKMatrix(m)
-    ijk = m.MultiplyPoint(origin)
-    return int(round(ijk[axis]))
-
-
-def show_slice(volume_node, slice_node, k: int, axis: int | None = None) -> None:
-    """Move a slice view to slice ``k`` (along voxel ``axis``; None: :func:`view_axis`) of
-    ``volume_node``, through the middle of the volume's other two axes."""
-    _, vtk, _ = _mods()
-    axis = view_axis(volume_node, slice_node) if axis is None else axis
-    dims = volume_node.GetImageData().GetDimensions()
-    ijk = [(d - 1) / 2.0 for d in dims] + [1.0]
-    ijk[axis] = float(k)
-    m = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(m)
-    slice_node.JumpSliceByOffsetting(*m.MultiplyPoint(ijk)[:3])
-
-
 def nodes_to_case(volume_node, segmentation_node, labels: list[Label], unpainted: str = "background",
                   axis: int | None = None) -> Case:
     """A training :class:`Case` from a volume and its segmentation (input nodes are not modified)."""
@@ -284,7 +244,9 @@ def nodes_to_case(volume_node, segmentation_node, labels: list[Label], unpainted
 def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, labels: list[Label],
                                name: str = "MedTransfer segmentation", reference_volume=None, node=None):
     """A new segmentation node with one segment per label (names and colours from ``labels``);
-    with ``node`` (a segmentation node of ``scene``), that node's segments are replaced instead."""
+    with ``node`` (a segmentation node of ``scene``), that node's segments are replaced instead.
+    ``label`` is in ``reference_volume``'s own grid: the node goes under the volume's transform,
+    if it has one, so the segments are shown on the voxels they were predicted for."""
     _, vtk, _ = _mods()
     logic = segmentations_logic(scene)
     if node is not None and node.GetScene() is scene and scene.GetNodeByID(node.GetID()) is node:
@@ -293,10 +255,14 @@ def label_to_segmentation_node(scene, label: np.ndarray, geometry: Geometry, lab
     else:
         seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         seg_node.CreateDefaultDisplayNodes()
+    transform = None
     if reference_volume is not None:
         seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+        transform = reference_volume.GetTransformNodeID()
+        seg_node.SetAndObserveTransformNodeID(transform)
     with _Scratch(scene):
         tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medtransfer_import")
+        tmp.SetAndObserveTransformNodeID(transform)   # the label's frame: the segmentation's
         segmentation = seg_node.GetSegmentation()
         for lab in labels:
             mask = (label == lab.value).astype(np.uint8)

@@ -12,10 +12,9 @@ from MedTransferLib.slicer.mrml import (
     segment_names,
     segmentation_to_label,
     set_empty_slices,
-    slice_index_in_view,
-    view_axis,
 )
 from MedTransferLib.slicer.mrml import is_image_volume as _is_image_volume
+from MedTransferLib.slicer.views import slice_index_in_view, view_axis
 
 
 def pair_all(scene) -> tuple[list[tuple], list[str]]:
