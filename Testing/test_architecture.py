@@ -19,7 +19,7 @@ MAX_MODULE_FILE_LINES = 150
 
 
 def _contracts() -> list[dict]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]["contracts"]
 
 
 def test_import_contracts_are_kept():
@@ -87,7 +87,7 @@ def test_no_private_name_is_used_across_stage_packages():
     found = {}
     for path in ENGINE.rglob("*.py"):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        hits = private_reach_ins(path.read_text(), module)
+        hits = private_reach_ins(path.read_text(encoding="utf-8"), module)
         if hits:
             found[module] = hits
     assert found == {}
@@ -95,7 +95,7 @@ def test_no_private_name_is_used_across_stage_packages():
 
 def test_engine_files_stay_small_and_the_module_file_thin():
     long = {str(p.relative_to(ROOT)): n for p in ENGINE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_ENGINE_LINES}
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_ENGINE_LINES}
     assert long == {}
     module_file = ROOT / "MedTransfer" / "MedTransfer.py"
-    assert len(module_file.read_text().splitlines()) <= MAX_MODULE_FILE_LINES
+    assert len(module_file.read_text(encoding="utf-8").splitlines()) <= MAX_MODULE_FILE_LINES
