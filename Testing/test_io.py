@@ -296,7 +296,7 @@ def test_read_errors_name_the_input_kind_and_keep_itk_s_reason(tmp_path):
     four = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32))] * 2)
     sitk.WriteImage(four, str(tmp_path / "four.nii.gz"))
     _expect_error(r"is a 4D image of size \(5, 4, 3, 2\); MedTransfer needs a 3D volume: split it into 3D volumes "
-                  r"\(one per time point or channel\)$", mt.read_case, tmp_path / "four.nii.gz")
+                  r"\(one per time point or channel\)$", mt.read_image, tmp_path / "four.nii.gz")   # read_case: channels
     # an uncompressed NIfTI cut short is refused too (ITK would read zeros)
     raw = gzip.decompress(img.read_bytes())
     (tmp_path / "cut.nii").write_bytes(raw[: len(raw) - 100])

@@ -96,3 +96,50 @@ def test_ct_plus_pet_in_3d_through_the_cli(tmp_path):
     assert main(["predict", "--model", str(out), "--image", str(tmp_path / "ct.nii.gz"),
                  str(tmp_path / "pet.nii.gz"), "--out", str(tmp_path / "seg.nii.gz")]) == 0
     assert mt.read_case(tmp_path / "seg.nii.gz").image.shape == (16, 40, 48)
+
+
+def _four_d(folder, name="t1t2.nii.gz", files=("t1.nii.gz", "t2.nii.gz")):
+    """The case's channels in one 4D NIfTI (x, y, z, channel), as the Medical Segmentation
+    Decathlon ships its multi-modal tasks; SimpleITK's JoinSeries keeps the oblique grid."""
+    import SimpleITK as sitk
+
+    joined = sitk.JoinSeries([sitk.ReadImage(str(folder / f)) for f in files])
+    sitk.WriteImage(joined, str(folder / name))
+    return folder / name
+
+
+def test_a_4d_file_holds_a_cases_channels_as_the_decathlon_ships_them(t1_t2, tmp_path):
+    folder = t1_t2.parent
+    four_d = _four_d(folder)
+    assert __import__("SimpleITK").ReadImage(str(four_d)).GetDimension() == 4
+    case = mt.read_case(four_d)
+    two = mt.read_case([folder / "t1.nii.gz", folder / "t2.nii.gz"])
+    assert case.channels == 2 and np.array_equal(case.image, two.image)   # T1 first, then T2
+    assert case.geometry.matches(two.geometry, tol=1e-9) == []            # the oblique 3D grid
+    series = _four_d(folder, "series.nii.gz", ["t1.nii.gz"] * 9)
+    with pytest.raises(mt.MedTransferError, match="series.nii.gz.*9 volumes are a series, not channels"):
+        mt.read_case(series)
+    with pytest.raises(mt.MedTransferError, match="label map.*t1t2.nii.gz.*4D image"):
+        mt.read_case(folder / "t1.nii.gz", four_d)                    # a label map stays 3D
+
+
+def test_a_decathlon_datalist_with_4d_images_trains_and_predicts_through_the_cli(t1_t2, tmp_path):
+    from MedTransferLib.app.cli import main
+
+    folder = t1_t2.parent
+    _four_d(folder)
+    data = json.loads(t1_t2.read_text())
+    data["training"][0]["image"] = "./t1t2.nii.gz"                    # MSD's relative path
+    (folder / "msd.json").write_text(json.dumps(data))
+    out = tmp_path / "run"
+    assert main(["train", "--datalist", str(folder / "msd.json"), "--out", str(out), "--backbone", "resnet18",
+                 "--weights", "none", "--stem", "repeat", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-size", "2", "--patch", "64", "--progress", "json"]) == 0
+    pkg = ModelPackage.load(out)
+    assert pkg.manifest.slicing.channels == 2 and pkg.manifest.preprocessing.channel_modalities == ("MR", "MR")
+    assert main(["predict", "--model", str(out), "--image", str(folder / "t1t2.nii.gz"),
+                 "--out", str(tmp_path / "a.nii.gz")]) == 0
+    assert main(["predict", "--model", str(out), "--image", str(folder / "t1.nii.gz"), str(folder / "t2.nii.gz"),
+                 "--out", str(tmp_path / "b.nii.gz")]) == 0
+    a, b = mt.read_case(tmp_path / "a.nii.gz"), mt.read_case(tmp_path / "b.nii.gz")
+    assert a.image.shape == (16, 40, 48) and np.array_equal(a.image, b.image)

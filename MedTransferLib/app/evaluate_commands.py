@@ -163,15 +163,15 @@ def cmd_evaluate(a) -> int:
         raise MedTransferError("evaluating a segmentation needs --label (the reference label map)")
     from MedTransferLib.core.files import write_csv
     from MedTransferLib.data.datalist import load_datalist
-    from MedTransferLib.data.io import read_case, read_image
+    from MedTransferLib.data.io import read_image
     from MedTransferLib.data.metrics import evaluate, summary
 
-    ref_case = read_case(a.label, None)
+    ref, ref_geometry = read_image(a.label, "reference label map")
     pred, pgeo = read_image(a.pred, "prediction")
-    problems = ref_case.geometry.matches(pgeo)
+    problems = ref_geometry.matches(pgeo)
     if problems:
         raise MedTransferError(f"prediction '{a.pred}' is not on the reference's grid ({'; '.join(problems)})")
-    ref = ref_case.image.astype(int)
+    ref = ref.astype(int)
     if a.labels:
         labels = load_datalist(a.labels).labels
     elif a.model:
@@ -183,7 +183,7 @@ def cmd_evaluate(a) -> int:
 
         labels = [(int(v), f"label_{int(v)}") for v in np.unique(ref) if v != 0]
     slices = parse_slices(a.slices) if a.slices else None
-    rows = evaluate(pred.astype(int), ref, labels, ref_case.geometry, slices, a.axis)
+    rows = evaluate(pred.astype(int), ref, labels, ref_geometry, slices, a.axis)
     if a.out:
         write_csv(a.out, rows)
     for r in rows:

@@ -106,6 +106,9 @@ def _nifti_truncated(path: Path) -> str | None:
     return None if have >= needed else f"holds {have} of {needed} bytes"
 
 
+MAX_CHANNELS = 8   # a 4D file with more volumes is a time series, not channels
+
+
 def read_image(path, what: str = "image") -> tuple[np.ndarray, Geometry]:
     """Read a 3D scalar image; return ``(array (k, j, i), geometry)``.
 
@@ -114,11 +117,37 @@ def read_image(path, what: str = "image") -> tuple[np.ndarray, Geometry]:
     """
     path = Path(path)
     img = _read_sitk(path, what)
+    _check_stream(path, what)
+    return _checked(path, what, img)
+
+
+def read_channels(path, what: str = "image") -> list[tuple[np.ndarray, Geometry]]:
+    """Read a 3D image, or a 4D file whose 4th axis holds co-registered channels (the Medical
+    Segmentation Decathlon's layout: FLAIR, T1w, T1gd, T2w of one case in one NIfTI), as a list
+    of ``(array (k, j, i), geometry)``, one per channel."""
+    path = Path(path)
+    img = _read_sitk(path, what)
+    _check_stream(path, what)
+    if img.GetDimension() != 4 or img.GetNumberOfComponentsPerPixel() != 1:
+        return [_checked(path, what, img)]
+    x, y, z, n = img.GetSize()
+    if n > MAX_CHANNELS:
+        raise MedTransferError(f"{what} '{path}' is a 4D image of size {img.GetSize()}: {n} volumes are "
+                               f"a series, not channels (at most {MAX_CHANNELS}); give the 3D volume to "
+                               f"use, or one file per channel")
+    sitk = _sitk()
+    return [_checked(path, what, sitk.Extract(img, [x, y, z, 0], [0, 0, 0, c])) for c in range(n)]
+
+
+def _check_stream(path: Path, what: str) -> None:
     if path.is_file() and (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
         why = _nifti_truncated(path)
         if why:
             raise MedTransferError(f"{what} '{path}' could not be read: the file is truncated or "
                                    f"corrupt ({why}); copy or export it again")
+
+
+def _checked(path: Path, what: str, img) -> tuple[np.ndarray, Geometry]:
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise MedTransferError(f"{what} '{path}' has {img.GetNumberOfComponentsPerPixel()} "
                                f"components per voxel (colour or vector image); give one scalar "
@@ -138,8 +167,9 @@ def read_case(image, label=None, case_id: str | None = None, labelled_slices=Non
               slice_axis: int = 2, label_values=None) -> Case:
     """Read an image (and optionally its label map) into a :class:`Case`.
 
-    ``image`` may be a list of files on one voxel grid (T1 + T2, CT + PET): the case then holds
-    a ``(C, k, j, i)`` array, one channel per file, in that order.
+    ``image`` may be a list of files on one voxel grid (T1 + T2, CT + PET), or a 4D file of
+    channels (:func:`read_channels`): the case then holds a ``(C, k, j, i)`` array, one channel per
+    file or per volume of the 4D file, in that order.
 
     ``labelled_slices``: indices along voxel axis ``slice_axis`` that were labelled; every other
     slice becomes :data:`IGNORE`. ``label_values``: the values the label map may hold (others are
@@ -152,8 +182,7 @@ def read_case(image, label=None, case_id: str | None = None, labelled_slices=Non
     if not paths:
         raise MedTransferError("no image given")
     channels, geo = [], None
-    for path in paths:
-        arr, g = read_image(path, "image")
+    for path, (arr, g) in ((p, c) for p in paths for c in read_channels(p, "image")):
         arr = np.asarray(arr)
         if not np.issubdtype(arr.dtype, np.number):
             raise MedTransferError(f"image '{path}' has non-numeric voxels ({arr.dtype})")
