@@ -61,6 +61,7 @@ def train(data, out, labels=None, reporter=None, resume: bool = False, **config)
     from MedTransferLib.core.progress import Reporter
     from MedTransferLib.data.datalist import Datalist, load_datalist
     from MedTransferLib.training.config import TrainConfig
+    from MedTransferLib.training.run import check_datalist_memory
     from MedTransferLib.training.segmentation import train as train_cases
 
     if reporter is None:   # its clock starts now: max_seconds counts from here
@@ -78,6 +79,7 @@ def train(data, out, labels=None, reporter=None, resume: bool = False, **config)
         axis = dl.training[0].slice_axis
         if config.get("modality", "auto") == "auto" and dl.modality != "auto":
             config["modality"] = dl.modality
+        check_datalist_memory(dl, TrainConfig(**config))
         data = dl.load_cases()
     if labels is None:
         raise MedTransferError("train() on a list of cases needs labels=[Label(...), ...]")

@@ -150,6 +150,38 @@ def test_a_volume_larger_than_memory_allows_is_refused_before_any_work(tmp_path,
         mt.train(dl, tmp_path / "run", **TINY)
 
 
+
+def test_a_datalist_too_large_for_memory_is_refused_from_its_headers_before_reading(tmp_path, monkeypatch):
+    """The same refusal, with the same numbers, from the files' headers — no volume is read (a
+    Decathlon task of hundreds of 4D MRIs would fill the memory while being read). A 4D file's
+    volumes count as channels."""
+    from MedTransferLib.training.config import TrainConfig
+    from MedTransferLib.training.run import check_memory
+
+    image, label = blob_volume()
+    folder = tmp_path / "data"
+    dl = _datalist(folder, image, label)
+    sitk.WriteImage(sitk.JoinSeries([sitk.ReadImage(str(folder / "img.nii.gz"))] * 3), str(folder / "img4d.nii.gz"))
+    data = json.loads(dl.read_text())
+    data["training"].append({"image": "img4d.nii.gz", "label": "lab.nii.gz"})
+    data["training"][0]["image"] = ["img.nii.gz"] * 3
+    dl.write_text(json.dumps(data))
+    monkeypatch.setenv("MEDTRANSFER_MEMORY_LIMIT_MB", "20")
+    config = {**TINY, "batch_size": 2, "patch": 64}
+    with pytest.raises(MedTransferError) as after_reading:        # the check on the cases read
+        check_memory(mt.load_datalist(dl).load_cases(), TrainConfig(**config))
+    assert mt.load_datalist(dl).stored_voxels() == (2 * 3 * image.size, 2 * label.size, 3)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a volume was read before the memory check")
+
+    monkeypatch.setattr("MedTransferLib.data.datalist.read_case", no_reading)
+    with pytest.raises(MedTransferError, match=r"only 20 MB are available") as before:
+        mt.train(dl, tmp_path / "run", **config)
+    assert str(before.value) == str(after_reading.value)
+    assert not (tmp_path / "run").exists()
+
+
 # ---- faults -------------------------------------------------------------------------------------
 
 def test_an_unwritable_or_full_output_folder_fails_before_training(blob_datalist, tmp_path, monkeypatch):

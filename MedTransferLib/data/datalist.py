@@ -46,6 +46,21 @@ class Datalist:
     path: Path | None = None
     test: list[Entry] = field(default_factory=list)
 
+    def stored_voxels(self) -> tuple[int, int, int]:
+        """``(image values, label voxels, channels)`` of the training cases from their files'
+        headers (:func:`~MedTransferLib.data.io.stored_voxels`), counting only what the headers
+        tell; nothing is read."""
+        from MedTransferLib.data.io import stored_voxels
+
+        values = labels = channels = 0
+        for e in self.training:
+            sizes = [stored_voxels(p) for p in (e.image if isinstance(e.image, list) else [e.image])]
+            known = [s for s in sizes if s is not None]
+            values += sum(v * c for v, c in known)
+            labels += known[0][0] if known and e.label is not None else 0
+            channels = channels or sum(c for _, c in known)
+        return values, labels, max(1, channels)
+
     def load_cases(self, entries: list[Entry] | None = None) -> list[Case]:
         values = [lab.value for lab in self.labels]
         return [read_case(e.image, e.label, e.case_id, e.labelled_slices, e.slice_axis, values)

@@ -139,6 +139,24 @@ def read_channels(path, what: str = "image") -> list[tuple[np.ndarray, Geometry]
     return [_checked(path, what, sitk.Extract(img, [x, y, z, 0], [0, 0, 0, c])) for c in range(n)]
 
 
+def stored_voxels(path) -> tuple[int, int] | None:
+    """``(voxels per channel, channels)`` of an image file from its header alone (a 4D file's
+    volumes are channels, :func:`read_channels`), or None where the header cannot tell (a DICOM
+    folder, an unreadable file: reading it later says why)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size = [int(s) for s in reader.GetSize()]
+    channels = reader.GetNumberOfComponents() * (size[3] if len(size) == 4 else 1)
+    return int(np.prod(size[:3])), channels
+
+
 def _check_stream(path: Path, what: str) -> None:
     if path.is_file() and (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
         why = _nifti_truncated(path)

@@ -81,20 +81,33 @@ def available_memory_mb(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/c
 def check_memory(cases, config) -> None:
     """Refuse before any work when the cached training arrays (float32 images + label maps) and
     the largest batch cannot fit, naming the numbers and what to lower."""
+    _check_memory(sum(int(np.prod(c.image.shape)) for c in cases),
+                  sum(int(np.prod(c.label.shape)) for c in cases if c.label is not None),
+                  len(cases), cases[0].channels, config)
+
+
+def check_datalist_memory(datalist, config) -> None:
+    """:func:`check_memory` from the files' headers, before any volume is read: a datalist too
+    large to hold (the Decathlon's 484 four-channel brain MRIs need ~100 GB) is refused with
+    the numbers instead of filling the memory while it is read."""
+    voxels, label_voxels, channels = datalist.stored_voxels()
+    if voxels:
+        _check_memory(voxels, label_voxels, len(datalist.training), channels, config)
+
+
+def _check_memory(voxels: int, label_voxels: int, n_cases: int, channels: int, config) -> None:
     avail = available_memory_mb()
     if avail is None:
         return
-    voxels = sum(int(np.prod(c.image.shape)) for c in cases)
-    label_voxels = sum(int(np.prod(c.label.shape)) for c in cases if c.label is not None)
     cache_mb = (4 * voxels + label_voxels) / 2**20
     patch = config.patch or (128 if config.mode == "3d" else 256)
     batch = config.batch_size or 2
     spatial = patch ** 3 if config.mode == "3d" else patch ** 2
     # activations of encoder + decoder kept for backpropagation: ~200 floats per input value
-    batch_mb = batch * cases[0].channels * (1 if config.mode == "3d" else config.slices) * spatial * 4 * 200 / 2**20
+    batch_mb = batch * channels * (1 if config.mode == "3d" else config.slices) * spatial * 4 * 200 / 2**20
     need = cache_mb * 1.5 + batch_mb       # standardisation makes one transient copy per case
     if need > avail:
         raise MedTransferError(
-            f"training needs about {need:.0f} MB ({cache_mb:.0f} MB of cached volumes for {len(cases)} case(s), "
+            f"training needs about {need:.0f} MB ({cache_mb:.0f} MB of cached volumes for {n_cases} case(s), "
             f"{batch_mb:.0f} MB for a batch of {batch} at patch {patch}) but only {avail:.0f} MB are available; "
             f"use fewer or cropped volumes, a smaller --batch-size or --patch, or --mode 2.5d")
