@@ -116,6 +116,23 @@ def test_a_4d_file_holds_a_cases_channels_as_the_decathlon_ships_them(t1_t2, tmp
     two = mt.read_case([folder / "t1.nii.gz", folder / "t2.nii.gz"])
     assert case.channels == 2 and np.array_equal(case.image, two.image)   # T1 first, then T2
     assert case.geometry.matches(two.geometry, tol=1e-9) == []            # the oblique 3D grid
+    eight = mt.read_case(_four_d(folder, "eight.nii.gz", ["t1.nii.gz", "t2.nii.gz"] * 4))
+    assert eight.channels == 8 and np.array_equal(eight.image[7], two.image[1])   # 8 is still channels
+    from MedTransferLib.data.io import read_channels
+
+    with pytest.raises(mt.MedTransferError, match="^image '.*nothing.nii.gz' does not exist"):
+        read_channels(folder / "nothing.nii.gz")
+    import gzip
+
+    raw = gzip.decompress(four_d.read_bytes())
+    (folder / "cut.nii").write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(mt.MedTransferError, match="^image '.*cut.nii' could not be read: the file is truncated"):
+        mt.read_case(folder / "cut.nii")                               # a 4D file cut short
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.float32)), str(folder / "flat.nii.gz"))
+    with pytest.raises(mt.MedTransferError, match="^image '.*flat.nii.gz' is a 2D image"):
+        mt.read_case(folder / "flat.nii.gz")
     series = _four_d(folder, "series.nii.gz", ["t1.nii.gz"] * 9)
     with pytest.raises(mt.MedTransferError, match="series.nii.gz.*9 volumes are a series, not channels"):
         mt.read_case(series)

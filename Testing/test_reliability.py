@@ -171,6 +171,9 @@ def test_a_datalist_too_large_for_memory_is_refused_from_its_headers_before_read
     with pytest.raises(MedTransferError) as after_reading:        # the check on the cases read
         check_memory(mt.load_datalist(dl).load_cases(), TrainConfig(**config))
     assert mt.load_datalist(dl).stored_voxels() == (2 * 3 * image.size, 2 * label.size, 3)
+    (folder / "junk.nrrd").write_text("not an image")                 # what no header tells is not counted
+    (folder / "junk.json").write_text(json.dumps({**data, "training": [{"image": "junk.nrrd", "label": "lab.nii.gz"}]}))
+    assert mt.load_datalist(folder / "junk.json").stored_voxels() == (0, 0, 1)
 
     def no_reading(*args, **kwargs):
         raise AssertionError("a volume was read before the memory check")

@@ -127,6 +127,12 @@ GROUPS = {
     # predict_slices itself is under a decorator (torch.inference_mode): mutmut leaves it alone
     "smoothing": (["MedTransferLib/inference/windows.py"], ["Testing/test_slice_smoothing.py"],
                   ["smooth_weight", "slice_smoothing", "_smoothed"]),
+    # 4D files as channels (the Decathlon's layout) and the memory check from the headers
+    "channels": (["MedTransferLib/data/io.py", "MedTransferLib/data/datalist.py", "MedTransferLib/training/run.py"],
+                 ["Testing/test_multimodal.py::test_a_4d_file_holds_a_cases_channels_as_the_decathlon_ships_them",
+                  f"{RELIABILITY}::test_a_datalist_too_large_for_memory_is_refused_from_its_headers_before_reading",
+                  f"{RELIABILITY}::test_a_volume_larger_than_memory_allows_is_refused_before_any_work"],
+                 ["read_channels", "stored_voxels", "Datalistǁstored_voxels", "check_datalist_memory"]),
 }
 KILLED = {"killed", "timeout", "segfault"}   # a crash of the test process is a failed test
 MAX_DIFFS = 200   # survivors shown with their diff per group (the rest are listed by name)

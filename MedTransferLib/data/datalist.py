@@ -57,7 +57,7 @@ class Datalist:
             sizes = [stored_voxels(p) for p in (e.image if isinstance(e.image, list) else [e.image])]
             known = [s for s in sizes if s is not None]
             values += sum(v * c for v, c in known)
-            labels += known[0][0] if known and e.label is not None else 0
+            labels += known[0][0] if known else 0   # a training entry always has a label map
             channels = channels or sum(c for _, c in known)
         return values, labels, max(1, channels)
 

@@ -136,7 +136,8 @@ def read_channels(path, what: str = "image") -> list[tuple[np.ndarray, Geometry]
                                f"a series, not channels (at most {MAX_CHANNELS}); give the 3D volume to "
                                f"use, or one file per channel")
     sitk = _sitk()
-    return [_checked(path, what, sitk.Extract(img, [x, y, z, 0], [0, 0, 0, c])) for c in range(n)]
+    volumes = [sitk.Extract(img, [x, y, z, 0], [0, 0, 0, c]) for c in range(n)]   # 3D, scalar, not empty
+    return [(sitk.GetArrayFromImage(v), geometry_of(v)) for v in volumes]
 
 
 def stored_voxels(path) -> tuple[int, int] | None:
