@@ -40,8 +40,9 @@ def test_train_under_torchrun_matches_one_process_and_only_rank_0_writes(blob_da
     d2 = mt.ModelPackage.load(tmp_path / "two").manifest.metrics["best_val_dice"]
     d1 = mt.ModelPackage.load(tmp_path / "one").manifest.metrics["best_val_dice"]
     # two ranks see twice the batches of one process, so the runs differ; two processes must not be
-    # worse (measured 2026-12-01: one 0.899, two 0.973)
-    assert d1 > 0.85 and d2 >= d1 - 0.02, (d1, d2)
+    # worse (measured 2026-12-01: one 0.899, two 0.973; with the narrower decoder of 2026-12-04,
+    # 30 steps from random weights: one 0.770, two 0.783)
+    assert d1 > 0.7 and d2 >= d1 - 0.02, (d1, d2)
     assert read_state(tmp_path / "two")["state"] == "finished"
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "run.json", "train_args.json"]
 

@@ -235,3 +235,27 @@ def test_the_messages_name_the_model_and_the_field_exactly(change, message):
     assert str(err.value) == message
     with pytest.raises(MedTransferError, match="^manifest "):   # the default name
         Manifest.from_json(d)
+
+
+def test_a_package_rebuilds_the_decoder_widths_it_was_trained_with(tmp_path):
+    """Models trained before the decoder was narrowed (256-128-64-32-16) keep loading as they were
+    trained; a new run records the new widths. A broken version (the widths from today's default
+    instead of the package's config) fails the strict weight load."""
+    from MedTransferLib.models.segmentation import DECODER_CHANNELS, SegmentationNet
+    from MedTransferLib.training.config import TrainConfig
+    from MedTransferLib.training.start import build_for_training
+
+    torch.manual_seed(0)
+    wide = [256, 128, 64, 32, 16]
+    cfg = {"backbone": "efficientnet-lite0", "kind": "encoder", "spatial_dims": 2, "in_channels": 3,
+           "num_classes": 3, "stem": "mean", "decoder_channels": wide}
+    net = SegmentationNet.from_config(cfg, weights=None).eval()
+    assert net.head[0].in_channels == 16 and list(DECODER_CHANNELS) != wide
+    pkg = ModelPackage.load(save_package(tmp_path / "old", net, _manifest(mode="2.5d", model=cfg)))
+    rebuilt = pkg.build_model()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+    for mode in ("2.5d", "3d"):
+        model, new = build_for_training(TrainConfig(mode=mode, weights=None), 1, 2)
+        assert new["decoder_channels"] == [128, 64, 32, 16, 8] and model.head[0].in_channels == 8
