@@ -21,8 +21,12 @@ on the CPU; median of repeated runs after warm-up). Prints JSON lines. Not a tes
   one call as a preview does; ``Guide.fuse`` against the same score formed for every class (the
   implementation before), each call's first run and the median, the classes checked against the
   definition (``Testing/test_guide.py``); one batch's 2.5D network forward for scale.
+- ``decoder``: one channels-last training step (fused AdamW, as the trainer runs it) of the 2.5D
+  Lite0 U-Net with the decoder widths tried for the default: the earlier 256-128-64-32-16, the
+  shipped 128-64-32-16-8 and three in between; each step's median and its speed against the
+  earlier one.
 
-    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss|optimizer|frozen|fuse]
+    .venv/bin/python bench/micro.py [--only formats|windows|argmax|loss|optimizer|frozen|fuse|decoder]
 """
 
 from __future__ import annotations
@@ -265,13 +269,31 @@ def fuse() -> None:
     print(json.dumps(row), flush=True)
 
 
+def decoder() -> None:
+    from MedTransferLib.models.backbones import build_encoder
+    from MedTransferLib.models.segmentation import SegmentationNet
+
+    shape, base = (16, 3, 128, 128), None
+    for widths in ((256, 128, 64, 32, 16), (256, 128, 64, 32, 8), (256, 128, 64, 16, 8),
+                   (128, 64, 32, 16, 16), (128, 64, 32, 16, 8)):
+        torch.manual_seed(0)
+        step, _ = training_step(lambda: SegmentationNet(build_encoder("efficientnet-lite0", None, 3, 2, "mean"),
+                                                        9, 3, widths), shape, True, fused=True)
+        t = median_s(step, repeat=5)
+        base = base or t
+        print(json.dumps({"bench": "decoder", "widths": widths, "batch": list(shape), "step_s": round(t, 4),
+                          "speed_vs_256": round(base / t, 2)}), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss", "optimizer", "frozen", "fuse"])
+    ap.add_argument("--only", choices=["formats", "windows", "argmax", "loss", "optimizer", "frozen", "fuse",
+                                        "decoder"])
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     for name, fn in (("formats", formats), ("windows", windows), ("argmax", argmax), ("loss", loss),
-                     ("optimizer", optimizer), ("frozen", frozen), ("fuse", fuse)):
+                     ("optimizer", optimizer), ("frozen", frozen), ("fuse", fuse),
+                     ("decoder", decoder)):
         if a.only in (None, name):
             fn()
     return 0
