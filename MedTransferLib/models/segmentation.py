@@ -32,17 +32,16 @@ class SegmentationNet(nn.Module):
         super().__init__()
         from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 
-        if decoder_channels is None:
-            decoder_channels = DECODER_CHANNELS
+        self.decoder_channels = tuple(DECODER_CHANNELS if decoder_channels is None else decoder_channels)
         self.spatial_dims = spatial_dims
         self.encoder = encoder
         self.decoder = UNetDecoder(
             spatial_dims=spatial_dims, encoder_channels=(in_channels, *encoder.channels),
-            decoder_channels=tuple(decoder_channels), act=("relu", {"inplace": True}),
+            decoder_channels=self.decoder_channels, act=("relu", {"inplace": True}),
             norm=("batch", {"eps": 1e-3, "momentum": 0.1}), dropout=0.0, bias=False,
             upsample="nontrainable", pre_conv=None, interp_mode="nearest", align_corners=None,
             is_pad=True)
-        self.head = SegmentationHead(spatial_dims, decoder_channels[-1], num_classes, kernel_size=3)
+        self.head = SegmentationHead(spatial_dims, self.decoder_channels[-1], num_classes, kernel_size=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.decoder(self.encoder(x), 4))

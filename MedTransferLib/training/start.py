@@ -5,7 +5,7 @@ earlier model of the same task, whole."""
 from __future__ import annotations
 
 from MedTransferLib.core.errors import MedTransferError
-from MedTransferLib.models.segmentation import DECODER_CHANNELS, SegmentationNet
+from MedTransferLib.models.segmentation import SegmentationNet
 from MedTransferLib.package.sources import build_encoder, build_network, source_kind
 from MedTransferLib.training.config import TrainConfig
 
@@ -29,7 +29,7 @@ def build_for_training(config: TrainConfig, in_channels: int, num_classes: int):
     model = SegmentationNet(encoder, num_classes, in_channels, spatial_dims=dims)
     cfg = {"backbone": encoder.architecture, "kind": "encoder", "spatial_dims": dims,
            "in_channels": in_channels, "num_classes": num_classes, "stem": config.stem,
-           "decoder_channels": list(DECODER_CHANNELS),
+           "decoder_channels": list(model.decoder_channels),
            "_pretrain_mean": list(encoder.pretrain_mean), "_pretrain_std": list(encoder.pretrain_std)}
     return model, cfg
 
