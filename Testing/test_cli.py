@@ -75,6 +75,9 @@ def test_train_predict_evaluate_through_the_cli(blob_datalist, tmp_path):
     (["predict", "--model", "nomodel", "--image", "a.nii.gz", "--out", "s.nii.gz"], "does not exist"),
     (["train", "--datalist", "{dl}", "--out", "x", "--backbone", "resnet-18"], "did you mean 'resnet18'"),
     (["train", "--datalist", "{dl}", "--out", "x", "--slices", "2"], "odd number"),
+    # the network pads a crop up to 32 pixels: 16-pixel crops would train in batches of 1024, 3/4 of it padding
+    (["train", "--datalist", "{dl}", "--out", "x", "--patch", "16"], "--patch 16 is below efficientnet-lite0's 32"),
+    (["predict", "--model", "{dl}", "--image", "a.nii.gz", "--out", "s.nii.gz"], "is a file, not a model folder"),
 ])
 def test_user_errors_are_one_line_without_traceback(blob_datalist, tmp_path, args, message, capsys, monkeypatch):
     args = [a.replace("{dl}", str(blob_datalist)) for a in args]

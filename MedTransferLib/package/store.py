@@ -115,7 +115,8 @@ class ModelPackage:
             path = path.with_name(path.name + ".old")
         where = f"model '{path}'"
         if not path.is_dir():
-            raise MedTransferError(f"{where} does not exist; give the folder written by "
+            what = "is a file, not a model folder" if path.exists() else "does not exist"
+            raise MedTransferError(f"{where} {what}; give the folder written by "
                                    f"'medtransfer train --out'")
         if not (path / MANIFEST).is_file():
             raise MedTransferError(f"{where} has no {MANIFEST} (incomplete or not a MedTransfer "

@@ -83,9 +83,8 @@ def train(cases: list[Case], labels: list[Label], out, config: TrainConfig | Non
         >>> dl = load_datalist("dataset.json")                      # doctest: +SKIP
         >>> result = train(dl.load_cases(), dl.labels, "runs/a")    # doctest: +SKIP
     """
-    return managed_run(lambda cfg, resume_now: run(Segmentation(cases, labels, axis_from_data), out, cfg,
-                                                    reporter, resume_now),
-                       config or TrainConfig(), out, reporter, resume)
+    return managed_run(lambda cfg, resume_now: run(Segmentation(cases, labels, axis_from_data), out, cfg, reporter,
+                                                    resume_now), config or TrainConfig(), out, reporter, resume)
 
 
 class Segmentation(Task):
@@ -150,6 +149,9 @@ class Segmentation(Task):
             self.sampler = PatchSampler3D(volumes, train_items, num_classes, patch, seed=config.seed + rank)
         else:
             patch = config.patch or auto_patch(volumes, train_items)
+            if patch < model.multiple:   # padded up to it: a tiny crop buys a huge batch of padding
+                raise MedTransferError(f"--patch {patch} is below {config.backbone}'s {model.multiple} pixels; use "
+                                       f"--patch {model.multiple} or more, or leave it out (automatic)")
             batch_size = config.batch_size or max(2, round(16 * (128 / patch) ** 2))
             self.sampler = SlabSampler(volumes, train_items, config.slices, num_classes, patch,
                                        seed=config.seed + rank)
@@ -221,11 +223,9 @@ class Segmentation(Task):
 
     def validate(self) -> Validation:
         c = self.config
-        scores = (_validate_3d(self.model, self.volumes, self.val_items, self.prep, self.device, self.num_classes,
-                               self.patch, c.overlap)
-                  if self.three_d else
-                  _validate(self.model, self.volumes, self.val_items, c.slices, self.prep, self.device,
-                            self.num_classes))
+        args = (self.model, self.volumes, self.val_items)
+        scores = (_validate_3d(*args, self.prep, self.device, self.num_classes, self.patch, c.overlap) if self.three_d
+                  else _validate(*args, c.slices, self.prep, self.device, self.num_classes))
         finite = [s for s in scores if not math.isnan(s)]
         per_class = {lab.name: s for lab, s in zip(self.labels, scores)}
         return Validation(float(np.mean(finite)) if finite else 0.0, {"val_dice_per_class": per_class},
