@@ -346,8 +346,8 @@ def test_label_maps_are_checked_for_whole_numbers_slice_ranges_and_keep_large_va
     nan[3, 3, 3] = np.nan
     _expect_error("non-integer values", mt.read_case, img, write_volume(tmp_path / "nan.mha", nan))
     lab = write_volume(tmp_path / "l.nii.gz", label)
-    _expect_error(r"labelled_slices \[16\] .* outside 0..15 along voxel axis 2", mt.read_case, img, lab,
-                  labelled_slices=[3, 16])
+    _expect_error(r"labelled_slices \[16\] .* outside 0..15 along voxel axis 2; give slice indices .*'slice_axis'",
+                  mt.read_case, img, lab, labelled_slices=[3, 16])
     _expect_error(r"labelled_slices \[-1\]", mt.read_case, img, lab, labelled_slices=[-1])
     # along voxel axis 0 (i, the array's last axis) and 1 (j)
     for axis, array_axis, n in ((0, 2, 48), (1, 1, 40)):

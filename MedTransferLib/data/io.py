@@ -256,7 +256,8 @@ def read_case(image, label=None, case_id: str | None = None, labelled_slices=Non
         bad = [s for s in idx if not 0 <= s < n]
         if bad:
             raise MedTransferError(f"labelled_slices {bad[:5]} for '{label}' are outside 0..{n - 1} "
-                                   f"along voxel axis {slice_axis}")
+                                   f"along voxel axis {slice_axis}; give slice indices (from 0) "
+                                   f"along the entry's 'slice_axis' (default 2)")
         keep = np.zeros(n, bool)
         keep[idx] = True
         shape = [1, 1, 1]
