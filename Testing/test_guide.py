@@ -501,7 +501,10 @@ def test_cli_predict_painted(tiny, tmp_path, capsys):
         assert main(extra) != 0
         assert message in capsys.readouterr().err
 
-    refused(args + ["--labelled-slices", "2,16"], "--labelled-slices [16] lie outside the image's 16 slices")
+    refused(args + ["--labelled-slices", "2,16"], "--labelled-slices [16] lie outside the image's 16 slices along "
+                                                  "axis 2; give indices 0–15")
+    refused(args + ["--labelled-slices", "2,a"], "--labelled-slices '2,a' is not a list like")
+    refused(args + ["--labelled-slices", "2,9-6"], "the range '9-6' runs backwards; write it as 6-9")
     refused(args[:-2] + ["--labelled-slices", "2"], "--labelled-slices goes with --painted")
     other = tmp_path / "other.nii.gz"
     from conftest import write_volume

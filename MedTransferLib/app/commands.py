@@ -12,17 +12,21 @@ from MedTransferLib.core.defaults import TRAINING as D
 from MedTransferLib.core.errors import MedTransferError
 
 
-def parse_slices(spec: str) -> list[int]:
+def parse_slices(spec: str, option: str = "--slices") -> list[int]:
+    """Slice indices from ``'3,5,10-20'`` (ranges inclusive); ``option`` names the input in errors."""
     out = []
     try:
         for part in spec.split(","):
             if "-" in part:
-                a, b = part.split("-")
-                out += list(range(int(a), int(b) + 1))
+                a, b = (int(v) for v in part.split("-"))
+                if b < a:
+                    raise MedTransferError(f"{option} '{spec}': the range '{part.strip()}' runs backwards; "
+                                           f"write it as {b}-{a}")
+                out += list(range(a, b + 1))
             elif part.strip():
                 out.append(int(part))
     except ValueError:
-        raise MedTransferError(f"--slices '{spec}' is not a list like '3,5,10-20'") from None
+        raise MedTransferError(f"{option} '{spec}' is not a list like '3,5,10-20'") from None
     return out
 
 

@@ -67,10 +67,11 @@ def painted_case(case, painted, labelled_slices, slice_axis: int = 2):
     if labelled_slices is None:
         slices = np.flatnonzero(to_slices_first(label, slice_axis).any(axis=(1, 2))).tolist()
     else:
-        slices = sorted(set(parse_slices(labelled_slices) if isinstance(labelled_slices, str) else labelled_slices))
+        slices = sorted(set(parse_slices(labelled_slices, "--labelled-slices") if isinstance(labelled_slices, str) else labelled_slices))
     bad = [s for s in slices if not 0 <= s < n]
     if bad:
-        raise MedTransferError(f"--labelled-slices {bad} lie outside the image's {n} slices along axis {slice_axis}")
+        raise MedTransferError(f"--labelled-slices {bad} lie outside the image's {n} slices along axis {slice_axis}; "
+                               f"give indices 0–{n - 1} (or the right --slice-axis)")
     if not slices:
         raise MedTransferError(f"--painted '{painted}' holds no label: paint some slices, or predict without it")
     sparse = np.full_like(label, IGNORE)
