@@ -56,7 +56,8 @@ def test_from_refuses_other_structures_or_settings(first, tmp_path):
     data["labels"] = {"0": "background", "1": "bright", "2": "faint"}
     renamed = datalist.with_name("renamed.json")
     renamed.write_text(json.dumps(data))
-    with pytest.raises(mt.MedTransferError, match=r"learnt \[\(1, 'bright'\), \(2, 'dim'\)\].*--backbone package:"):
+    with pytest.raises(mt.MedTransferError, match=r"learnt other structures \(this data adds 2 'faint'; lacks 2 "
+                                                  r"'dim'\): .*--backbone package:"):
         mt.train(renamed, tmp_path / "a", **dict(TINY, init_from=str(run.package)))
     with pytest.raises(mt.MedTransferError, match="trained with slices 3; continue it with the same settings "
                                                   r"\(slices 5 given\)"):

@@ -33,6 +33,7 @@ def build_for_training(config: TrainConfig, in_channels: int, num_classes: int):
            "_pretrain_mean": list(encoder.pretrain_mean), "_pretrain_std": list(encoder.pretrain_std)}
     return model, cfg
 
+
 def continued(config, labels, channels):
     """The package ``--from`` names, checked to continue this task: the same structures (value
     and name), mode, slices and images per case. Anything else is a new task: start it with
@@ -45,7 +46,10 @@ def continued(config, labels, channels):
         raise MedTransferError(f"{where} is a {pkg.task} model; --from continues a segmentation model")
     theirs, ours = [(lab.value, lab.name) for lab in pkg.labels], [(lab.value, lab.name) for lab in labels]
     if theirs != ours:
-        raise MedTransferError(f"{where} learnt {theirs}, this data names {ours}: --from continues the same "
+        new, gone = ([f"{v} '{n}'" for v, n in a if (v, n) not in b] for a, b in ((ours, theirs), (theirs, ours)))
+        diff = "; ".join(f"{what} {', '.join(labs)}" for what, labs in (("this data adds", new), ("lacks", gone))
+                         if labs)
+        raise MedTransferError(f"{where} learnt other structures ({diff}): --from continues the same "
                                f"structures; for new or renamed ones start a new model from this one with "
                                f"--backbone package:{pkg.path} (every weight that fits is kept, the output "
                                f"layer is new)")
