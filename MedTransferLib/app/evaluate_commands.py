@@ -66,8 +66,10 @@ def painted_case(case, painted, labelled_slices, slice_axis: int = 2):
     n = label.shape[2 - slice_axis]
     if labelled_slices is None:
         slices = np.flatnonzero(to_slices_first(label, slice_axis).any(axis=(1, 2))).tolist()
+    elif isinstance(labelled_slices, str):
+        slices = sorted(set(parse_slices(labelled_slices, "--labelled-slices")))
     else:
-        slices = sorted(set(parse_slices(labelled_slices, "--labelled-slices") if isinstance(labelled_slices, str) else labelled_slices))
+        slices = sorted(set(labelled_slices))
     bad = [s for s in slices if not 0 <= s < n]
     if bad:
         raise MedTransferError(f"--labelled-slices {bad} lie outside the image's {n} slices along axis {slice_axis}; "
