@@ -1,6 +1,7 @@
 """Point 10: the CLI (`medtransfer` and `python -m MedTransferLib`): JSON lines, one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -91,6 +92,22 @@ def test_user_errors_are_one_line_without_traceback(blob_datalist, tmp_path, arg
     assert "Traceback" not in err
     assert err.startswith("medtransfer: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_output_never_overwrites_an_input(blob_datalist, capsys):
+    """Checked before any work: the model need not even exist for the refusal to come first."""
+    image = blob_datalist.parent / "img0.nii.gz"
+    before = digest(image)
+    for args, message in (
+            (["predict", "--model", "m", "--image", str(image), "--out", str(image)],
+             "--out '.*img0.nii.gz' is the same file as the input --image"),
+            (["evaluate", "--pred", str(image), "--label", str(image), "--out", str(image)],
+             "--out '.*img0.nii.gz' is the same file as the input --pred"),
+            (["predict", "--model", "m", "--image", str(image), "--out", "s.nii.gz", "--table", "s.nii.gz"],
+             "--table 's.nii.gz' is the same file as the output --out")):
+        assert main(args) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert digest(image) == before
 
 
 @pytest.mark.slow   # builds every registered network to count its parameters

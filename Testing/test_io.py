@@ -126,6 +126,53 @@ def test_write_label_keeps_geometry_and_is_atomic(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["seg.nii.gz"]  # no temp files left
 
 
+def test_outputs_get_the_permissions_a_new_file_gets(tmp_path):
+    """The temporary file behind an atomic write is private (0600, mkstemp); the output must get
+    what ``open`` gives under the umask, or keep the replaced file's mode."""
+    import os
+    import stat
+
+    from MedTransferLib.core.files import atomic_dir, write_text
+
+    old = os.umask(0o027)
+    try:
+        mt.write_label(tmp_path / "seg.nrrd", np.zeros((2, 3, 4), np.uint8), blob_case_geometry(tmp_path))
+        write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "model") as d:
+            (d / "x").write_text("1")
+        mode = lambda p: stat.S_IMODE(p.stat().st_mode)   # noqa: E731
+        assert mode(tmp_path / "seg.nrrd") == mode(tmp_path / "a.json") == 0o640
+        assert mode(tmp_path / "model") == 0o750
+        os.chmod(tmp_path / "a.json", 0o604)
+        write_text(tmp_path / "a.json", "{}")   # replaced: keeps its mode
+        assert mode(tmp_path / "a.json") == 0o604
+    finally:
+        os.umask(old)
+
+
+def blob_case_geometry(tmp_path):
+    image, _ = blob_volume()
+    return mt.read_case(write_volume(tmp_path / "g.nii.gz", image)).geometry
+
+
+def test_volume_outputs_are_checked_before_work(tmp_path):
+    geometry = blob_case_geometry(tmp_path)
+    _expect_error(r"label map '.*seg.txt': a volume is written as .nii.gz, .nii, .nrrd", mt.write_label,
+                  tmp_path / "seg.txt", np.zeros((2, 3, 4), np.uint8), geometry)
+    (tmp_path / "file").write_text("")
+    _expect_error(r"cannot write '.*seg.nii.gz' \(.*\); choose a folder you can write to", mt.write_label,
+                  tmp_path / "file" / "seg.nii.gz", np.zeros((2, 3, 4), np.uint8), geometry)
+    from MedTransferLib.core.files import check_outputs
+
+    image = tmp_path / "g.nii.gz"
+    _expect_error(r"--out '.*sub/../g.nii.gz' is the same file as the input --image '.*g.nii.gz'; .*never "
+                  "overwritten", check_outputs, {"--out": tmp_path / "sub" / ".." / "g.nii.gz"},
+                  {"--image": [tmp_path / "x.nii.gz", image]})
+    _expect_error("--table 'o.csv' is the same file as the output --out 'o.csv'; write to another file name$",
+                  check_outputs, {"--out": "o.csv", "--table": "o.csv"}, {"--image": None})
+    check_outputs({"--out": tmp_path / "seg.nii.gz", "--table": None}, {"--image": image, "--painted": None})
+
+
 def test_datalist_errors_name_the_problem(tmp_path):
     p = tmp_path / "dataset.json"
     _expect_error("does not exist", mt.load_datalist, p)

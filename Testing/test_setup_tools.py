@@ -249,6 +249,15 @@ def test_a_bad_apply_request_is_named(tmp_path):
     (tmp_path / "ok.json").write_text(json.dumps({"model": "m", "cases": [{"image": "a.nrrd", "out": "s.nrrd"}]}))
     req = load_request(tmp_path / "ok.json")
     assert req["cases"][0]["image"] == [str(tmp_path / "a.nrrd")] and req["cases"][0]["out"] == str(tmp_path / "s.nrrd")
+    for cases, message in (
+            ([{"image": "a.nrrd", "out": "s.txt"}], "case 1 'out' '.*s.txt': a volume is written as .nii.gz"),
+            ([{"image": "a.nrrd", "out": "s.nrrd"}, {"image": "b.nrrd", "painted": "p.nrrd", "out": "p.nrrd"}],
+             "case 2 'out' '.*p.nrrd' is the same file as the input case 2 'painted'"),
+            ([{"image": "a.nrrd", "out": "s.nrrd"}, {"image": "b.nrrd", "out": "s.nrrd"}],
+             "case 2 'out' '.*s.nrrd' is the same file as the output case 1 'out'")):
+        (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "cases": cases}))
+        with pytest.raises(MedTransferError, match=message):
+            load_request(tmp_path / "bad.json")
 
 
 # -- the panel's decisions, without Qt --------------------------------------------------------------------

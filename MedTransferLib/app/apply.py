@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.core.files import check_outputs
 
 
 def _emit(event: dict, stream) -> None:
@@ -31,6 +32,8 @@ def _emit(event: dict, stream) -> None:
 
 
 def load_request(path) -> dict:
+    from MedTransferLib.data.io import check_volume_name
+
     path = Path(path)
     try:
         req = json.loads(path.read_text(encoding="utf-8"))
@@ -48,6 +51,12 @@ def load_request(path) -> dict:
         for key in ("out", "reference", "painted"):
             if c.get(key):
                 c[key] = str(base / c[key])
+    cases = list(enumerate(req["cases"], 1))
+    for i, c in cases:
+        if c.get("out"):
+            check_volume_name(c["out"], f"apply request '{path}': case {i} 'out'")
+    check_outputs({f"case {i} 'out'": c.get("out") for i, c in cases},
+                  {f"case {i} '{key}'": c.get(key) for i, c in cases for key in ("image", "reference", "painted")})
     return req
 
 

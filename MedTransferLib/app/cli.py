@@ -15,6 +15,7 @@ from MedTransferLib.app import evaluate_commands as e
 from MedTransferLib.core.defaults import CONTINUE_EPOCHS
 from MedTransferLib.core.defaults import TRAINING as D
 from MedTransferLib.core.errors import MedTransferError
+from MedTransferLib.core.files import check_outputs
 from MedTransferLib.core.launch import SPARE_FLAG
 from MedTransferLib.core.lifeline import (
     remove_control_folder,
@@ -206,11 +207,20 @@ def _cancel(*_):
     raise KeyboardInterrupt  # Slicer's Cancel and `kill` end the run like Ctrl-C
 
 
+# every sub-command's files, by argparse name: an output may be none of the inputs (checked first)
+OUTPUTS = {"out": "--out", "table": "--table"}
+INPUTS = {"image": "--image", "painted": "--painted", "adapt_bn_on": "--adapt-bn-on", "pred": "--pred",
+          "label": "--label", "labels": "--labels", "datalist": "--datalist", "request": "--request",
+          "model": "--model", "init_from": "--from"}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _cancel)
     watchdog = start_from_environment()   # the runner's stop file / Slicer gone → a clean stop
     try:
+        check_outputs({opt: getattr(args, k, None) for k, opt in OUTPUTS.items()},
+                      {opt: getattr(args, k, None) for k, opt in INPUTS.items()})
         return args.func(args)
     except MedTransferError as exc:
         write_or_silence(sys.stdout, json.dumps({"event": "error", "message": str(exc)}) + "\n")

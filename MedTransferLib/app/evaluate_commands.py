@@ -13,7 +13,7 @@ from MedTransferLib.core.errors import MedTransferError
 
 def cmd_predict(a) -> int:
     from MedTransferLib.core.files import write_csv
-    from MedTransferLib.data.io import read_case, write_label
+    from MedTransferLib.data.io import check_volume_name, read_case, write_label
     from MedTransferLib.inference.segment import predict
     from MedTransferLib.package.store import ModelPackage
 
@@ -22,6 +22,7 @@ def cmd_predict(a) -> int:
         return _predict_classes(a, pkg)
     if not a.image or not a.out:
         raise MedTransferError("a segmentation model needs --image and --out")
+    check_volume_name(a.out)
 
     adapt_cases = [read_case(p) for p in _image_paths(a.adapt_bn_on)] if a.adapt_bn_on else None
     case = read_case(one_or_many(a.image))

@@ -12,6 +12,14 @@ from MedTransferLib.core.errors import MedTransferError
 from MedTransferLib.core.files import atomic_path
 
 SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a folder holding one DICOM series"
+WRITTEN = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")   # what a volume is written as
+
+
+def check_volume_name(path, what: str = "--out") -> None:
+    """Refuse, before any work, a volume output whose name gives no format to write."""
+    if not str(path).endswith(WRITTEN):   # ITK reads the format from the lower-case ending
+        raise MedTransferError(f"{what} '{path}': a volume is written as {', '.join(WRITTEN)}; end the "
+                               f"file name with one of those")
 
 
 def _sitk():
@@ -270,6 +278,7 @@ def read_case(image, label=None, case_id: str | None = None, labelled_slices=Non
 
 def write_label(path, label: np.ndarray, geometry: Geometry) -> Path:
     """Write a label map in ``geometry`` (atomically); the format follows the file name."""
+    check_volume_name(path, "label map")
     sitk = _sitk()
     dtype = np.uint8 if label.max(initial=0) <= 255 else np.uint16
     img = sitk.GetImageFromArray(np.ascontiguousarray(label.astype(dtype)))
