@@ -69,3 +69,6 @@ def test_export_names_what_it_cannot_do(blob_datalist, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "model.onnx").exists()
     with pytest.raises(MedTransferError, match="unknown"):
         export_package(run.package, tmp_path / "out", ["tflite"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MedTransferError, match=r"cannot write '.*file/out' \(Not a directory\)"):
+        export_package(run.package, tmp_path / "file" / "out", ["torchscript"])

@@ -505,6 +505,7 @@ def test_cli_predict_painted(tiny, tmp_path, capsys):
                                                   "axis 2; give indices 0–15")
     refused(args + ["--labelled-slices", "2,a"], "--labelled-slices '2,a' is not a list like")
     refused(args + ["--labelled-slices", "2,9-6"], "the range '9-6' runs backwards; write it as 6-9")
+    refused(args + ["--overlap", "1"], "--overlap 1.0 must be in [0, 1)")   # a window that never moves on
     refused(args[:-2] + ["--labelled-slices", "2"], "--labelled-slices goes with --painted")
     other = tmp_path / "other.nii.gz"
     from conftest import write_volume

@@ -160,8 +160,10 @@ def test_volume_outputs_are_checked_before_work(tmp_path):
     _expect_error(r"label map '.*seg.txt': a volume is written as .nii.gz, .nii, .nrrd", mt.write_label,
                   tmp_path / "seg.txt", np.zeros((2, 3, 4), np.uint8), geometry)
     (tmp_path / "file").write_text("")
-    _expect_error(r"cannot write '.*seg.nii.gz' \(.*\); choose a folder you can write to", mt.write_label,
+    _expect_error(r"'.*file' is a file, not a folder; choose a folder to write to", mt.write_label,
                   tmp_path / "file" / "seg.nii.gz", np.zeros((2, 3, 4), np.uint8), geometry)
+    _expect_error(r"cannot write '.*file/sub' \(Not a directory\); choose a folder you can write to", mt.write_label,
+                  tmp_path / "file" / "sub" / "seg.nii.gz", np.zeros((2, 3, 4), np.uint8), geometry)
     from MedTransferLib.core.files import check_outputs
 
     image = tmp_path / "g.nii.gz"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from MedTransferLib.app.overlay import overlay_png
-from MedTransferLib.core.files import write_csv, write_json
+from MedTransferLib.core.files import make_folder, write_csv, write_json
 from MedTransferLib.core.progress import Reporter
 from MedTransferLib.data.io import read_case, write_label
 from MedTransferLib.data.metrics import evaluate, summary
@@ -24,8 +24,7 @@ EVERY = 10  # every 10th axial slice labelled, the rest hidden
 def run_demo(out, cache=None, epochs=None, device="auto", log=sys.stderr, **train_kw) -> dict:
     from MedTransferLib import load_datalist, train
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     t0 = time.monotonic()
     datalist = sample_data(cache)
     sparse = sparse_datalist(datalist, out / "dataset_sparse.json", every=EVERY)

@@ -28,6 +28,18 @@ def _unwritable(path: Path, exc: OSError) -> MedTransferError:
     return MedTransferError(f"cannot write '{path}' ({exc.strerror or exc}); choose a folder you can write to")
 
 
+def make_folder(path) -> Path:
+    """``path`` as a folder (made with its parents), or an error naming it and why it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MedTransferError(f"'{path}' is a file, not a folder; choose a folder to write to")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix_from_name: bool = True):
     """Yield a temporary path beside ``path``; on success move it into place in one step, with the
@@ -37,8 +49,8 @@ def atomic_path(path, suffix_from_name: bool = True):
     """
     path = Path(path)
     suffix = "".join(path.suffixes) if suffix_from_name else ""
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
     except OSError as exc:
         raise _unwritable(path, exc) from None
@@ -131,8 +143,8 @@ def atomic_dir(path):
     """Yield a new temporary directory beside ``path``; when the block ends without an error,
     it replaces ``path`` (:func:`replace_dir`), else it is removed and ``path`` is untouched."""
     path = Path(path)
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     except OSError as exc:
         raise _unwritable(path, exc) from None

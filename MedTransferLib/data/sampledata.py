@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from MedTransferLib.core.errors import MedTransferError
-from MedTransferLib.core.files import atomic_path, sha256_file, write_json
+from MedTransferLib.core.files import atomic_path, make_folder, sha256_file, write_json
 
 PACKAGE = "mricron-data"
 FILES = {  # name in the package's templates folder → sha256
@@ -71,7 +71,7 @@ def sample_data(cache: str | os.PathLike | None = None) -> Path:
         >>> datalist = sample_data()  # doctest: +SKIP  (fetches ~16 MB once)
     """
     folder = Path(cache or default_cache()) / "colin27"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     if not _verified(folder):
         _fetch_package(folder)
         bad = [n for n, s in FILES.items() if sha256_file(folder / n) != s]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from MedTransferLib.core.errors import MedTransferError
-from MedTransferLib.core.files import atomic_path, write_json
+from MedTransferLib.core.files import atomic_path, make_folder, write_json
 from MedTransferLib.package.store import ModelPackage
 
 
@@ -81,8 +81,7 @@ def export_package(package, out, formats=("torchscript", "onnx")) -> dict[str, P
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     model = pkg.build_model("cpu").eval()
     x = torch.randn_like(example_input(pkg))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     written = {}
     if "onnx" in formats:
         with torch.no_grad():

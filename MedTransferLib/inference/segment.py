@@ -93,6 +93,9 @@ def predict(package, case: Case, device: str = "auto", batch_size: int = 16,
         >>> pred = predict("runs/demo/model", read_case("ch2.nii.gz"))  # doctest: +SKIP
         >>> write_label("seg.nii.gz", pred.label, pred.case.geometry)   # doctest: +SKIP
     """
+    if overlap is not None and not 0 <= overlap < 1:   # 1 or more would never advance the window
+        raise MedTransferError(f"--overlap {overlap} must be in [0, 1): the fraction of a window its "
+                               f"neighbour covers (default: the model's, 0.25)")
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     if pkg.task != "segmentation":
         raise MedTransferError(f"model '{pkg.path}' is a {pkg.task} model; classify with "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from MedTransferLib.core import environment
 from MedTransferLib.core.errors import MedTransferError
-from MedTransferLib.core.files import write_json
+from MedTransferLib.core.files import make_folder, write_json
 
 PLATFORMS = {
     "windows": ["win_amd64"],
@@ -90,7 +90,7 @@ def build(folder, python_version: str, platform: str, torch: str = "cpu", weight
           download=None) -> Path:
     """Fill ``folder`` (see the module docstring); returns the path of ``wheelhouse.json``."""
     folder = Path(folder)
-    (folder / "wheels").mkdir(parents=True, exist_ok=True)
+    make_folder(folder / "wheels")
     for cmd in pip_commands(folder, python_version, platform, torch):
         print("+ " + " ".join(cmd), file=sys.stderr)
         if run(cmd).returncode != 0:

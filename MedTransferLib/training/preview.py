@@ -32,6 +32,7 @@ import numpy as np
 
 from MedTransferLib.core.defaults import PREVIEW_EVERY as DEFAULT_EVERY
 from MedTransferLib.core.defaults import PREVIEW_FILE, VIEW_FILE
+from MedTransferLib.core.files import make_folder
 from MedTransferLib.training.hooks import Hook, LoopState
 
 __all__ = ["DEFAULT_EVERY", "PREVIEW_FILE", "VIEW_FILE", "Preview", "SlicePreview", "coarse_to_fine", "read_view"]
@@ -75,7 +76,7 @@ class Preview(Hook):
                  clock: Callable[[], float] = time.monotonic, first: float | None = None):
         self.folder, self.target, self.every, self.overhead, self.clock = Path(folder), target, float(every), overhead, clock
         self.first = self.every if first is None else float(first)   # seconds to the first preview
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
 
     def start(self, s: LoopState) -> None:
         self.due = self.clock() + self.first
