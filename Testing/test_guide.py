@@ -415,7 +415,12 @@ def test_guide_for_maps_label_values_and_refuses_unknown_ones():
     wide[wide == 7] = 300                 # label values beyond 255 (IGNORE stays 255)
     assert np.array_equal(guide_for(wide, [3, 300], [1, 4], (1.0, 1.0), 1.0).classes, g.classes)
     label[4, 0, 0] = 9
-    with pytest.raises(mt.MedTransferError, match=r"label values \[9\].*\[3, 7\]"):
+    with pytest.raises(mt.MedTransferError, match=r"label values \[9\] the model.*\[3, 7\]"):
+        guide_for(label, [3, 7], [1, 4], (1.0, 1.0), 1.0)
+    label[4, 1, :] = np.arange(20, 28)    # an image given as the painted map: only the first ten are listed
+    label[4, 2, :] = np.arange(28, 36)
+    with pytest.raises(mt.MedTransferError, match=r"label values \[9, 20, 21, 22, 23, 24, 25, 26, 27, 28, … \(17 in "
+                                                  r"all\)\] the model does not predict"):
         guide_for(label, [3, 7], [1, 4], (1.0, 1.0), 1.0)
 
 

@@ -271,8 +271,9 @@ def guide_for(label: np.ndarray, label_values: list[int], painted: list[int],
     found = set(np.unique(label[painted]).tolist()) - {0, IGNORE} if painted else set()
     unknown = sorted(found - set(label_values))
     if unknown:
-        raise MedTransferError(f"the painted slices hold label values {unknown} the model does not "
-                               f"predict (its values: {label_values}); paint only the model's structures")
+        shown = str(unknown[:10])[:-1] + (f", … ({len(unknown)} in all)]" if len(unknown) > 10 else "]")
+        raise MedTransferError(f"the painted slices hold label values {shown} the model does not predict (its "
+                               f"values: {label_values}); paint only the model's structures — is it a label map?")
     return interpolate(lut[label], painted, len(label_values) + 1, spacing, slice_mm)
 
 
