@@ -83,6 +83,22 @@ def test_the_cli_continues_with_a_short_schedule_and_keeps_a_time_budget(first, 
     assert main(args + ["--out", str(tmp_path / "y"), "--max-seconds", "-1"]) == 2
 
 
+def test_from_takes_the_models_mode_and_slices_unless_they_are_given(first, tmp_path):
+    datalist, _ = first
+    three = mt.train(datalist, tmp_path / "3d", reporter=Reporter(stream=None, bar=False), mode="3d", backbone="unet",
+                     weights=None, epochs=1, steps_per_epoch=1, batch_size=2, patch=32, val_fraction=0)
+    args = ["train", "--datalist", str(datalist), "--from", str(three.package.parent), "--steps-per-epoch", "1",
+            "--epochs", "1", "--batch-size", "2", "--patch", "32", "--progress", "json"]
+    assert main(args + ["--out", str(tmp_path / "cont")]) == 0      # no --mode: the model's 3D
+    assert ModelPackage.load(tmp_path / "cont").mode == "3d"
+    assert main(args + ["--out", str(tmp_path / "other"), "--mode", "2.5d"]) == 2   # given: checked, refused
+    assert not (tmp_path / "other" / "model").exists()
+    five = mt.train(datalist, tmp_path / "five", reporter=Reporter(stream=None, bar=False), **{**TINY, "slices": 5})
+    args[4] = str(five.package.parent)
+    assert main(args[:-4] + ["--patch", "64", "--out", str(tmp_path / "cont5")]) == 0   # no --slices: the model's 5
+    assert ModelPackage.load(tmp_path / "cont5").slices == 5
+
+
 def test_an_update_shows_its_starting_model_at_once_a_new_run_after_the_interval(first, tmp_path, capsys):
     datalist, run = first
     args = ["train", "--datalist", str(datalist), "--backbone", "resnet18", "--weights", "none", "--batch-size", "2",

@@ -17,6 +17,7 @@ def test_the_python_api_and_the_cli_default_to_the_same_values():
     cli = {k: getattr(args, k) for k in TRAINING if hasattr(args, k)}
     assert set(TRAINING) - set(cli) == {"weight_decay", "warmup_fraction"}   # no flags for these
     assert cli.pop("epochs") is None        # 16, or CONTINUE_EPOCHS with --from (cmd_train decides)
+    assert cli.pop("mode") is None and cli.pop("slices") is None   # TRAINING's, or the --from model's
     assert cli == {k: v for k, v in TRAINING.items() if k in cli}
 
 

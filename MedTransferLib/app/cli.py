@@ -48,17 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", default=D["strategy"],
                    help="auto (default: the advisor picks), finetune, frozen, partial:N, gradual[:E], "
                         "discriminative[:D], gradual+discriminative, bn-only, adabn, adabn+<strategy>")
-    s.add_argument("--mode", default=D["mode"], choices=["2.5d", "3d"],
-                   help="2.5d: k slices into a 2D network (default); 3d: patches into a 3D network")
-    s.add_argument("--slices", type=int, default=D["slices"], help="2.5d: adjacent slices as channels (odd; default 3)")
+    s.add_argument("--mode", choices=["2.5d", "3d"],
+                   help="2.5d: k slices into a 2D network (default); 3d: patches into a 3D network "
+                        "(with --from: the model's)")
+    s.add_argument("--slices", type=int,
+                   help="2.5d: adjacent slices as channels (odd; default 3; with --from: the model's)")
     s.add_argument("--stem", default=D["stem"], choices=["mean", "repeat"],
                    help="how pretrained first-layer weights are adapted to k≠3 channels (default mean)")
     s.add_argument("--overlap", type=float, default=D["overlap"], help="3d: sliding-window overlap (default 0.25)")
     s.add_argument("--axis", type=int, choices=[0, 1, 2], help="voxel axis to slice along (default: datalist's, else 2)")
     s.add_argument("--from", dest="init_from", metavar="RUN_DIR",
                    help="continue from an earlier model of the same structures (its whole network and "
-                        "intensity recipe), e.g. after labelling more slices; default --epochs "
-                        f"{CONTINUE_EPOCHS}, --strategy finetune")
+                        "intensity recipe, mode and slices), e.g. after labelling more slices; default "
+                        f"--epochs {CONTINUE_EPOCHS}, --strategy finetune")
     s.add_argument("--epochs", type=int, default=None, help=f"default {D['epochs']} ({CONTINUE_EPOCHS} with --from)")
     s.add_argument("--steps-per-epoch", type=int, default=D["steps_per_epoch"])
     s.add_argument("--batch-size", type=int, default=None, help="default: from the crop size")

@@ -66,8 +66,14 @@ def cmd_train(a) -> int:
 
     bar = {"auto": None, "bar": True, "json": False}[a.progress]
     reporter = Reporter(stream=sys.stdout, bar=bar)
-    config = dict(mode=a.mode, backbone=a.backbone, weights=weights_or_none(a.weights), strategy=a.strategy,
-                  slices=a.slices, overlap=a.overlap, stem=a.stem,
+    mode, slices = a.mode, a.slices
+    if a.init_from and None in (mode, slices):   # --from continues the model as it was trained
+        from MedTransferLib.package.store import ModelPackage
+
+        pkg = ModelPackage.load(a.init_from)
+        mode, slices = mode or pkg.mode, pkg.slices if slices is None else slices
+    config = dict(mode=mode or D["mode"], backbone=a.backbone, weights=weights_or_none(a.weights), strategy=a.strategy,
+                  slices=D["slices"] if slices is None else slices, overlap=a.overlap, stem=a.stem,
                   epochs=a.epochs if a.epochs is not None else CONTINUE_EPOCHS if a.init_from else D["epochs"],
                   steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size, lr=a.lr, patch=a.patch,
                   device=a.device, seed=a.seed, val_fraction=a.val_fraction, modality=a.modality,
